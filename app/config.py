@@ -1,0 +1,150 @@
+"""Settings: `XBUS_*` environment variables over an optional YAML file over defaults.
+
+Command-line flags (`xbusd serve --host ...`) are passed as init values and win over both.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+MiB = 1024 * 1024
+_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("xbus_config_file_values", default={})  # noqa: B039
+
+
+class ConfigFileError(ValueError):
+    """The configuration file cannot be read or holds unknown keys."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XBUS_", extra="forbid", validate_default=True)
+
+    # --- where things are
+    data_dir: Path = Field(Path("xbus-data"), description="Embedded servers' data, admin.key, CA.")
+    host: str = Field("127.0.0.1", description="HTTP listen address of `xbusd serve`.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP listen port of `xbusd serve`.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL (13+). Unset: embedded PostgreSQL under <data-dir>/postgres."
+    )
+    nats_url: str | None = Field(
+        None, description="NATS URL. Unset: embedded nats-server (JetStream) under <data-dir>/nats."
+    )
+    nats_host: str = Field("127.0.0.1", description="Listen address of the embedded nats-server.")
+    nats_port: int = Field(
+        4222, ge=0, le=65535, description="Embedded nats-server port; 0 picks a free one."
+    )
+    nats_public_url: str | None = Field(
+        None, description="NATS URL told to actors by /api/v1/info (default: the URL in use)."
+    )
+    # --- start-up
+    migrate_on_start: bool = Field(True, description="`xbusd serve` upgrades the schema at start.")
+    admin_api_key: SecretStr | None = Field(
+        None, description="Bootstrap admin key. Unset: generated once into <data-dir>/admin.key."
+    )
+    # --- HTTP
+    max_body_size: int = Field(16 * MiB, ge=1024, description="Request body limit (bytes); 413.")
+    page_size_default: int = Field(50, ge=1, description="Default page size of lists.")
+    page_size_max: int = Field(1000, ge=1, description="Largest page size a client may ask for.")
+    long_poll_max: float = Field(60.0, ge=0, description="Longest `?wait=` a client may ask (s).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    # --- database
+    db_pool_size: int = Field(10, ge=1, description="SQLAlchemy pool size per process.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections over the pool size.")
+    # --- envelopes
+    envelope_max_items: int = Field(100_000, ge=1, description="Most items in one envelope.")
+    envelope_max_bytes: int = Field(256 * MiB, ge=1, description="Largest envelope (item bytes).")
+    envelope_stall_timeout: float = Field(
+        30.0, gt=0, description="An envelope with no new fragment for this long is stalled (s)."
+    )
+    inline_envelope_max_bytes: int = Field(
+        1 * MiB, ge=0, description="Larger envelopes are linked, not inlined, in requests."
+    )
+    # --- delivery
+    request_lease: float = Field(60.0, gt=0, description="Lease of a polled request (s).")
+    request_max_attempts: int = Field(5, ge=1, description="Deliveries of a request before error.")
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook URLs on loopback/private/link-local addresses."
+    )
+    # --- logging
+    log_level: str = Field("info", description="Root log level (debug, info, warning, error).")
+    log_format: Literal["console", "json"] = Field("console", description="Log line format.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return value.lower()
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_values = _FILE_VALUES.get()
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Flatten a YAML file into setting names: `database: {url: x}` and `database-url: x`
+    both give `database_url`."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"config file {path} must hold a mapping of settings")
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, mapping: dict[Any, Any]) -> None:
+        for key, value in mapping.items():
+            name = f"{prefix}{str(key).replace('-', '_').replace('.', '_').lower()}"
+            if isinstance(value, dict) and name not in Settings.model_fields:
+                walk(name + "_", value)
+            else:
+                flat[name] = value
+
+    walk("", raw)
+    unknown = sorted(set(flat) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigFileError(f"config file {path}: unknown settings {', '.join(unknown)}")
+    return flat
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults < config file < environment < explicit overrides."""
+    file_values = read_config_file(config_file) if config_file else {}
+    if "data_dir" in file_values and config_file is not None:
+        # A relative data dir in a config file is relative to that file.
+        data_dir = Path(file_values["data_dir"])
+        if not data_dir.is_absolute():
+            file_values["data_dir"] = config_file.parent / data_dir
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    token = _FILE_VALUES.set(file_values)
+    try:
+        return Settings(**values)
+    finally:
+        _FILE_VALUES.reset(token)

@@ -1,0 +1,107 @@
+"""Shared FastAPI dependencies, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts import keys
+from app.config import Settings
+from app.core.errors import Forbidden, Unauthorized
+from app.models import Account
+from app.models.enums import AccountStatus, AccountType
+from app.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.xbus
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: State) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_session(state: State) -> AsyncIterator[AsyncSession]:
+    """The request's unit of work: committed once when the route returns, before the response
+    is sent (so what a 2xx acknowledges is stored), rolled back on an error."""
+    async with state.db.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+Session = Annotated[AsyncSession, Depends(get_session)]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    account_id: uuid.UUID
+    name: str
+    type: AccountType
+    status: AccountStatus
+    admin: bool
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be `Bearer <api key>`")
+        return token.strip()
+    key = request.headers.get("xbus-api-key")
+    return key.strip() if key else None
+
+
+async def authenticate(request: Request, session: Session) -> Principal:
+    """Any valid key: 401 when missing, unknown or expired."""
+    key = _presented_key(request)
+    if not key:
+        raise Unauthorized("an API key is required (Authorization: Bearer <key> or Xbus-Api-Key)")
+    digest = keys.digest(key)
+    account = (
+        await session.execute(sa.select(Account).where(Account.api_key_lookup == digest.lookup))
+    ).scalar_one_or_none()
+    if account is None or not keys.matches(key, account.api_key_hash):
+        raise Unauthorized("the API key is not valid")
+    if account.api_key_expires_at is not None and account.api_key_expires_at <= datetime.now(UTC):
+        raise Unauthorized("the API key has expired")
+    return Principal(account.id, account.name, account.type, account.status, account.is_admin)
+
+
+AnyKey = Annotated[Principal, Depends(authenticate)]
+
+
+async def require_enabled(principal: AnyKey) -> Principal:
+    if principal.status != AccountStatus.ENABLED:
+        raise Forbidden(f"account {principal.name!r} is {principal.status.value}")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(require_enabled)]
+
+
+async def require_admin(principal: Caller) -> Principal:
+    if not principal.admin:
+        raise Forbidden("this operation needs the admin key")
+    return principal
+
+
+Admin = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,157 @@
+"""One error tree, one handler: every 4xx/5xx is RFC 9457 `application/problem+json`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://xbus.dev/problems/"
+
+
+class XbusError(Exception):
+    """Base of every error the API answers on purpose."""
+
+    status: int = 400
+    code: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+class BadRequest(XbusError):
+    pass
+
+
+class Unauthorized(XbusError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="xbus"'})
+
+
+class Forbidden(XbusError):
+    status, code, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(XbusError):
+    status, code, title = 404, "not-found", "Not found"
+
+
+class Conflict(XbusError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(XbusError):
+    status, code, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(XbusError):
+    status, code, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class Unprocessable(XbusError):
+    status, code, title = 422, "unprocessable", "Unprocessable content"
+
+
+class ServiceUnavailable(XbusError):
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    code: str | None = None,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + (code or phrase.lower().replace(" ", "-")),
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if extra:
+        body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ())]
+        out.append({"loc": loc, "msg": err.get("msg", ""), "type": err.get("type", "")})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_xbus_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, XbusError)
+        return problem(
+            exc.status, exc.detail, title=exc.title, code=exc.code, instance=request.url.path,
+            extra=exc.extra, headers=exc.headers,
+        )  # fmt: skip
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = _validation_errors(exc.errors())
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"])
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more)"
+        return problem(
+            422, detail, title="Invalid request", code="validation-error",
+            instance=request.url.path, extra={"errors": errors},
+        )  # fmt: skip
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        return problem(exc.status_code, detail, instance=request.url.path, headers=dict(exc.headers or {}))
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal error; the server log has the details", instance=request.url.path)
+
+    app.add_exception_handler(XbusError, on_xbus_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+class Problem:
+    """Response documentation for routes (`responses=Problem.of(401, 404)`)."""
+
+    @staticmethod
+    def of(*statuses: int) -> dict[int | str, dict[str, Any]]:
+        return {
+            status: {
+                "description": HTTPStatus(status).phrase,
+                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
+            for status in statuses
+        }

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.core.deps import State
+from app.migrations import head_revision
+from app.version import PROTOCOL_VERSION, full_version, version
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+class VersionInfo(BaseModel):
+    version: str
+    protocol: str
+    commit: str | None
+    commit_date: str | None
+    dirty: bool | None
+    python: str
+    platform: str
+    dependencies: dict[str, str | None]
+
+
+@router.get("/healthz", summary="Liveness: 200 while the process runs", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: database, NATS and migrations",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready"}},
+)
+async def readyz(state: State) -> Any:
+    checks: dict[str, str] = {}
+    try:
+        async with state.db.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+        async with state.db.engine.connect() as conn:
+            revision = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+        head = head_revision()
+        checks["migrations"] = "ok" if revision == head else f"at {revision}, want {head}"
+    except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks["migrations"] = "unknown"
+    if state.nats is None:
+        checks["nats"] = "disabled"
+    else:
+        checks["nats"] = "ok" if state.nats.is_connected else "unavailable"
+    ready = all(v in ("ok", "disabled") for v in checks.values())
+    body = Readiness(status="ready" if ready else "not ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/version", summary="Version and build details", response_model=VersionInfo)
+async def get_version() -> VersionInfo:
+    return VersionInfo(**full_version())
+
+
+__all__ = ["PROTOCOL_VERSION", "router", "version"]

@@ -1,0 +1,109 @@
+"""The FastAPI application: `create_app(settings)` and the lifespan that owns every
+connection and background task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app.accounts import router as accounts_router
+from app.accounts.bootstrap import ensure_admin
+from app.config import Settings
+from app.core.bodylimit import BodyLimitMiddleware
+from app.core.errors import PROBLEM_JSON, install_error_handlers
+from app.db import Database, create_engine
+from app.health import router as health_router
+from app.migrations import upgrade_async
+from app.nats import NatsConnection
+from app.state import AppState
+from app.version import version
+
+log = logging.getLogger(__name__)
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        state = AppState(settings=settings, db=Database(engine), nats=None)
+        app.state.xbus = state
+        try:
+            if settings.migrate_on_start:
+                assert settings.database_url is not None
+                await upgrade_async(settings.database_url)
+            async with state.db.session() as session:
+                await ensure_admin(session, settings)
+            if settings.nats_url:
+                state.nats = NatsConnection(settings.nats_url)
+                state.nats.start()
+            log.info("xbusd %s ready", version())
+            yield
+        finally:
+            # Reverse order: background tasks, then NATS, then the database.
+            for task in state.tasks:
+                task.cancel()
+            for task in state.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if state.nats is not None:
+                await state.nats.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Xbus",
+        version=version(),
+        summary="Application messaging bus: accounts, actors, pipelines, envelopes, processes.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router.router)
+    app.include_router(accounts_router.router)
+    if settings.metrics_enabled:
+        Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
+            app, include_in_schema=True, tags=["health"], summary="Prometheus metrics"
+        )
+    app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    # FastAPI documents its own validation error shape; ours is problem+json.
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                responses["422"] = {
+                    "description": "Unprocessable content",
+                    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,25 @@
+"""SQLAlchemy models, one module per table family. Importing this package registers them all
+on `Base.metadata` (Alembic and the tests rely on that)."""
+
+from app.models.accounts import Account, Actor
+from app.models.base import Base
+from app.models.envelopes import Envelope, Event, IdempotencyKey, Item
+from app.models.pipelines import Pipeline
+from app.models.processes import LogEntry, Process, ProcessNode
+from app.models.requests import ActorRequest, DeliveryAttempt
+
+__all__ = [
+    "Account",
+    "Actor",
+    "ActorRequest",
+    "Base",
+    "DeliveryAttempt",
+    "Envelope",
+    "Event",
+    "IdempotencyKey",
+    "Item",
+    "LogEntry",
+    "Pipeline",
+    "Process",
+    "ProcessNode",
+]

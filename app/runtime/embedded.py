@@ -1,0 +1,52 @@
+"""Start what the settings leave unconfigured, and hand back settings that point at it."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+from app.config import Settings
+from app.runtime.lock import DataDirLock
+from app.runtime.nats import EmbeddedNats
+from app.runtime.postgres import EmbeddedPostgres
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedRuntime:
+    """Context manager: on enter, lock the data dir and start the embedded PostgreSQL and/or
+    nats-server; on exit, stop them in reverse order."""
+
+    def __init__(self, settings: Settings, *, need_nats: bool = True) -> None:
+        self.settings = settings
+        self.need_nats = need_nats
+        self.lock = DataDirLock(settings.data_dir)
+        self.postgres: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+
+    def __enter__(self) -> Settings:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            updates: dict[str, object] = {}
+            if self.settings.database_url is None:
+                self.postgres = EmbeddedPostgres(self.settings.data_dir)
+                updates["database_url"] = self.postgres.start()
+            if self.settings.nats_url is None and self.need_nats:
+                self.nats = EmbeddedNats(self.settings.data_dir, self.settings.nats_host, self.settings.nats_port)
+                updates["nats_url"] = self.nats.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.settings.model_copy(update=updates)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self.nats is not None:
+                self.nats.stop()
+            if self.postgres is not None:
+                self.postgres.stop()
+        finally:
+            self.lock.release()

