@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP listen address of `xbusd serve`.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP listen port of `xbusd serve`.")
     database_url: str | None = Field(
-        None, description="PostgreSQL URL (13+). Unset: embedded PostgreSQL under <data-dir>/postgres."
+        None,
+        description="PostgreSQL URL (13+). Unset: embedded PostgreSQL under <data-dir>/postgres.",
     )
     nats_url: str | None = Field(
         None, description="NATS URL. Unset: embedded nats-server (JetStream) under <data-dir>/nats."

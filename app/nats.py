@@ -46,8 +46,10 @@ class NatsConnection:
                 self.connected_event.set()
                 log.info("connected to NATS at %s", self.url)
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure means: try again later
-                log.warning("NATS at %s not reachable (%s); retrying in %.1f s", self.url, exc, delay)
+            except Exception as exc:
+                log.warning(
+                    "NATS at %s not reachable (%s); retrying in %.1f s", self.url, exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -68,5 +70,5 @@ class NatsConnection:
         if self.client is not None and not self.client.is_closed:
             try:
                 await asyncio.wait_for(self.client.drain(), 10)
-            except Exception:  # noqa: BLE001 - shutting down regardless
+            except Exception:
                 await self.client.close()

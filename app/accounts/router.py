@@ -17,6 +17,11 @@ router = APIRouter(prefix="/api/v1", tags=["accounts"])
 )
 async def whoami(principal: AnyKey) -> WhoAmI:
     return WhoAmI(
-        account=AccountBrief(id=principal.account_id, name=principal.name, type=principal.type, status=principal.status),
+        account=AccountBrief(
+            id=principal.account_id,
+            name=principal.name,
+            type=principal.type,
+            status=principal.status,
+        ),
         admin=principal.admin,
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import sys
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +27,12 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML configuration file.", dir_okay=False)]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory [default: ./xbus-data].")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML configuration file.", dir_okay=False)
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory [default: ./xbus-data].")
+]
 
 
 def _version_cb(value: bool) -> None:
@@ -43,11 +50,19 @@ def _full_version_cb(value: bool) -> None:
 @cli.callback()
 def main_options(
     _version: Annotated[
-        bool, typer.Option("--version", callback=_version_cb, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version_cb, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     _full_version: Annotated[
         bool,
-        typer.Option("--full-version", callback=_full_version_cb, is_eager=True, help="Print version and build details."),
+        typer.Option(
+            "--full-version",
+            callback=_full_version_cb,
+            is_eager=True,
+            help="Print version and build details.",
+        ),
     ] = False,
 ) -> None:
     """Xbus server."""
@@ -67,6 +82,29 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its shutdown, which would kill xbusd before it
+        stops its embedded servers in order; here the signal only asks for a graceful stop."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 @cli.command()
 def serve(
     config: ConfigOpt = None,
@@ -84,14 +122,20 @@ def serve(
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir)
     setup_logging(settings.log_level, settings.log_format)
+    _Server = _server_class()
     try:
         with EmbeddedRuntime(settings) as effective:
             app = create_app(effective)
-            server = uvicorn.Server(
+            server = _Server(
                 uvicorn.Config(
-                    app, host=effective.host, port=effective.port, log_config=None,
-                    timeout_graceful_shutdown=10, server_header=False, proxy_headers=True,
-                )  # fmt: skip
+                    app,
+                    host=effective.host,
+                    port=effective.port,
+                    log_config=None,
+                    timeout_graceful_shutdown=10,
+                    server_header=False,
+                    proxy_headers=True,
+                )
             )
             server.run()
             if not server.started:
@@ -132,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -25,7 +25,13 @@ class XbusError(Exception):
     code: str = "bad-request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra or {}
@@ -107,9 +113,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_xbus_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, XbusError)
         return problem(
-            exc.status, exc.detail, title=exc.title, code=exc.code, instance=request.url.path,
-            extra=exc.extra, headers=exc.headers,
-        )  # fmt: skip
+            exc.status,
+            exc.detail,
+            title=exc.title,
+            code=exc.code,
+            instance=request.url.path,
+            extra=exc.extra,
+            headers=exc.headers,
+        )
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -120,9 +131,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more)"
         return problem(
-            422, detail, title="Invalid request", code="validation-error",
-            instance=request.url.path, extra={"errors": errors},
-        )  # fmt: skip
+            422,
+            detail,
+            title="Invalid request",
+            code="validation-error",
+            instance=request.url.path,
+            extra={"errors": errors},
+        )
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -131,11 +146,15 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             detail = f"method {request.method} is not allowed on {request.url.path}"
-        return problem(exc.status_code, detail, instance=request.url.path, headers=dict(exc.headers or {}))
+        return problem(
+            exc.status_code, detail, instance=request.url.path, headers=dict(exc.headers or {})
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "internal error; the server log has the details", instance=request.url.path)
+        return problem(
+            500, "internal error; the server log has the details", instance=request.url.path
+        )
 
     app.add_exception_handler(XbusError, on_xbus_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

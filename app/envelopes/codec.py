@@ -39,7 +39,7 @@ from typing import Any
 
 import google_crc32c
 from google.protobuf.message import DecodeError
-from xbus import xbus_pb2
+from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = [
     "ENCODINGS",
@@ -228,7 +228,14 @@ def decode_item(value: object, encoding: str, pointer: str) -> bytes:
             raise EnvelopeFormatError(
                 f"a 'base64' item must be a string, got {_json_type(value)}", pointer
             )
+        # b64decode(validate=True) checks the alphabet but lets stray or excess
+        # padding through ("YWJj=" decodes), hence the length and padding checks.
+        unpadded = value.rstrip("=")
         try:
+            if len(value) % 4 != 0:
+                raise ValueError(f"length {len(value)} is not a multiple of 4")
+            if len(value) - len(unpadded) > 2 or "=" in unpadded:
+                raise ValueError("'=' may only pad the end, at most twice")
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise EnvelopeFormatError(
@@ -640,9 +647,9 @@ def envelope_to_fragments(
     for position, event in enumerate(env.events):
         if event.id is None:
             raise ValueError(f"event {position} needs an id to be sent as fragments")
-        if event.id in event_ids:
-            raise ValueError(f"event {position} repeats the event id {event.id}")
         event_ids.append(event.id)
+    if len(set(event_ids)) != len(event_ids):
+        raise ValueError("the envelope repeats an event id")
 
     envelope_id = env.id.bytes
     fragments: list[Any] = []

@@ -52,10 +52,12 @@ async def readyz(state: State) -> Any:
             await conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
         async with state.db.engine.connect() as conn:
-            revision = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+            revision = (
+                await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+            ).scalar()
         head = head_revision()
         checks["migrations"] = "ok" if revision == head else f"at {revision}, want {head}"
-    except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
+    except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
         checks["migrations"] = "unknown"
     if state.nats is None:

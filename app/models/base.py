@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -25,8 +26,8 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {
         datetime: sa.DateTime(timezone=True),
-        dict[str, Any]: sa.dialects.postgresql.JSONB,
-        list[Any]: sa.dialects.postgresql.JSONB,
+        dict[str, Any]: pg.JSONB,
+        list[Any]: pg.JSONB,
     }
 
 

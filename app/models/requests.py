@@ -33,9 +33,7 @@ class ActorRequest(Base):
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
-    process_id: Mapped[uuid.UUID] = mapped_column(
-        sa.ForeignKey("processes.id", ondelete="CASCADE")
-    )
+    process_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("processes.id", ondelete="CASCADE"))
     node_id: Mapped[str] = mapped_column(sa.String(128))
     actor_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("actors.id", ondelete="SET NULL"), index=True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -54,7 +53,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(death_signal),  # noqa: PLW1509
+            preexec_fn=_parent_death_signal(death_signal),
             user=user,
             env=env,
             cwd=cwd,
@@ -120,11 +119,19 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes], log_file: Path) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes],
+    log_file: Path,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}; see {log_file}:\n{tail(log_file)}")
+            raise RuntimeError(
+                f"{what} exited with code {process.returncode}; see {log_file}:\n{tail(log_file)}"
+            )
         if check():
             return
         time.sleep(0.05)

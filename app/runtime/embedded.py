@@ -33,7 +33,9 @@ class EmbeddedRuntime:
                 self.postgres = EmbeddedPostgres(self.settings.data_dir)
                 updates["database_url"] = self.postgres.start()
             if self.settings.nats_url is None and self.need_nats:
-                self.nats = EmbeddedNats(self.settings.data_dir, self.settings.nats_host, self.settings.nats_port)
+                self.nats = EmbeddedNats(
+                    self.settings.data_dir, self.settings.nats_host, self.settings.nats_port
+                )
                 updates["nats_url"] = self.nats.start()
         except BaseException:
             self.__exit__(None, None, None)
@@ -41,7 +43,10 @@ class EmbeddedRuntime:
         return self.settings.model_copy(update=updates)
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             if self.nats is not None:

@@ -48,12 +48,16 @@ class EmbeddedNats:
             wanted = self.port
             self.port = children.free_port(self.host)
             if wanted:
-                log.warning("NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port)
+                log.warning(
+                    "NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port
+                )
         self.monitor_port = children.free_port("127.0.0.1")
         self.config_file.write_text(self._config())
         args = [server_binary(), "-c", str(self.config_file)]
         self.process = children.spawn(args, log_file=self.log_file, death_signal=signal.SIGTERM)
-        children.wait_until(self._ready, timeout, "embedded nats-server", self.process, self.log_file)
+        children.wait_until(
+            self._ready, timeout, "embedded nats-server", self.process, self.log_file
+        )
         log.info("embedded nats-server ready on %s (pid %d)", self.url(), self.process.pid)
         return self.url()
 
@@ -62,7 +66,7 @@ class EmbeddedNats:
             [
                 f"host: {json.dumps(self.host)}",
                 f"port: {self.port}",
-                'http: "127.0.0.1:%d"' % self.monitor_port,
+                f'http: "127.0.0.1:{self.monitor_port}"',
                 f"pid_file: {json.dumps(str(self.pid_file))}",
                 "max_payload: 8MB",
                 "jetstream {",
@@ -95,7 +99,9 @@ class EmbeddedNats:
             return
 
         def is_ours(proc: psutil.Process) -> bool:
-            return "nats-server" in proc.name() and children.cmdline_mentions(proc, str(self.config_file))
+            return "nats-server" in proc.name() and children.cmdline_mentions(
+                proc, str(self.config_file)
+            )
 
         children.stop_stale(pid, signal.SIGTERM, is_ours, "nats-server")
         log.info("removing stale %s", self.pid_file)

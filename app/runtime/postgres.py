@@ -62,7 +62,14 @@ class EmbeddedPostgres:
             pwd.getpwnam(SYSTEM_USER)
         except KeyError:
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SYSTEM_USER,
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -82,7 +89,12 @@ class EmbeddedPostgres:
                 p.chmod(p.stat().st_mode | 0o055)
             for name in files:
                 p = Path(root, name)
-                p.chmod(p.stat().st_mode | 0o044 | ((p.stat().st_mode & 0o100) >> 3) | ((p.stat().st_mode & 0o100) >> 6))
+                p.chmod(
+                    p.stat().st_mode
+                    | 0o044
+                    | ((p.stat().st_mode & 0o100) >> 3)
+                    | ((p.stat().st_mode & 0o100) >> 6)
+                )
         for path in [self.pgdata, self.socket_dir]:
             os.chown(path, entry.pw_uid, entry.pw_gid)
         if not self.log_file.exists():
@@ -100,21 +112,32 @@ class EmbeddedPostgres:
             self._initdb()
         args = [
             str(_bin_dir() / "postgres"),
-            "-D", str(self.pgdata),
-            "-k", str(self.socket_dir),
-            "-h", "",
-            "-p", str(self.port),
-            "-c", "max_connections=200",
-        ]  # fmt: skip
+            "-D",
+            str(self.pgdata),
+            "-k",
+            str(self.socket_dir),
+            "-h",
+            "",
+            "-p",
+            str(self.port),
+            "-c",
+            "max_connections=200",
+        ]
         # SIGINT is PostgreSQL's "fast shutdown": roll back clients, checkpoint, exit.
-        self.process = children.spawn(args, log_file=self.log_file, death_signal=signal.SIGINT, user=self.run_as)
-        children.wait_until(self._ready, timeout, "embedded PostgreSQL", self.process, self.log_file)
+        self.process = children.spawn(
+            args, log_file=self.log_file, death_signal=signal.SIGINT, user=self.run_as
+        )
+        children.wait_until(
+            self._ready, timeout, "embedded PostgreSQL", self.process, self.log_file
+        )
         self._ensure_database()
         log.info("embedded PostgreSQL ready (pid %d, data %s)", self.process.pid, self.pgdata)
         return self.url()
 
     def url(self, database: str = DATABASE) -> str:
-        return f"postgresql+asyncpg://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
+        return (
+            f"postgresql+asyncpg://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
+        )
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.process is not None:
@@ -124,10 +147,26 @@ class EmbeddedPostgres:
     # --- helpers
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(_bin_dir() / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER,
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
-            capture_output=True, text=True, check=False, timeout=30,
-        )  # fmt: skip
+            [
+                str(_bin_dir() / "psql"),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
 
     def _ready(self) -> bool:
         return self._psql("select 1").returncode == 0
@@ -135,15 +174,26 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         log.info("initialising embedded PostgreSQL in %s", self.pgdata)
         result = subprocess.run(
-            [str(_bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
-             "--encoding=UTF8", "--locale=C"],
-            capture_output=True, text=True, user=self.run_as, check=False,
-        )  # fmt: skip
+            [
+                str(_bin_dir() / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            capture_output=True,
+            text=True,
+            user=self.run_as,
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stderr or result.stdout}")
 
     def _ensure_database(self) -> None:
-        exists = self._psql(f"select 1 from pg_database where datname = '{DATABASE}'")
+        exists = self._psql(f"select 1 from pg_database where datname = '{DATABASE}'")  # noqa: S608
         if exists.stdout.strip() != "1":
             created = self._psql(f'create database "{DATABASE}"')
             if created.returncode != 0:

@@ -1,0 +1,196 @@
+"""`xbusd serve` as a user runs it: embedded PostgreSQL and nats-server, restart with data
+kept, SIGTERM leaves nothing behind, `kill -9` then restart cleans up and keeps the data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from app.runtime.children import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+XBUSD = str(Path(sys.executable).parent / "xbusd")
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("XBUS_")}
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"xbusd-{data_dir.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**_clean_env(), "XBUS_NATS_PORT": "0"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [XBUSD, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("xbusd not ready:\n" + self.log.read_text())
+
+    def children(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    def whoami(self) -> dict[str, object]:
+        r = httpx.get(
+            self.url + "/api/v1/whoami", headers={"Authorization": f"Bearer {self.admin_key()}"}
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, object] = r.json()
+        return body
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+
+def _gone(procs: list[psutil.Process], timeout: float = 15) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return not alive
+
+
+def _servers_using(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if str(data_dir) in cmd and proc.info["name"] in ("postgres", "nats-server"):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "data")
+    yield srv
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.proc.kill()
+        srv.proc.wait()
+    for leftover in _servers_using(srv.data_dir):
+        leftover.kill()
+
+
+def test_start_stop_restart_keeps_data(server: Server) -> None:
+    started = time.monotonic()
+    server.start()
+    startup = time.monotonic() - started
+    first = server.whoami()
+    ready = httpx.get(server.url + "/readyz").json()
+    assert ready["checks"] == {"database": "ok", "migrations": "ok", "nats": "ok"}
+    children = server.children()
+    names = {p.name() for p in children}
+    assert {"postgres", "nats-server"} <= names, names
+    assert (server.data_dir / "postgres" / "PG_VERSION").exists()
+    assert (server.data_dir / "nats" / "jetstream").exists()
+
+    assert server.stop(signal.SIGTERM) == 0
+    assert _gone(children), [p for p in children if p.is_running()]
+    assert not (server.data_dir / "xbusd.pid").exists()
+
+    server.start()
+    assert server.whoami() == first  # same admin account, same key: data kept
+    server.stop(signal.SIGINT)
+    assert not _servers_using(server.data_dir)
+    print(f"first start (initdb included): {startup:.1f} s")
+
+
+def test_kill_9_then_restart_cleans_up(server: Server) -> None:
+    server.start()
+    first = server.whoami()
+    children = server.children()
+    server.stop(signal.SIGKILL)
+    # The parent-death signal stops the embedded servers even after kill -9.
+    assert _gone(children, 30), [p.name() for p in children if p.is_running()]
+    assert (server.data_dir / "xbusd.pid").exists()  # stale lock file left behind
+
+    # Make it worse: stale pid files naming processes that are not ours.
+    (server.data_dir / "postgres" / "postmaster.pid").write_text(
+        f"{os.getpid()}\n{server.data_dir}\n"
+    )
+    (server.data_dir / "nats" / "nats-server.pid").write_text(f"{os.getpid()}")
+
+    server.start()
+    assert server.whoami() == first
+    assert server.stop() == 0
+    assert not _servers_using(server.data_dir)
+
+
+def test_second_xbusd_on_same_data_dir_refused(server: Server, tmp_path: Path) -> None:
+    server.start()
+    other = subprocess.run(
+        [XBUSD, "serve", "--data-dir", str(server.data_dir), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_clean_env(), "XBUS_NATS_PORT": "0"},
+    )
+    assert other.returncode == 1
+    assert "another xbusd" in other.stderr
+    assert server.whoami()["admin"] is True
+
+
+def test_version_flags() -> None:
+    out = subprocess.run([XBUSD, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("xbusd ")
+    full = subprocess.run([XBUSD, "--full-version"], capture_output=True, text=True, check=True)
+    assert '"commit"' in full.stdout
+    assert '"protocol": "3.0"' in full.stdout
+
+
+def test_migrate_command(tmp_path: Path) -> None:
+    env = _clean_env()
+    out = subprocess.run(
+        [XBUSD, "migrate", "--data-dir", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "up to date" in out.stderr
+    assert not _servers_using(tmp_path / "m")
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_setting: 1\n")
+    out = subprocess.run(
+        [XBUSD, "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "unknown settings no_such_setting" in out.stderr
