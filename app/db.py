@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.bus.notify import Notifier
 from app.config import Settings
 
 
@@ -41,9 +42,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, notifier: Notifier | None = None) -> None:
         self.engine = engine
-        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        # Sessions carry the notifier so that wake-ups go out after each commit.
+        info = {"xbus_notifier": notifier} if notifier is not None else {}
+        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False, info=info)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

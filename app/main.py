@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,13 +16,22 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.accounts import router as accounts_router
 from app.accounts.bootstrap import ensure_admin
+from app.actors import router as actors_router
+from app.bus.director import Director, Limits
+from app.bus.doorbell import doorbell
+from app.bus.notify import Notifier
+from app.bus.supervisor import supervise
 from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
 from app.core.errors import PROBLEM_JSON, install_error_handlers
 from app.db import Database, create_engine
+from app.envelopes import router as envelopes_router
 from app.health import router as health_router
 from app.migrations import upgrade_async
 from app.nats import NatsConnection
+from app.pipelines import router as pipelines_router
+from app.processes import router as processes_router
+from app.requests import router as requests_router
 from app.state import AppState
 from app.version import version
 
@@ -47,7 +57,18 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
-        state = AppState(settings=settings, db=Database(engine), nats=None)
+        notifier = Notifier()
+        notifier.bind(asyncio.get_running_loop())
+        director = Director(
+            Limits(settings.request_max_attempts, timedelta(seconds=settings.request_lease))
+        )
+        state = AppState(
+            settings=settings,
+            db=Database(engine, notifier),
+            nats=None,
+            director=director,
+            notifier=notifier,
+        )
         app.state.xbus = state
         try:
             if settings.migrate_on_start:
@@ -58,6 +79,15 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.nats_url:
                 state.nats = NatsConnection(settings.nats_url)
                 state.nats.start()
+                state.tasks.append(
+                    asyncio.create_task(doorbell(state.nats, notifier), name="doorbell")
+                )
+            state.tasks.append(
+                asyncio.create_task(
+                    supervise(state.db, director, settings.envelope_stall_timeout),
+                    name="supervisor",
+                )
+            )
             log.info("xbusd %s ready", version())
             yield
         finally:
@@ -80,6 +110,11 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router.router)
     app.include_router(accounts_router.router)
+    app.include_router(actors_router.router)
+    app.include_router(pipelines_router.router)
+    app.include_router(envelopes_router.router)
+    app.include_router(requests_router.router)
+    app.include_router(processes_router.router)
     if settings.metrics_enabled:
         Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
             app, include_in_schema=True, tags=["health"], summary="Prometheus metrics"

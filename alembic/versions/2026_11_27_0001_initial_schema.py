@@ -2,15 +2,14 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 16:19:32.752082
+Create Date: 2026-11-27 16:26:27.347735
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -401,6 +400,7 @@ def upgrade() -> None:
         sa.Column("items_received", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("crc", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("item_count", sa.BigInteger(), nullable=True),
+        sa.Column("checksum", sa.BigInteger(), nullable=True),
         sa.Column("complete", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), server_default="0", nullable=False),
         sa.ForeignKeyConstraint(
@@ -466,6 +466,7 @@ def upgrade() -> None:
                 "done",
                 "error",
                 "canceled",
+                "skipped",
                 name="node_status",
                 native_enum=False,
                 create_constraint=True,
@@ -578,6 +579,14 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_index(
+        "ix_requests_inputs",
+        "requests",
+        ["inputs"],
+        unique=False,
+        postgresql_using="gin",
+        postgresql_ops={"inputs": "jsonb_path_ops"},
+    )
+    op.create_index(
         "ix_requests_lease",
         "requests",
         ["lease_expires_at"],
@@ -655,6 +664,12 @@ def downgrade() -> None:
         "ix_requests_lease",
         table_name="requests",
         postgresql_where=sa.text("status IN ('leased', 'running')"),
+    )
+    op.drop_index(
+        "ix_requests_inputs",
+        table_name="requests",
+        postgresql_using="gin",
+        postgresql_ops={"inputs": "jsonb_path_ops"},
     )
     op.drop_index(
         "ix_requests_due", table_name="requests", postgresql_where=sa.text("status = 'pending'")

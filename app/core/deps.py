@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import keys
+from app.bus.director import Director
 from app.config import Settings
 from app.core.errors import Forbidden, Unauthorized
 from app.models import Account
@@ -33,6 +34,13 @@ def get_settings(state: State) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_director(state: State) -> Director:
+    return state.director
+
+
+DirectorDep = Annotated[Director, Depends(get_director)]
 
 
 async def get_session(state: State) -> AsyncIterator[AsyncSession]:

@@ -62,6 +62,7 @@ class NodeStatus(enum.StrEnum):
     DONE = "done"
     ERROR = "error"
     CANCELED = "canceled"
+    SKIPPED = "skipped"  # the process ended before any input reached it
 
 
 class LogLevel(enum.StrEnum):

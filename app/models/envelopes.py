@@ -62,6 +62,8 @@ class Event(Base):
     items_received: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     crc: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     item_count: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # The sender may announce the checksum before the last item arrives (python-xbus does).
+    checksum: Mapped[int | None] = mapped_column(sa.BigInteger)
     complete: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 

@@ -1,0 +1,39 @@
+"""Wake-ups across replicas over NATS: a replica that commits new work rings, every replica
+wakes its local long-polls for those keys. Lives outside the bus core's pure parts: it is
+the glue between the notifier and the NATS connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from app.bus.notify import Notifier
+from app.nats import NatsConnection
+
+log = logging.getLogger(__name__)
+
+SUBJECT = "xbus.internal.wake"
+
+
+async def doorbell(nats: NatsConnection, notifier: Notifier) -> None:
+    await nats.connected_event.wait()
+    client = nats.client
+    assert client is not None
+
+    async def ring(keys: list[str]) -> None:
+        if client.is_connected:
+            await client.publish(SUBJECT, "\n".join(keys).encode())
+
+    async def on_ring(msg: object) -> None:
+        data: bytes = msg.data  # type: ignore[attr-defined]
+        notifier.wake_local(data.decode().split("\n"))
+
+    subscription = await client.subscribe(SUBJECT, cb=on_ring)
+    notifier.remote = ring
+    try:
+        await asyncio.Event().wait()
+    finally:
+        notifier.remote = None
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()

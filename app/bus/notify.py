@@ -1,0 +1,96 @@
+"""Wake-ups for long-polls: "a request is due for actor X", "process Y changed".
+
+Code that changes state calls `notify_after_commit(session, key)`; once the transaction
+commits, local waiters wake and the key is handed to `remote` (the NATS doorbell, so
+waiters on other replicas wake too). A waiter always re-reads the database: a wake-up is a
+hint, never the data, so a lost one only costs the poll interval."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+_PENDING = "xbus_notify"
+
+
+def actor_key(actor_id: uuid.UUID) -> str:
+    return f"actor.{actor_id}"
+
+
+def process_key(process_id: uuid.UUID) -> str:
+    return f"process.{process_id}"
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.remote: Callable[[list[str]], Awaitable[None]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def wake_local(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            for waiter in self._waiters.get(key, ()):
+                waiter.set()
+
+    def publish(self, keys: list[str]) -> None:
+        """Called after a commit: wake here and on the other replicas."""
+        self.wake_local(keys)
+        if self.remote is not None and self._loop is not None:
+            task = self._loop.create_task(self._send_remote(keys))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _send_remote(self, keys: list[str]) -> None:
+        assert self.remote is not None
+        try:
+            await self.remote(keys)
+        except Exception as exc:
+            log.debug("doorbell not sent: %s", exc)
+
+    async def wait(self, key: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait for a wake-up on `key`; False on timeout."""
+        waiter = asyncio.Event()
+        self._waiters[key].add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), timeout)
+            return waiter.is_set()
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]
+
+    def attach(self, session: AsyncSession) -> None:
+        session.info["xbus_notifier"] = self
+
+
+def notify_after_commit(session: AsyncSession | Session, key: str) -> None:
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    sync.info.setdefault(_PENDING, set()).add(key)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    keys = session.info.pop(_PENDING, None)
+    notifier = session.info.get("xbus_notifier")
+    if keys and isinstance(notifier, Notifier):
+        notifier.publish(sorted(keys))
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)

@@ -1,0 +1,339 @@
+"""Emission and envelope endpoints."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.actors.access import load_owned_actor
+from app.core.deps import Caller, DirectorDep, Session, SettingsDep
+from app.core.errors import Problem
+from app.core.exceptions import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from app.core.pagination import decode_cursor, encode_cursor
+from app.envelopes import repository, service
+from app.envelopes.access import readable_envelope
+from app.envelopes.codec import (
+    EnvelopeFormatError,
+    EnvelopeTooLargeError,
+    encode_item,
+    envelope_from_complete_fragment,
+    parse_envelope_json,
+    parse_output_request,
+)
+from app.envelopes.schemas import (
+    AppendRead,
+    EmissionRead,
+    EnvelopeRead,
+    EventRead,
+    ItemPage,
+    ItemsAppend,
+    UploadCreate,
+    UploadRead,
+)
+from app.models import Envelope
+
+router = APIRouter(prefix="/api/v1", tags=["envelopes"])
+
+PROTOBUF = "application/x-protobuf"
+
+
+class EventIn(BaseModel):
+    """Documentation of the envelope JSON (parsed by the codec, which reports every problem
+    with a JSON pointer)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID | None = None
+    type: str
+    encoding: str = Field("text", pattern="^(text|base64|json)$")
+    items: list[Any]
+
+
+class EnvelopeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID | None = None
+    events: list[EventIn]
+
+
+_OUTPUT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": EnvelopeIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            },
+            PROTOBUF: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "xbus.OutputRequest",
+                }
+            },
+        },
+    }
+}
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) -> Any:
+    if media == PROTOBUF:
+        try:
+            output, fragment = parse_output_request(body)
+            envelope = envelope_from_complete_fragment(fragment)
+        except EnvelopeFormatError as exc:
+            raise Unprocessable(
+                f"{exc}; an OutputRequest over HTTP must carry a whole envelope "
+                "(use the upload endpoints for fragments)"
+            ) from None
+        if output != "default":
+            raise Unprocessable("emitters write to the output 'default'")
+        if envelope.item_count > max_items or envelope.byte_size > max_bytes:
+            raise PayloadTooLarge("the envelope is larger than the configured limits")
+        return envelope
+    if media not in ("application/json", ""):
+        raise UnsupportedMediaType(f"send application/json or {PROTOBUF}, not {media}")
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unprocessable(f"the body is not valid JSON: {exc}") from None
+    try:
+        return parse_envelope_json(obj, max_items=max_items, max_bytes=max_bytes)
+    except EnvelopeTooLargeError as exc:
+        raise PayloadTooLarge(str(exc)) from None
+    except EnvelopeFormatError as exc:
+        raise Unprocessable(exc.detail, extra={"pointer": exc.pointer}) from None
+
+
+@router.post(
+    "/actors/{emitter}/output",
+    summary="Emit an envelope: store it and start its process",
+    status_code=202,
+    response_model=EmissionRead,
+    responses=Problem.of(401, 403, 404, 409, 413, 415, 422),
+    openapi_extra=_OUTPUT_BODY,
+)
+async def output(
+    emitter: str,
+    request: Request,
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Any:
+    actor = await load_owned_actor(session, caller, emitter)
+    body = await request.body()
+    media = _media_type(request)
+    if idempotency_key is not None:
+        stored = await service.claim_idempotency_key(
+            session, actor.id, idempotency_key, service.body_hash(media, body)
+        )
+        if stored is not None:
+            status_code, answer = stored
+            return JSONResponse(
+                answer, status_code=status_code, headers={"Idempotency-Replayed": "true"}
+            )
+    envelope = _decode_envelope(
+        media, body, settings.envelope_max_items, settings.envelope_max_bytes
+    )
+    emission = await service.emit(session, director, actor, envelope)
+    if idempotency_key is not None:
+        await service.record_idempotent_answer(
+            session, actor.id, idempotency_key, 202, emission.model_dump(mode="json")
+        )
+    return emission
+
+
+def _events(envelope: Envelope, summaries: list[repository.EventSummary]) -> list[EventRead]:
+    return [
+        EventRead(
+            id=s.id,
+            position=s.position,
+            type=s.type,
+            encoding=s.encoding,
+            item_count=s.item_count,
+            size_bytes=s.size_bytes,
+            complete=s.complete,
+            items_url=f"/api/v1/envelopes/{envelope.id}/events/{s.id}/items",
+        )
+        for s in summaries
+    ]
+
+
+@router.post(
+    "/actors/{emitter}/envelopes",
+    summary="Open an envelope to upload in fragments",
+    status_code=201,
+    response_model=UploadRead,
+    responses=Problem.of(401, 403, 404, 409, 422),
+)
+async def open_upload(
+    emitter: str, body: UploadCreate, session: Session, caller: Caller, settings: SettingsDep
+) -> UploadRead:
+    actor = await load_owned_actor(session, caller, emitter)
+    envelope = await service.open_upload(session, actor, body.id, body.events)
+    return UploadRead(
+        envelope_id=envelope.id,
+        status=envelope.status,
+        events=_events(envelope, await repository.list_events(session, envelope.id)),
+        stall_deadline=service.stall_deadline(envelope, settings),
+    )
+
+
+async def _own_upload(session: Session, caller: Caller, envelope_id: uuid.UUID) -> Any:
+    envelope = await session.get(Envelope, envelope_id)
+    if envelope is None or envelope.emitter_id is None:
+        raise NotFound(f"no envelope {envelope_id}")
+    return await load_owned_actor(session, caller, str(envelope.emitter_id))
+
+
+@router.post(
+    "/envelopes/{envelope_id}/events/{event_id}/items",
+    summary="Append items to an event of an envelope being uploaded",
+    response_model=AppendRead,
+    responses=Problem.of(401, 403, 404, 409, 413, 415, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ItemsAppend.model_json_schema()},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def append_items(
+    envelope_id: uuid.UUID,
+    event_id: uuid.UUID,
+    request: Request,
+    session: Session,
+    caller: Caller,
+    settings: SettingsDep,
+) -> AppendRead:
+    await _own_upload(session, caller, envelope_id)
+    media = _media_type(request)
+    body = await request.body()
+    raw_items: list[Any] | None = None
+    binary: bytes | None = None
+    if media == "application/octet-stream":
+        binary = body
+    elif media in ("application/json", ""):
+        try:
+            raw_items = ItemsAppend.model_validate_json(body).items
+        except ValueError as exc:
+            raise Unprocessable(
+                f'expected {{"items": [...]}}: {str(exc).splitlines()[0]}'
+            ) from None
+    else:
+        raise UnsupportedMediaType(
+            f"send application/json or application/octet-stream, not {media}"
+        )
+    envelope, event = await service.append_items(
+        session, settings, envelope_id, event_id, raw_items, binary
+    )
+    return AppendRead(
+        envelope_id=envelope.id,
+        event_id=event.id,
+        items_received=event.items_received,
+        envelope_item_count=envelope.item_count,
+        envelope_size_bytes=envelope.size_bytes,
+        stall_deadline=service.stall_deadline(envelope, settings),
+    )
+
+
+@router.post(
+    "/envelopes/{envelope_id}/close",
+    summary="Close an uploaded envelope and start its process",
+    status_code=202,
+    response_model=EmissionRead,
+    responses=Problem.of(401, 403, 404, 409, 422),
+)
+async def close_upload(
+    envelope_id: uuid.UUID,
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+) -> EmissionRead:
+    actor = await _own_upload(session, caller, envelope_id)
+    return await service.close_upload(session, director, settings, actor, envelope_id)
+
+
+@router.get(
+    "/envelopes/{envelope_id}",
+    summary="An envelope: status, sizes and events",
+    response_model=EnvelopeRead,
+    responses=Problem.of(401, 403, 404),
+)
+async def get_envelope(envelope_id: str, session: Session, caller: Caller) -> EnvelopeRead:
+    envelope = await readable_envelope(session, caller, envelope_id)
+    return EnvelopeRead(
+        id=envelope.id,
+        status=envelope.status,
+        status_reason=envelope.status_reason,
+        emitter_id=envelope.emitter_id,
+        process_id=envelope.process_id,
+        node_id=envelope.node_id,
+        output=envelope.output,
+        event_count=envelope.event_count,
+        item_count=envelope.item_count,
+        size_bytes=envelope.size_bytes,
+        created_at=envelope.created_at,
+        last_fragment_at=envelope.last_fragment_at,
+        completed_at=envelope.completed_at,
+        events=_events(envelope, await repository.list_events(session, envelope.id)),
+    )
+
+
+@router.get(
+    "/envelopes/{envelope_id}/events/{event_id}/items",
+    summary="Read an event's items, a page at a time",
+    response_model=ItemPage,
+    responses=Problem.of(400, 401, 403, 404),
+)
+async def get_items(
+    envelope_id: str,
+    event_id: uuid.UUID,
+    session: Session,
+    caller: Caller,
+    settings: SettingsDep,
+    cursor: str | None = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+) -> ItemPage:
+    envelope = await readable_envelope(session, caller, envelope_id)
+    summaries = {s.id: s for s in await repository.list_events(session, envelope.id)}
+    event = summaries.get(event_id)
+    if event is None:
+        raise NotFound(f"envelope {envelope.id} has no event {event_id}")
+    size = min(limit or settings.page_size_default, settings.page_size_max)
+    after = int(decode_cursor(cursor, 1)[0]) if cursor else -1
+    rows = await repository.item_page(session, event.id, after, size)
+    items: list[Any] = []
+    budget = settings.inline_envelope_max_bytes
+    last = after
+    for position, data in rows:
+        if items and budget - len(data) < 0:
+            break
+        budget -= len(data)
+        try:
+            items.append(encode_item(data, event.encoding))
+        except ValueError:
+            items.append(encode_item(data, "base64"))
+        last = position
+    more = len(items) < len(rows) or len(rows) == size
+    return ItemPage(
+        event_id=event.id,
+        encoding=event.encoding,
+        items=items,
+        next_cursor=encode_cursor([last]) if more and items else None,
+    )
+
+
+__all__ = ["Response", "router"]

@@ -1,0 +1,251 @@
+"""Emission: store the envelope durably, start its process, answer once per idempotency key.
+Uploads: an envelope sent in fragments (open, append items per event, close)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bus.director import Director
+from app.config import Settings
+from app.core.exceptions import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from app.envelopes import repository
+from app.envelopes.codec import EnvelopeData, EnvelopeFormatError, decode_item
+from app.envelopes.schemas import EmissionRead, EventDeclaration
+from app.models import Actor, Envelope, Event, IdempotencyKey, Process
+from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def body_hash(content_type: str, body: bytes) -> str:
+    digest = hashlib.sha256(content_type.encode() + b"\n")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def check_emitter(actor: Actor) -> None:
+    if actor.kind != ActorKind.EMITTER:
+        raise Unprocessable(
+            f"actor {actor.name!r} is a {actor.kind.value}; only emitters emit envelopes"
+        )
+    if actor.status != ActorStatus.ENABLED:
+        raise Forbidden(f"actor {actor.name!r} is {actor.status.value}")
+
+
+async def claim_idempotency_key(
+    session: AsyncSession, emitter_id: uuid.UUID, key: str, digest: str
+) -> tuple[int, dict[str, Any]] | None:
+    """Reserve the key for this emission. Returns the stored answer when the key was used
+    before with the same body; raises 409 when it was used with another body."""
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise Unprocessable(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    inserted = await session.execute(
+        pg_insert(IdempotencyKey)
+        .values(emitter_id=emitter_id, key=key, body_hash=digest, status_code=0, response={})
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
+    )
+    if inserted.first() is not None:
+        return None
+    # Used before (or by a concurrent request that has now committed: the insert waited).
+    stored = (
+        await session.execute(
+            sa.select(IdempotencyKey)
+            .where(IdempotencyKey.emitter_id == emitter_id, IdempotencyKey.key == key)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    if stored.body_hash != digest:
+        raise Conflict(f"Idempotency-Key {key!r} was already used with a different body")
+    if stored.status_code == 0:
+        raise Conflict(f"an emission with Idempotency-Key {key!r} is still in progress")
+    return stored.status_code, stored.response
+
+
+async def record_idempotent_answer(
+    session: AsyncSession, emitter_id: uuid.UUID, key: str, status_code: int, body: dict[str, Any]
+) -> None:
+    await session.execute(
+        sa.update(IdempotencyKey)
+        .where(IdempotencyKey.emitter_id == emitter_id, IdempotencyKey.key == key)
+        .values(status_code=status_code, response=body)
+    )
+
+
+async def emit(
+    session: AsyncSession, director: Director, emitter: Actor, envelope: EnvelopeData
+) -> EmissionRead:
+    """Store a complete envelope and start its process, in the caller's transaction."""
+    check_emitter(emitter)
+    envelope_id = await repository.store_envelope(session, envelope, emitter_id=emitter.id)
+    types = list(dict.fromkeys(e.type for e in envelope.events))
+    process = await director.start_process(session, emitter, envelope_id, types)
+    return EmissionRead(envelope_id=envelope_id, process_id=process.id, status=process.status)
+
+
+# ---------------------------------------------------------------------------- uploads
+def stall_deadline(envelope: Envelope, settings: Settings) -> datetime:
+    return envelope.last_fragment_at + timedelta(seconds=settings.envelope_stall_timeout)
+
+
+async def open_upload(
+    session: AsyncSession,
+    emitter: Actor,
+    envelope_id: uuid.UUID | None,
+    events: list[EventDeclaration],
+) -> Envelope:
+    check_emitter(emitter)
+    if envelope_id is not None and await session.get(Envelope, envelope_id) is not None:
+        raise Conflict(f"envelope {envelope_id} already exists")
+    ids = [e.id for e in events if e.id is not None]
+    if len(ids) != len(set(ids)):
+        raise Unprocessable("event ids must be unique")
+    if ids and await session.scalar(sa.select(sa.func.count()).where(Event.id.in_(ids))):
+        raise Conflict("an event id is already used by another envelope")
+    now = datetime.now(UTC)
+    envelope = Envelope(
+        id=envelope_id or uuid.uuid4(),
+        emitter_id=emitter.id,
+        status=EnvelopeStatus.RECEIVING,
+        event_count=len(events),
+        created_at=now,
+        last_fragment_at=now,
+    )
+    session.add(envelope)
+    await session.flush()
+    for position, declared in enumerate(events):
+        session.add(
+            Event(
+                id=declared.id or uuid.uuid4(),
+                envelope_id=envelope.id,
+                position=position,
+                type=declared.type,
+                encoding=declared.encoding,
+            )
+        )
+    await session.flush()
+    return envelope
+
+
+async def _receiving(session: AsyncSession, envelope_id: uuid.UUID, settings: Settings) -> Envelope:
+    envelope = (
+        await session.execute(
+            sa.select(Envelope)
+            .where(Envelope.id == envelope_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if envelope is None:
+        raise NotFound(f"no envelope {envelope_id}")
+    if envelope.status == EnvelopeStatus.RECEIVING and datetime.now(UTC) > stall_deadline(
+        envelope, settings
+    ):
+        raise Conflict(
+            f"envelope {envelope_id} stalled: no fragment for {settings.envelope_stall_timeout:g} s"
+        )
+    if envelope.status != EnvelopeStatus.RECEIVING:
+        raise Conflict(f"envelope {envelope_id} is {envelope.status.value}, not receiving")
+    return envelope
+
+
+async def append_items(
+    session: AsyncSession,
+    settings: Settings,
+    envelope_id: uuid.UUID,
+    event_id: uuid.UUID,
+    raw_items: list[Any] | None,
+    binary: bytes | None,
+) -> tuple[Envelope, Event]:
+    envelope = await _receiving(session, envelope_id, settings)
+    event = (
+        await session.execute(
+            sa.select(Event)
+            .where(Event.id == event_id, Event.envelope_id == envelope_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if event is None:
+        raise NotFound(f"envelope {envelope_id} has no event {event_id}")
+    if binary is not None:
+        items = [binary]
+    else:
+        assert raw_items is not None
+        try:
+            items = [decode_item(v, event.encoding, f"/items/{n}") for n, v in enumerate(raw_items)]
+        except EnvelopeFormatError as exc:
+            raise Unprocessable(str(exc)) from None
+    added_bytes = sum(len(i) for i in items)
+    if envelope.item_count + len(items) > settings.envelope_max_items:
+        raise PayloadTooLarge(f"the envelope would exceed {settings.envelope_max_items} items")
+    if envelope.size_bytes + added_bytes > settings.envelope_max_bytes:
+        raise PayloadTooLarge(f"the envelope would exceed {settings.envelope_max_bytes} bytes")
+    start = event.items_received
+    await repository.insert_items(
+        session, [(event.id, start + n, data) for n, data in enumerate(items)]
+    )
+    event.items_received += len(items)
+    event.size_bytes += added_bytes
+    envelope.item_count += len(items)
+    envelope.size_bytes += added_bytes
+    envelope.last_fragment_at = datetime.now(UTC)
+    await session.flush()
+    return envelope, event
+
+
+async def close_upload(
+    session: AsyncSession,
+    director: Director,
+    settings: Settings,
+    emitter: Actor,
+    envelope_id: uuid.UUID,
+) -> EmissionRead:
+    existing = await session.get(Envelope, envelope_id)
+    if existing is not None and existing.status == EnvelopeStatus.COMPLETE:
+        # Closing twice answers the same: a retried close must not fail.
+        process = (
+            await session.execute(
+                sa.select(Process).where(Process.trigger_envelope_id == envelope_id)
+            )
+        ).scalar_one_or_none()
+        if process is not None:
+            return EmissionRead(
+                envelope_id=envelope_id, process_id=process.id, status=process.status
+            )
+    envelope = await _receiving(session, envelope_id, settings)
+    check_emitter(emitter)
+    now = datetime.now(UTC)
+    await session.execute(
+        sa.update(Event)
+        .where(Event.envelope_id == envelope_id)
+        .values(complete=True, item_count=Event.items_received)
+    )
+    envelope.status = EnvelopeStatus.COMPLETE
+    envelope.completed_at = now
+    await session.flush()
+    types = await repository.event_types(session, envelope_id)
+    process = await director.start_process(session, emitter, envelope_id, types)
+    return EmissionRead(envelope_id=envelope_id, process_id=process.id, status=process.status)
+
+
+async def mark_stalled(session: AsyncSession, stall_timeout: float) -> int:
+    """Receiving envelopes with no fragment for the stall timeout become `stalled`."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
+    result = await session.execute(
+        sa.update(Envelope)
+        .where(Envelope.status == EnvelopeStatus.RECEIVING, Envelope.last_fragment_at < cutoff)
+        .values(
+            status=EnvelopeStatus.STALLED,
+            status_reason=f"no fragment received for {stall_timeout:g} s",
+        )
+        .returning(Envelope.id)
+    )
+    return len(result.all())

@@ -1,0 +1,106 @@
+"""HTTP-polling actors: lease the next request, report its state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.actors.access import load_owned_actor
+from app.bus.director import Message
+from app.bus.notify import actor_key
+from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
+from app.core.errors import Problem
+from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable
+from app.envelopes.codec import (
+    EnvelopeData,
+    EnvelopeFormatError,
+    EnvelopeTooLargeError,
+    parse_envelope_json,
+)
+from app.models.enums import ActorStatus, RequestStatus
+from app.requests.schemas import ActorRequestRead, RequestStateIn, RequestStateRead
+from app.requests.service import request_payload
+
+router = APIRouter(prefix="/api/v1", tags=["requests"])
+
+# Even without a wake-up, re-check this often (due retries, missed doorbells).
+_RECHECK = 1.0
+
+
+@router.get(
+    "/actors/{actor}/requests",
+    summary="Lease the next request of a polling actor (long-poll with ?wait=N)",
+    response_model=ActorRequestRead,
+    responses={
+        204: {"description": "No request came within the wait"},
+        **Problem.of(401, 403, 404, 422),
+    },
+)
+async def lease_request(
+    actor: str,
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+    state: State,
+    wait: Annotated[float, Query(ge=0, description="seconds to wait for a request")] = 0,
+) -> Any:
+    target = await load_owned_actor(session, caller, actor)
+    if target.status != ActorStatus.ENABLED:
+        raise Forbidden(f"actor {target.name!r} is {target.status.value}")
+    deadline = time.monotonic() + min(wait, settings.long_poll_max)
+    holder = f"http:{caller.name}"
+    while True:
+        request = await director.lease_next(session, target, holder)
+        if request is not None:
+            return await request_payload(session, request, settings.inline_envelope_max_bytes)
+        await session.commit()  # hold no connection while waiting
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(status_code=204)
+        await state.notifier.wait(actor_key(target.id), min(remaining, _RECHECK))
+        await asyncio.sleep(0)
+
+
+@router.post(
+    "/requests/{request_id}/state",
+    summary="Report the state of a request: running, success (with outputs) or error",
+    response_model=RequestStateRead,
+    responses=Problem.of(401, 403, 404, 409, 413, 422),
+)
+async def report_state(
+    request_id: uuid.UUID,
+    body: RequestStateIn,
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+) -> RequestStateRead:
+    outputs: dict[str, EnvelopeData] = {}
+    for name, raw in body.outputs.items():
+        try:
+            outputs[name] = parse_envelope_json(
+                raw, max_items=settings.envelope_max_items, max_bytes=settings.envelope_max_bytes
+            )
+        except EnvelopeTooLargeError as exc:
+            raise PayloadTooLarge(f"output {name}: {exc}") from None
+        except EnvelopeFormatError as exc:
+            pointer = f"/outputs/{name}{exc.pointer or ''}"
+            raise Unprocessable(
+                f"output {name}: {exc.detail}", extra={"pointer": pointer}
+            ) from None
+    request = await director.report(
+        session,
+        request_id,
+        RequestStatus(body.status),
+        [Message(m.level, m.text) for m in body.messages],
+        outputs,
+        account_id=None if caller.admin else caller.account_id,
+    )
+    return RequestStateRead(
+        request_id=request.id, status=request.status, lease_expires_at=request.lease_expires_at
+    )
