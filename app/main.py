@@ -106,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=version(),
         summary="Application messaging bus: accounts, actors, pipelines, envelopes, processes.",
         lifespan=lifespan,
+        # Operation ids are the route function names: stable, and readable in generated clients.
+        generate_unique_id_function=lambda route: route.name,
     )
     install_error_handlers(app)
     app.include_router(health_router.router)

@@ -6,12 +6,11 @@ import asyncio
 from functools import cache
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-from alembic import command
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.repository import storable_ref
 from app.core.deps import Principal
-from app.core.errors import NotFound
+from app.core.exceptions import NotFound
 from app.models import Actor
 
 

@@ -10,23 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.exceptions import Unprocessable
 from app.models import Actor, Pipeline
-from app.models.enums import ActorKind, ActorStatus, PipelineStatus
-from app.pipelines.graph import Graph, Node, parse_graph
-
-# Active pipelines cannot be edited, so a parsed graph is valid as long as (id, updated_at).
-_GRAPHS: dict[tuple[uuid.UUID, str], Graph] = {}
+from app.models.enums import ActorKind, ActorStatus
+from app.pipelines.graph import Graph, Node
+from app.pipelines.service import active_pipelines
+from app.pipelines.service import pipeline_graph as stored_graph
 
 
 def pipeline_graph(pipeline: Pipeline) -> Graph:
-    key = (pipeline.id, pipeline.updated_at.isoformat())
-    graph = _GRAPHS.get(key)
+    graph = stored_graph(pipeline)
     if graph is None:
-        graph, _ = parse_graph(pipeline.graph or {})
-        if graph is None:
-            raise Unprocessable(f"pipeline {pipeline.name} {pipeline.version} has no usable graph")
-        if len(_GRAPHS) > 1000:
-            _GRAPHS.clear()
-        _GRAPHS[key] = graph
+        raise Unprocessable(f"pipeline {pipeline.name} {pipeline.version} has no usable graph")
     return graph
 
 
@@ -45,15 +38,9 @@ class Route:
 
 async def route_for(session: AsyncSession, emitter: Actor, event_types: list[str]) -> Route:
     """Exactly one active pipeline must take this emitter's envelope."""
-    pipelines = (
-        (await session.execute(sa.select(Pipeline).where(Pipeline.status == PipelineStatus.ACTIVE)))
-        .scalars()
-        .all()
-    )
     routes: list[Route] = []
     other_types: list[str] = []
-    for pipeline in pipelines:
-        graph = pipeline_graph(pipeline)
+    for pipeline, graph in await active_pipelines(session):
         for node in graph.emitters():
             if not node_refers_to(node, emitter):
                 continue

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from app.core.errors import BadRequest
+from app.core.exceptions import BadRequest
 
 
 def encode_cursor(values: list[Any]) -> str:

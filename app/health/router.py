@@ -69,6 +69,26 @@ async def readyz(state: State) -> Any:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
+class BusInfo(BaseModel):
+    version: str
+    protocol: str
+    nats_url: str | None
+
+
+@router.get(
+    "/api/v1/info",
+    summary="Where actors connect: version, protocol, NATS URL",
+    response_model=BusInfo,
+)
+async def info(state: State) -> BusInfo:
+    settings = state.settings
+    return BusInfo(
+        version=version(),
+        protocol=PROTOCOL_VERSION,
+        nats_url=settings.nats_public_url or settings.nats_url,
+    )
+
+
 @router.get("/version", summary="Version and build details", response_model=VersionInfo)
 async def get_version() -> VersionInfo:
     return VersionInfo(**full_version())

@@ -31,7 +31,12 @@ class ActorRequest(Base):
         ),
         sa.Index("ix_requests_process_id_node_id", "process_id", "node_id"),
         # "which requests handed out this envelope" (envelope read access)
-        sa.Index("ix_requests_inputs", "inputs", postgresql_using="gin", postgresql_ops={"inputs": "jsonb_path_ops"}),
+        sa.Index(
+            "ix_requests_inputs",
+            "inputs",
+            postgresql_using="gin",
+            postgresql_ops={"inputs": "jsonb_path_ops"},
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

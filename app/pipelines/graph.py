@@ -52,8 +52,10 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol, cast, get_args
 
 import yaml
@@ -165,17 +167,33 @@ class Graph:
     def emitters(self) -> list[Node]:
         return [node for node in self.nodes.values() if node.type == "emitter"]
 
+    # Edges by node, built once: the validator and the director ask for every node's
+    # edges, and scanning all edges each time is quadratic in the graph size.
+    @cached_property
+    def _edges_out(self) -> dict[str, list[Edge]]:
+        index: dict[str, list[Edge]] = {}
+        for edge in self.edges:
+            index.setdefault(edge.source, []).append(edge)
+        return index
+
+    @cached_property
+    def _edges_in(self) -> dict[str, list[Edge]]:
+        index: dict[str, list[Edge]] = {}
+        for edge in self.edges:
+            index.setdefault(edge.target, []).append(edge)
+        return index
+
     def outgoing(self, node_id: str, port: str | None = None) -> list[Edge]:
         """Edges leaving ``node_id`` (only from ``port`` if given), in declaration order."""
         return [
             edge
-            for edge in self.edges
-            if edge.source == node_id and (port is None or edge.source_port == port)
+            for edge in self._edges_out.get(node_id, ())
+            if port is None or edge.source_port == port
         ]
 
     def incoming(self, node_id: str) -> list[Edge]:
         """Edges entering ``node_id``, in declaration order."""
-        return [edge for edge in self.edges if edge.target == node_id]
+        return list(self._edges_in.get(node_id, ()))
 
     def connected_inputs(self, node_id: str) -> set[str]:
         """The input ports of ``node_id`` that have at least one incoming edge."""
@@ -234,11 +252,22 @@ class _ParseNotes:
         return (node_id, name) in self.broken
 
 
+# Values that are not names are shown abridged: a YAML document can nest aliases
+# ("billion laughs") so that a full repr would be exponentially long.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 2
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _short(value: object) -> str:
+    return _SHORT.repr(value)
+
+
 def _q(value: object) -> str:
     """Quote a name for a message."""
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
-    return repr(value)
+    return _short(value)
 
 
 def _kind_of(value: object) -> str:
@@ -284,6 +313,10 @@ class _Parser:
                 return None
             except yaml.YAMLError as exc:
                 self.error(f"invalid YAML: {exc}")
+                return None
+            except RecursionError:
+                # PyYAML recurses once per nesting level of the document.
+                self.error("invalid YAML: the document is nested too deeply")
                 return None
         if data is None:
             self.error('the graph is empty: expected a mapping with "nodes" and "edges"')
@@ -434,7 +467,7 @@ class _Parser:
             else:
                 self.error(
                     f'{name}: "{prefix}{key}" item #{index} must be a string, '
-                    f"not {_kind_of(item)} ({item!r})",
+                    f"not {_kind_of(item)} ({_short(item)})",
                     node_id,
                 )
                 self.notes.broken.add((node_id, prefix + key))
@@ -504,6 +537,11 @@ class _Validator:
         # Edges between known nodes, whatever their ports: a wrong port is reported
         # on the edge itself and should not also make its target look unreachable.
         self.links = [e for e in graph.edges if e.source in graph.nodes and e.target in graph.nodes]
+        self.links_in: dict[str, list[Edge]] = {}
+        self.links_out: dict[str, list[Edge]] = {}
+        for edge in self.links:
+            self.links_in.setdefault(edge.target, []).append(edge)
+            self.links_out.setdefault(edge.source, []).append(edge)
 
     def error(self, text: str, node_id: str | None = None) -> None:
         self.messages.append(ValidationMessage("error", text, node_id))
@@ -646,8 +684,8 @@ class _Validator:
     def check_flow(self, node: Node, reached: set[str] | None, reaching: set[str] | None) -> None:
         name = f"node {_q(node.id)}"
         nid = node.id
-        incoming = [e for e in self.links if e.target == nid]
-        outgoing = [e for e in self.links if e.source == nid]
+        incoming = self.links_in.get(nid, [])
+        outgoing = self.links_out.get(nid, [])
 
         unreachable = reached is not None and node.type != "emitter" and nid not in reached
         if unreachable:
@@ -749,10 +787,11 @@ class _Validator:
 
     def check_cycles(self) -> None:
         order = {nid: index for index, nid in enumerate(self.graph.nodes)}
-        adjacency: dict[str, list[str]] = {nid: [] for nid in self.graph.nodes}
+        # dict keys: unique successors in declaration order, with O(1) membership.
+        successors: dict[str, dict[str, None]] = {nid: {} for nid in self.graph.nodes}
         for edge in self.links:
-            if edge.target not in adjacency[edge.source]:
-                adjacency[edge.source].append(edge.target)
+            successors[edge.source][edge.target] = None
+        adjacency = {nid: list(targets) for nid, targets in successors.items()}
         for component in _strongly_connected(adjacency):
             first = min(component, key=order.__getitem__)
             if len(component) == 1 and first not in adjacency[first]:

@@ -104,6 +104,9 @@ async def test_disabled_account_sees_whoami_but_is_403_elsewhere(
     r = await client.get("/api/v1/whoami", headers={"Xbus-Api-Key": key})
     assert r.status_code == 200
     assert r.json()["account"]["status"] == "disabled"
+    assert_problem(
+        await client.get("/api/v1/actors", headers={"Xbus-Api-Key": key}), 403, "disabled"
+    )
 
 
 async def test_generated_admin_key_file(settings: Settings, clean_db: None, tmp_path: Path) -> None:

@@ -892,3 +892,42 @@ def test_resolver_is_optional() -> None:
 
 def errors_with_resolver(data: dict[str, Any], fragment: str) -> list[str]:
     return [t for t in texts(checked(copy.deepcopy(data), RESOLVER), "error") if fragment in t]
+
+
+def test_yaml_alias_bomb_gives_short_messages() -> None:
+    # Nested aliases expand to 10**20 leaves: messages must show them abridged.
+    lines = ["  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 20):
+        lines.append(f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    doc = "\n".join(
+        ["defs:", *lines, "nodes:", "  - id: e", "    type: *a19", "    actors: [*a19]"]
+    )
+    graph, messages = check_graph(doc)
+    assert graph is not None
+    assert messages
+    assert all(len(m.text) < 1000 for m in messages), [len(m.text) for m in messages]
+
+
+def test_wide_graph_edges_by_node() -> None:
+    n = 3000
+    data: dict[str, Any] = {
+        "nodes": [
+            {"id": "e", "type": "emitter", "actors": ["x"], "sourcematch": {"eventtypes": ["t"]}},
+            *({"id": f"w{i}", "type": "worker", "actors": ["w"]} for i in range(n)),
+            {"id": "c", "type": "consumer", "actors": ["c"]},
+        ],
+        "edges": [f"e->w{i}" for i in range(n)] + [f"w{i}->c" for i in range(n)],
+    }
+    graph, messages = check_graph(data)
+    assert graph is not None
+    assert messages == []
+    assert len(graph.outgoing("e")) == n
+    assert len(graph.incoming("c")) == n
+    assert [str(e) for e in graph.outgoing("w7")] == ["w7.default->c.default"]
+
+
+def test_deeply_nested_yaml_is_a_message_not_a_crash() -> None:
+    depth = 5000
+    graph, messages = parse_graph("nodes: " + "[" * depth + "]" * depth)
+    assert graph is None
+    assert [m.text for m in messages] == ["invalid YAML: the document is nested too deeply"]

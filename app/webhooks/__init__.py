@@ -1,0 +1,1 @@
+"""Webhook actors: per-actor settings (`settings.py`) and outbound delivery."""

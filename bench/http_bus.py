@@ -1,0 +1,1010 @@
+"""End-to-end HTTP throughput of the bus against a bare FastAPI + asyncpg baseline.
+
+    uv run python -m bench.http_bus [--envelopes N] [--concurrency C] [--consumers K]
+                                    [--seconds-max S] [--json FILE]
+
+One command, everything local (127.0.0.1 and Unix sockets only):
+
+1. starts PostgreSQL and nats-server from the embedded packages in a temporary data dir
+   (`app.runtime.EmbeddedRuntime`);
+2. baseline: serves `bench.baseline_app` (one uvicorn worker; POST /ingest = one SELECT + one
+   INSERT through an asyncpg pool of 10, in a scratch database of the same PostgreSQL) and
+   drives it with C clients sending N ~300-byte JSON bodies;
+3. bus: runs `xbusd serve` against the same PostgreSQL and nats-server, creates an account,
+   an emitter, K consumers sharing a role and an active pipeline emitter -> consumer (role,
+   spread); then C emitter clients POST N envelopes while K consumer loops long-poll their
+   actor's requests and report success;
+4. prints requests/s and latencies of both, the ratios, and CPU used by each process.
+
+Every HTTP client task has its own `httpx.AsyncClient` (a shared one is slow: see
+PERF-NOTES). The load generator runs in this process, on the same cores as the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import psutil
+from sqlalchemy.engine import make_url
+
+from app.config import load_settings
+from app.runtime import children
+from app.runtime.embedded import EmbeddedRuntime
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+BODY_BYTES = 300
+SCRATCH_DB = "bench_scratch"
+EVENT_TYPE = "order.created"
+ROLE = "bench-sink"
+HTTP_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------- options
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    envelopes: int
+    concurrency: int
+    consumers: int
+    seconds_max: float
+    baseline_seconds: float
+    warmup: int
+    poll_wait: float
+    json_file: Path | None
+    keep: bool
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.http_bus",
+        description="Bus HTTP throughput (emit -> poll -> success) against a FastAPI+asyncpg "
+        "baseline, on embedded PostgreSQL and nats-server.",
+    )
+    p.add_argument(
+        "--envelopes",
+        "-n",
+        type=int,
+        default=1000,
+        help="envelopes to emit [1000]",
+    )
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=16,
+        help="concurrent emitter / baseline clients [16]",
+    )
+    p.add_argument(
+        "--consumers", "-k", type=int, default=4, help="consumer actors, one polling loop each [4]"
+    )
+    p.add_argument(
+        "--seconds-max",
+        type=float,
+        default=120.0,
+        help="bound of the measured bus round (emission and drain) in seconds [120]",
+    )
+    p.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=10.0,
+        help="length of each measured baseline run in seconds [10]",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="unmeasured requests/envelopes before each measured run [100]",
+    )
+    p.add_argument("--poll-wait", type=float, default=5.0, help="consumers' ?wait= (s) [5]")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs")
+    a = p.parse_args(argv)
+    for name in ("envelopes", "concurrency", "consumers"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if a.seconds_max <= 0 or a.baseline_seconds <= 0 or a.warmup < 0 or a.poll_wait < 0:
+        p.error(
+            "--seconds-max and --baseline-seconds must be positive, --warmup and "
+            "--poll-wait not negative"
+        )
+    return Options(
+        envelopes=a.envelopes,
+        concurrency=a.concurrency,
+        consumers=a.consumers,
+        seconds_max=a.seconds_max,
+        baseline_seconds=a.baseline_seconds,
+        warmup=a.warmup,
+        poll_wait=a.poll_wait,
+        json_file=a.json,
+        keep=a.keep,
+    )
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def make_body(seq: int) -> bytes:
+    """A ~300-byte JSON envelope, valid for the bus and stored as jsonb by the baseline."""
+    item: dict[str, Any] = {
+        "id": seq,
+        "sku": f"SKU-{seq % 100000:06d}",
+        "qty": 1 + seq % 7,
+        "price": "19.90",
+        "customer": f"customer-{seq % 977:04d}",
+        "note": "",
+    }
+    envelope = {"events": [{"type": EVENT_TYPE, "encoding": "json", "items": [item]}]}
+    item["note"] = "x" * max(0, BODY_BYTES - len(json.dumps(envelope, separators=(",", ":"))))
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def latency_ms(values: list[float]) -> dict[str, float | None]:
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 2)
+
+    return {
+        "p50": ms(percentile(values, 50)),
+        "p95": ms(percentile(values, 95)),
+        "p99": ms(percentile(values, 99)),
+        "max": ms(max(values) if values else None),
+    }
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def new_client(base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers or {},
+        timeout=HTTP_TIMEOUT,
+        limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+        trust_env=False,
+    )
+
+
+LOADGEN = -1  # this process, without its children (the servers)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process, its live descendants and the children it has reaped."""
+    if pid is None:
+        return 0.0
+    if pid == LOADGEN:
+        own = psutil.Process().cpu_times()
+        return own.user + own.system
+    try:
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        self.used = {
+            name: round(cpu_seconds(pid) - self.before[name], 2) for name, pid in self.pids.items()
+        }
+        return self.used
+
+
+# ---------------------------------------------------------------------------- child servers
+
+
+class Children:
+    """Servers this run started; all stopped by pid at the end, whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(
+        self, name: str, args: list[str], log_file: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        proc = children.spawn(
+            args, log_file=log_file, death_signal=signal.SIGTERM, env=env, cwd=ROOT
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for i, (name, p) in enumerate(self.procs):
+            if p is proc:
+                children.stop(p, signal.SIGTERM, 20, name)
+                del self.procs[i]
+                return
+
+    def stop_all(self) -> None:
+        while self.procs:
+            name, p = self.procs.pop()
+            with contextlib.suppress(Exception):
+                children.stop(p, signal.SIGTERM, 20, name)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log_file: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{url}: server exited with {proc.returncode}:\n{children.tail(log_file, 40)}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s:\n{children.tail(log_file, 40)}")
+
+
+# ---------------------------------------------------------------------------- load generation
+
+
+@dataclasses.dataclass(slots=True)
+class Sample:
+    start: float
+    end: float
+    status: int  # 0: transport error
+    content: bytes
+
+
+@dataclasses.dataclass
+class LoadResult:
+    samples: list[Sample]
+    errors: Counter[str]
+    first_start: float
+    last_end: float
+
+    @property
+    def wall(self) -> float:
+        return max(0.0, self.last_end - self.first_start)
+
+    def statuses(self) -> dict[str, int]:
+        return dict(sorted(Counter(str(s.status) for s in self.samples).items()))
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client (POST only, Content-Length bodies): a check of how
+    much of a result is the load generator's own cost (httpx spends ~1 ms of CPU a request)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        url = httpx.URL(base_url)
+        self.host = url.host
+        self.port = url.port or 80
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> RawClient:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None
+        assert self.writer is not None
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{self.head}"
+            f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        status = int((await self.reader.readuntil(b"\r\n")).split()[1])
+        length = 0
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                raise RuntimeError("RawClient does not read chunked responses")
+        return status, await self.reader.readexactly(length)
+
+
+class HttpxPoster:
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        self.client = new_client(base_url, headers)
+
+    async def __aenter__(self) -> HttpxPoster:
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        r = await self.client.post(path, content=body)
+        return r.status_code, r.content
+
+
+async def post_load(
+    base_url: str,
+    path: str,
+    headers: dict[str, str],
+    n: int | None,
+    concurrency: int,
+    deadline: float,
+    on_sample: Callable[[Sample], None] | None = None,
+    client: str = "httpx",
+) -> LoadResult:
+    """`concurrency` clients, each with its own connection, POST ~300-byte bodies to `path`:
+    `n` in total (None: no limit) or until `deadline` (a `time.perf_counter()` value)."""
+    next_seq = 0
+    samples: list[Sample] = []
+    errors: Counter[str] = Counter()
+    bodies = [make_body(i) for i in range(1000)]
+    headers = {**headers, "content-type": "application/json"}
+
+    async def worker() -> None:
+        nonlocal next_seq
+        poster = RawClient(base_url, headers) if client == "raw" else HttpxPoster(base_url, headers)
+        async with poster:
+            while (n is None or next_seq < n) and time.perf_counter() < deadline:
+                seq = next_seq
+                next_seq += 1
+                start = time.perf_counter()
+                try:
+                    status, content = await poster.post(path, bodies[seq % len(bodies)])
+                    sample = Sample(start, time.perf_counter(), status, content)
+                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
+                    errors[type(exc).__name__] += 1
+                    sample = Sample(start, time.perf_counter(), 0, b"")
+                samples.append(sample)
+                if on_sample is not None:
+                    on_sample(sample)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    first = min((s.start for s in samples), default=0.0)
+    last = max((s.end for s in samples), default=0.0)
+    return LoadResult(samples, errors, first, last)
+
+
+# ---------------------------------------------------------------------------- baseline
+
+
+def asyncpg_dsn(database_url: str, database: str) -> str:
+    url = make_url(database_url).set(drivername="postgresql", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def ensure_scratch_db(database_url: str) -> str:
+    conn: Any = await asyncpg.connect(asyncpg_dsn(database_url, "postgres"))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", SCRATCH_DB):
+            await conn.execute(f'CREATE DATABASE "{SCRATCH_DB}"')
+    finally:
+        await conn.close()
+    return asyncpg_dsn(database_url, SCRATCH_DB)
+
+
+async def baseline_round(base_url: str, opts: Options, client: str, meter: CpuMeter) -> LoadResult:
+    if opts.warmup:
+        await post_load(
+            base_url,
+            "/ingest",
+            {},
+            opts.warmup,
+            opts.concurrency,
+            time.perf_counter() + opts.baseline_seconds,
+            client=client,
+        )
+    meter.start()
+    result = await post_load(
+        base_url,
+        "/ingest",
+        {},
+        None,
+        opts.concurrency,
+        time.perf_counter() + opts.baseline_seconds,
+        client=client,
+    )
+    meter.stop()
+    return result
+
+
+def baseline_figures(result: LoadResult, cpu: dict[str, float]) -> dict[str, Any]:
+    ok = [s for s in result.samples if s.status == 202]
+    return {
+        "requests": len(result.samples),
+        "ok": len(ok),
+        "statuses": result.statuses(),
+        "transport_errors": dict(result.errors),
+        "wall_s": round(result.wall, 3),
+        "requests_per_s": rate(len(ok), result.wall),
+        "latency_ms": latency_ms([s.end - s.start for s in ok]),
+        "cpu_s": cpu,
+        "server_cpu_ms_per_request": round(cpu["server"] * 1000 / len(ok), 2) if ok else None,
+        "loadgen_cpu_ms_per_request": round(cpu["loadgen"] * 1000 / len(ok), 2) if ok else None,
+    }
+
+
+def run_baseline(
+    opts: Options, kids: Children, workdir: Path, database_url: str, pids: dict[str, int | None]
+) -> dict[str, Any]:
+    """The baseline app driven twice: by the httpx generator (the one the bus gets) and by
+    the raw client (how fast the server goes when the generator costs little)."""
+    dsn = asyncio.run(ensure_scratch_db(database_url))
+    port = children.free_port(HOST)
+    log_file = workdir / "baseline.log"
+    env = {**os.environ, "BENCH_BASELINE_DSN": dsn}
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.baseline_app:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    proc = kids.spawn("baseline", args, log_file, env)
+    base_url = f"http://{HOST}:{port}"
+    figures: dict[str, Any] = {}
+    try:
+        wait_ready(f"{base_url}/readyz", proc, log_file, 60)
+        for client in ("httpx", "raw"):
+            meter = CpuMeter({"server": proc.pid, **pids, "loadgen": LOADGEN})
+            result = run_async(baseline_round(base_url, opts, client, meter))
+            figures[client] = baseline_figures(result, meter.used)
+    finally:
+        kids.stop(proc)
+    figures["httpx"]["log_problems"] = log_problems(log_file)
+    return figures
+
+
+# ---------------------------------------------------------------------------- bus
+
+
+@dataclasses.dataclass
+class Topology:
+    emitter: str
+    emitter_key: str
+    consumers: list[str]
+
+
+async def create_topology(base_url: str, admin_key: str, consumers: int) -> Topology:
+    tag = secrets.token_hex(3)
+    async with new_client(base_url, {"Authorization": f"Bearer {admin_key}"}) as admin:
+
+        async def post(path: str, body: dict[str, Any], expect: int = 201) -> dict[str, Any]:
+            r = await admin.post(path, json=body)
+            if r.status_code != expect:
+                raise RuntimeError(f"POST {path}: {r.status_code} {r.text}")
+            data: dict[str, Any] = r.json()
+            return data
+
+        account = await post("/api/v1/accounts", {"name": f"bench-{tag}", "type": "gateway"})
+        emitter = f"bench-emitter-{tag}"
+        await post(
+            "/api/v1/actors", {"name": emitter, "kind": "emitter", "account_id": account["id"]}
+        )
+        names = [f"bench-consumer-{tag}-{i}" for i in range(consumers)]
+        for name in names:
+            await post(
+                "/api/v1/actors",
+                {"name": name, "kind": "consumer", "account_id": account["id"], "roles": [ROLE]},
+            )
+        graph = {
+            "nodes": [
+                {
+                    "id": "emit",
+                    "type": "emitter",
+                    "actors": [emitter],
+                    "sourcematch": {"eventtypes": [EVENT_TYPE]},
+                },
+                {"id": "sink", "type": "consumer", "roles": [ROLE]},
+            ],
+            "edges": ["emit->sink"],
+        }
+        pipeline = await post(
+            "/api/v1/pipelines", {"name": f"bench-{tag}", "version": "1", "graph": graph}
+        )
+        if not pipeline["valid"]:
+            raise RuntimeError(f"pipeline invalid: {pipeline['validation_messages']}")
+        await post(f"/api/v1/pipelines/{pipeline['id']}/status", {"status": "active"}, 200)
+    return Topology(emitter, account["api_key"], names)
+
+
+@dataclasses.dataclass
+class ConsumerStats:
+    poll_statuses: Counter[str] = dataclasses.field(default_factory=Counter)
+    state_statuses: Counter[str] = dataclasses.field(default_factory=Counter)
+    errors: Counter[str] = dataclasses.field(default_factory=Counter)
+    samples: list[str] = dataclasses.field(default_factory=list)
+    lease_latency: list[float] = dataclasses.field(default_factory=list)  # GET that got a job
+    state_latency: list[float] = dataclasses.field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        if len(self.samples) < 10:
+            self.samples.append(text[:500])
+
+
+class Consumers:
+    """K polling loops, one per consumer actor, alive across the warm-up and the measured
+    round. (Cancelling a loop mid long-poll would leave the server to lease the next request
+    to a closed connection; that request would wait out its lease.)"""
+
+    def __init__(self, base_url: str, key: str, actors: list[str], wait: float) -> None:
+        self.base_url = base_url
+        self.key = key
+        self.actors = actors
+        self.wait = wait
+        self.stats = ConsumerStats()
+        self.done: dict[str, float] = {}  # process id -> success answered, all rounds
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._loop(actor)) for actor in self.actors]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _loop(self, actor: str) -> None:
+        async with new_client(self.base_url, {"Authorization": f"Bearer {self.key}"}) as client:
+            path = f"/api/v1/actors/{actor}/requests"
+            params = {"wait": str(self.wait)}
+            while True:
+                try:
+                    t0 = time.perf_counter()
+                    r = await client.get(path, params=params)
+                    # Look the stats up after each await: a long-poll started in the warm-up
+                    # may hand out a job of the measured round.
+                    self.stats.poll_statuses[str(r.status_code)] += 1
+                    if r.status_code == 204:
+                        continue
+                    if r.status_code != 200:
+                        self.stats.problem(f"GET requests {r.status_code}: {r.text}")
+                        await asyncio.sleep(0.1)
+                        continue
+                    t1 = time.perf_counter()
+                    self.stats.lease_latency.append(t1 - t0)
+                    job = r.json()
+                    s = await client.post(
+                        f"/api/v1/requests/{job['request_id']}/state", json={"status": "success"}
+                    )
+                    t2 = time.perf_counter()
+                    self.stats.state_statuses[str(s.status_code)] += 1
+                    if s.status_code == 200:
+                        self.stats.state_latency.append(t2 - t1)
+                        self.done[job["process_id"]] = t2
+                    else:
+                        self.stats.problem(f"POST state {s.status_code}: {s.text}")
+                except httpx.HTTPError as exc:
+                    self.stats.errors[type(exc).__name__] += 1
+                    self.stats.problem(f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.1)
+
+
+@dataclasses.dataclass
+class BusRun:
+    emission: LoadResult
+    started: dict[str, float]  # process id -> POST start
+    done: dict[str, float]  # process id -> success answered
+    stats: ConsumerStats
+    timed_out: bool
+
+
+async def bus_round(topo: Topology, consumers: Consumers, opts: Options, n: int) -> BusRun:
+    """Emit `n` envelopes with C clients while the consumers drain them; ends when every
+    accepted envelope's process is done or at --seconds-max."""
+    deadline = time.perf_counter() + opts.seconds_max
+    stats = consumers.stats = ConsumerStats()
+    started: dict[str, float] = {}
+
+    def on_sample(sample: Sample) -> None:
+        if sample.status == 202:
+            started[json.loads(sample.content)["process_id"]] = sample.start
+
+    emission = await post_load(
+        consumers.base_url,
+        f"/api/v1/actors/{topo.emitter}/output",
+        {"Authorization": f"Bearer {topo.emitter_key}"},
+        n,
+        opts.concurrency,
+        deadline,
+        on_sample=on_sample,
+    )
+    timed_out = False
+    while any(pid not in consumers.done for pid in started):
+        if time.perf_counter() >= deadline:
+            timed_out = True
+            break
+        await asyncio.sleep(0.02)
+    done = {pid: consumers.done[pid] for pid in started if pid in consumers.done}
+    return BusRun(emission, started, done, stats, timed_out)
+
+
+async def bus_session(
+    base_url: str, admin_key: str, opts: Options, meter: CpuMeter
+) -> tuple[BusRun, dict[str, int]]:
+    topo = await create_topology(base_url, admin_key, opts.consumers)
+    consumers = Consumers(base_url, topo.emitter_key, topo.consumers, opts.poll_wait)
+    consumers.start()
+    try:
+        if opts.warmup:
+            warm = await bus_round(topo, consumers, opts, opts.warmup)
+            if warm.timed_out:
+                raise RuntimeError("the bus warm-up did not finish within --seconds-max")
+        meter.start()
+        run = await bus_round(topo, consumers, opts, opts.envelopes)
+        meter.stop()
+    finally:
+        await consumers.stop()
+    return run, await count_processes(base_url, admin_key, topo.emitter)
+
+
+async def count_processes(base_url: str, admin_key: str, emitter: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with new_client(base_url, {"Authorization": f"Bearer {admin_key}"}) as admin:
+        for status in ("initial", "running", "paused", "done", "error"):
+            total = 0
+            cursor: str | None = None
+            while True:
+                params = {"status": status, "emitter": emitter, "limit": "1000"}
+                if cursor:
+                    params["cursor"] = cursor
+                r = await admin.get("/api/v1/processes", params=params)
+                r.raise_for_status()
+                page = r.json()
+                total += len(page["items"])
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+            counts[status] = total
+    return counts
+
+
+def run_bus(
+    opts: Options,
+    kids: Children,
+    workdir: Path,
+    database_url: str,
+    nats_url: str,
+    pids: dict[str, int | None],
+) -> dict[str, Any]:
+    port = children.free_port(HOST)
+    admin_key = "xbk_bench_" + secrets.token_urlsafe(24)
+    log_file = workdir / "xbusd.log"
+    env = {
+        **os.environ,
+        "XBUS_DATABASE_URL": database_url,
+        "XBUS_NATS_URL": nats_url,
+        "XBUS_ADMIN_API_KEY": admin_key,
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "app.cli.xbusd",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(workdir / "xbusd-data"),
+    ]
+    proc = kids.spawn("xbusd", args, log_file, env)
+    base_url = f"http://{HOST}:{port}"
+    try:
+        wait_ready(f"{base_url}/readyz", proc, log_file, 120)
+        meter = CpuMeter({"server": proc.pid, **pids, "loadgen": LOADGEN})
+        run, server_counts = run_async(bus_session(base_url, admin_key, opts, meter))
+        cpu = meter.used
+    finally:
+        kids.stop(proc)
+
+    emission = run.emission
+    accepted = [s for s in emission.samples if s.status == 202]
+    done = run.done
+    e2e = [done[pid] - run.started[pid] for pid in done]
+    first = emission.first_start
+    last_done = max(done.values(), default=first)
+    completion_wall = max(0.0, last_done - first)
+    return {
+        "envelopes_sent": len(emission.samples),
+        "accepted": len(accepted),
+        "emission_statuses": emission.statuses(),
+        "emission_transport_errors": dict(emission.errors),
+        "emission_wall_s": round(emission.wall, 3),
+        "accepted_per_s": rate(len(accepted), emission.wall),
+        "emission_latency_ms": latency_ms([s.end - s.start for s in accepted]),
+        "completed": len(done),
+        "not_completed": len(run.started) - len(done),
+        "timed_out": run.timed_out,
+        "completion_wall_s": round(completion_wall, 3),
+        "completed_per_s": rate(len(done), completion_wall),
+        "e2e_latency_ms": latency_ms(e2e),
+        "lease_latency_ms": latency_ms(run.stats.lease_latency),
+        "state_latency_ms": latency_ms(run.stats.state_latency),
+        "poll_statuses": dict(run.stats.poll_statuses),
+        "state_statuses": dict(run.stats.state_statuses),
+        "consumer_transport_errors": dict(run.stats.errors),
+        "consumer_problem_samples": run.stats.samples,
+        "emission_problem_samples": [
+            s.content.decode(errors="replace")[:500]
+            for s in emission.samples
+            if s.status not in (0, 202)
+        ][:10],
+        "processes_by_status_incl_warmup": server_counts,
+        "cpu_s": cpu,
+        "server_cpu_ms_per_process": round(cpu["server"] * 1000 / len(done), 2) if done else None,
+        "log_problems": log_problems(log_file),
+    }
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def log_problems(log_file: Path, limit: int = 20) -> list[str]:
+    """Error/warning lines and traceback ends of a server log."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    keep = [
+        line
+        for line in lines
+        if any(word in line for word in (" ERROR ", " WARNING ", "Traceback", "Error:"))
+    ]
+    return keep[:limit]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def report(figures: dict[str, Any]) -> str:
+    b = figures["baseline"]["httpx"]
+    raw = figures["baseline"]["raw"]
+    u = figures["bus"]
+    r = figures["ratios"]
+    o = figures["options"]
+    m = figures["machine"]
+
+    def lat(d: dict[str, Any]) -> tuple[Any, Any, Any]:
+        return d["p50"], d["p95"], d["p99"]
+
+    rows: list[tuple[str, Any, str, tuple[Any, Any, Any]]] = [
+        (
+            "baseline POST /ingest, httpx clients",
+            b["requests_per_s"],
+            "req/s",
+            lat(b["latency_ms"]),
+        ),
+        (
+            "baseline POST /ingest, raw clients",
+            raw["requests_per_s"],
+            "req/s",
+            lat(raw["latency_ms"]),
+        ),
+        (
+            "bus: envelopes accepted (202)",
+            u["accepted_per_s"],
+            "env/s",
+            lat(u["emission_latency_ms"]),
+        ),
+        ("bus: processes completed", u["completed_per_s"], "proc/s", lat(u["e2e_latency_ms"])),
+        ("  consumer GET .../requests (leased)", None, "", lat(u["lease_latency_ms"])),
+        ("  consumer POST .../state", None, "", lat(u["state_latency_ms"])),
+    ]
+    width = 88
+    out = [
+        f"bench.http_bus: N={o['envelopes']} C={o['concurrency']} K={o['consumers']} "
+        f"warm-up={o['warmup']} baseline={o['baseline_seconds']:g}s body={o['body_bytes']}B; "
+        f"{m['nproc']} CPUs, Python {m['python']}",
+        "",
+        f"{'what':<40} {'rate':>10} {'unit':<7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
+        "-" * width,
+    ]
+    for name, value, unit, (p50, p95, p99) in rows:
+        out.append(
+            f"{name:<40} {fmt(value):>10} {unit:<7} {fmt(p50):>9} {fmt(p95):>9} {fmt(p99):>9}"
+        )
+    out += [
+        "-" * width,
+        "latency: baseline = one request; accepted = POST -> 202; completed = POST start ->",
+        "         the consumer's success answered (the end of the process)",
+        f"bus/baseline (httpx): accepted {r['accepted_vs_baseline']:.3f}, "
+        f"completed {r['completed_vs_baseline']:.3f}",
+        f"bus/baseline (raw):   accepted {r['accepted_vs_raw_baseline']:.3f}, "
+        f"completed {r['completed_vs_raw_baseline']:.3f}",
+        "",
+        f"baseline httpx: {b['ok']}/{b['requests']} ok in {b['wall_s']} s, "
+        f"transport errors {b['transport_errors'] or 'none'}; CPU s {b['cpu_s']}; server "
+        f"{b['server_cpu_ms_per_request']} ms, generator {b['loadgen_cpu_ms_per_request']} ms "
+        "per request",
+        f"baseline raw:   {raw['ok']}/{raw['requests']} ok in {raw['wall_s']} s, "
+        f"transport errors {raw['transport_errors'] or 'none'}; CPU s {raw['cpu_s']}; server "
+        f"{raw['server_cpu_ms_per_request']} ms, generator {raw['loadgen_cpu_ms_per_request']} "
+        "ms per request",
+        f"bus: {u['accepted']}/{u['envelopes_sent']} accepted in {u['emission_wall_s']} s, "
+        f"{u['completed']} completed in {u['completion_wall_s']} s"
+        f"{' (TIMED OUT: ' + str(u['not_completed']) + ' not done)' if u['timed_out'] else ''}",
+        f"     emission statuses {u['emission_statuses']}, polls {u['poll_statuses']}, "
+        f"states {u['state_statuses']}, transport errors "
+        f"{u['emission_transport_errors'] or u['consumer_transport_errors'] or 'none'}",
+        f"     CPU s {u['cpu_s']}; server {u['server_cpu_ms_per_process']} ms per process",
+    ]
+    problems = (
+        u["emission_problem_samples"]
+        + u["consumer_problem_samples"]
+        + u["log_problems"]
+        + b["log_problems"]
+    )
+    if problems:
+        out += ["", "problems seen:"] + [f"  {p}" for p in problems[:30]]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    """Run on uvloop when available, as the servers do."""
+
+    async def wrap() -> T:
+        return await coro
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(wrap())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(wrap())
+
+
+@contextlib.contextmanager
+def workspace(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="xbus-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    command = "uv run python -m bench.http_bus " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    kids = Children()
+    with workspace(opts.keep) as workdir:
+        settings = load_settings(
+            None, data_dir=workdir / "embedded", nats_port=0, port=children.free_port(HOST)
+        )
+        runtime = EmbeddedRuntime(settings)
+        try:
+            with runtime as effective:
+                assert effective.database_url is not None
+                assert effective.nats_url is not None
+                pids: dict[str, int | None] = {
+                    "postgres": runtime.postgres.process.pid
+                    if runtime.postgres and runtime.postgres.process
+                    else None,
+                    "nats": runtime.nats.process.pid
+                    if runtime.nats and runtime.nats.process
+                    else None,
+                }
+                print("baseline ...", file=sys.stderr, flush=True)
+                baseline = run_baseline(opts, kids, workdir, effective.database_url, pids)
+                print("bus ...", file=sys.stderr, flush=True)
+                bus = run_bus(opts, kids, workdir, effective.database_url, effective.nats_url, pids)
+        finally:
+            kids.stop_all()
+
+    def ratio(value: float, base: float) -> float:
+        return round(value / base, 3) if base else 0.0
+
+    base_rate = baseline["httpx"]["requests_per_s"]
+    raw_rate = baseline["raw"]["requests_per_s"]
+    figures: dict[str, Any] = {
+        "command": command,
+        "machine": machine(),
+        "options": {
+            "envelopes": opts.envelopes,
+            "concurrency": opts.concurrency,
+            "consumers": opts.consumers,
+            "seconds_max": opts.seconds_max,
+            "baseline_seconds": opts.baseline_seconds,
+            "warmup": opts.warmup,
+            "poll_wait": opts.poll_wait,
+            "body_bytes": len(make_body(0)),
+        },
+        "baseline": baseline,
+        "bus": bus,
+        "ratios": {
+            "accepted_vs_baseline": ratio(bus["accepted_per_s"], base_rate),
+            "completed_vs_baseline": ratio(bus["completed_per_s"], base_rate),
+            "accepted_vs_raw_baseline": ratio(bus["accepted_per_s"], raw_rate),
+            "completed_vs_raw_baseline": ratio(bus["completed_per_s"], raw_rate),
+        },
+    }
+    print(report(figures))
+    if opts.json_file is not None:
+        opts.json_file.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
