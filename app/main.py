@@ -20,11 +20,11 @@ from app.actors import router as actors_router
 from app.bus.director import Director, Limits
 from app.bus.doorbell import doorbell
 from app.bus.notify import Notifier
-from app.bus.supervisor import supervise
 from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
 from app.core.errors import PROBLEM_JSON, install_error_handlers
 from app.db import Database, create_engine
+from app.duties import DUTIES
 from app.envelopes import router as envelopes_router
 from app.health import router as health_router
 from app.migrations import upgrade_async
@@ -36,6 +36,17 @@ from app.state import AppState
 from app.version import version
 
 log = logging.getLogger(__name__)
+
+# Every API router, in the order the OpenAPI document lists them.
+ROUTERS = [
+    health_router.router,
+    accounts_router.router,
+    actors_router.router,
+    pipelines_router.router,
+    envelopes_router.router,
+    requests_router.router,
+    processes_router.router,
+]
 
 PROBLEM_SCHEMA = {
     "type": "object",
@@ -82,19 +93,15 @@ def create_app(settings: Settings) -> FastAPI:
                 state.tasks.append(
                     asyncio.create_task(doorbell(state.nats, notifier), name="doorbell")
                 )
-            state.tasks.append(
-                asyncio.create_task(
-                    supervise(state.db, director, settings.envelope_stall_timeout),
-                    name="supervisor",
-                )
-            )
+            for name, duty in DUTIES:
+                state.tasks.append(asyncio.create_task(duty(state), name=name))
             log.info("xbusd %s ready", version())
             yield
         finally:
             # Reverse order: background tasks, then NATS, then the database.
-            for task in state.tasks:
+            for task in reversed(state.tasks):
                 task.cancel()
-            for task in state.tasks:
+            for task in reversed(state.tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if state.nats is not None:
@@ -110,13 +117,8 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     install_error_handlers(app)
-    app.include_router(health_router.router)
-    app.include_router(accounts_router.router)
-    app.include_router(actors_router.router)
-    app.include_router(pipelines_router.router)
-    app.include_router(envelopes_router.router)
-    app.include_router(requests_router.router)
-    app.include_router(processes_router.router)
+    for router in ROUTERS:
+        app.include_router(router)
     if settings.metrics_enabled:
         Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
             app, include_in_schema=True, tags=["health"], summary="Prometheus metrics"

@@ -9,15 +9,19 @@ One command, everything local (127.0.0.1 and Unix sockets only):
    (`app.runtime.EmbeddedRuntime`);
 2. baseline: serves `bench.baseline_app` (one uvicorn worker; POST /ingest = one SELECT + one
    INSERT through an asyncpg pool of 10, in a scratch database of the same PostgreSQL) and
-   drives it with C clients sending N ~300-byte JSON bodies;
+   drives it for --baseline-seconds with C clients posting ~300-byte JSON bodies, once with
+   httpx clients (the generator the bus gets) and once with a raw asyncio HTTP/1.1 client
+   (how fast the server goes when the generator costs next to nothing);
 3. bus: runs `xbusd serve` against the same PostgreSQL and nats-server, creates an account,
    an emitter, K consumers sharing a role and an active pipeline emitter -> consumer (role,
    spread); then C emitter clients POST N envelopes while K consumer loops long-poll their
-   actor's requests and report success;
-4. prints requests/s and latencies of both, the ratios, and CPU used by each process.
+   actor's requests and report success; the round ends when every accepted envelope's
+   process is done, or at --seconds-max;
+4. prints requests/s and latencies of both, the ratios, and the CPU used by each process.
 
-Every HTTP client task has its own `httpx.AsyncClient` (a shared one is slow: see
+Each HTTP client task has its own `httpx.AsyncClient` (a shared one is slow: see
 PERF-NOTES). The load generator runs in this process, on the same cores as the servers.
+Servers are stopped by pid at the end, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -794,11 +798,15 @@ def run_bus(
 
 
 def log_problems(log_file: Path, limit: int = 20) -> list[str]:
-    """Error/warning lines and traceback ends of a server log."""
+    """Error and warning lines of a server log, up to its shutdown."""
     try:
         lines = log_file.read_text(errors="replace").splitlines()
     except OSError:
         return []
+    for i, line in enumerate(lines):
+        if "Shutting down" in line:
+            lines = lines[:i]
+            break
     keep = [
         line
         for line in lines
