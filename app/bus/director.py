@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.notify import actor_key, notify_after_commit, process_key
+from app import metrics
+from app.bus.notify import actor_key, notify_after_commit, on_commit, process_key
 from app.bus.routing import node_targets, pipeline_graph, route_for
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
@@ -261,11 +262,16 @@ class Director:
             .values(status=RequestStatus.CANCELED, ended_at=now, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
-        self._end(ctx, ProcessStatus.ERROR, reason, LogLevel.ERROR)
+        self._end(session, ctx, ProcessStatus.ERROR, reason, LogLevel.ERROR)
         notify_after_commit(session, process_key(ctx.process.id))
 
     def _end(
-        self, ctx: ProcessContext, status: ProcessStatus, reason: str | None, pm: LogLevel | None
+        self,
+        session: AsyncSession,
+        ctx: ProcessContext,
+        status: ProcessStatus,
+        reason: str | None,
+        pm: LogLevel | None,
     ) -> None:
         now = utcnow()
         process = ctx.process
@@ -280,6 +286,9 @@ class Director:
             elif pn.status == NodeStatus.RUNNING and status == ProcessStatus.ERROR:
                 pn.status = NodeStatus.CANCELED
                 pn.ended_at = now
+        duration = (now - process.created_at).total_seconds()
+        on_commit(session, lambda: metrics.PROCESSES_ENDED.labels(status.value).inc())
+        on_commit(session, lambda: metrics.PROCESS_DURATION.observe(max(duration, 0.0)))
         if pm is not None:
             process.pm_level = pm
             process.pm_status = PostmortemStatus.NEW
@@ -298,7 +307,7 @@ class Director:
             )
         )
         add_log(session, LogLevel.NOTICE, "process done", process_id=ctx.process.id)
-        self._end(ctx, ProcessStatus.DONE, None, LogLevel.WARNING if warnings else None)
+        self._end(session, ctx, ProcessStatus.DONE, None, LogLevel.WARNING if warnings else None)
         notify_after_commit(session, process_key(ctx.process.id))
 
     # ------------------------------------------------------------------ loading

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 _PENDING = "xbus_notify"
+_CALLBACKS = "xbus_on_commit"
 
 
 def actor_key(actor_id: uuid.UUID) -> str:
@@ -83,8 +84,20 @@ def notify_after_commit(session: AsyncSession | Session, key: str) -> None:
     sync.info.setdefault(_PENDING, set()).add(key)
 
 
+def on_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction commits (metrics, anything that must not count
+    work that was rolled back)."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    sync.info.setdefault(_CALLBACKS, []).append(callback)
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    for callback in session.info.pop(_CALLBACKS, ()):
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed")
     keys = session.info.pop(_PENDING, None)
     notifier = session.info.get("xbus_notifier")
     if keys and isinstance(notifier, Notifier):
@@ -94,3 +107,4 @@ def _after_commit(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_CALLBACKS, None)

@@ -10,10 +10,18 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app import metrics
 from app.actors.access import load_owned_actor
+from app.bus.notify import on_commit
 from app.core.deps import Caller, DirectorDep, Session, SettingsDep
 from app.core.errors import Problem
-from app.core.exceptions import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from app.core.exceptions import (
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+    XbusError,
+)
 from app.core.pagination import decode_cursor, encode_cursor
 from app.envelopes import repository, service
 from app.envelopes.access import readable_envelope
@@ -131,23 +139,29 @@ async def output(
     actor = await load_owned_actor(session, caller, emitter)
     body = await request.body()
     media = _media_type(request)
-    if idempotency_key is not None:
-        stored = await service.claim_idempotency_key(
-            session, actor.id, idempotency_key, service.body_hash(media, body)
-        )
-        if stored is not None:
-            status_code, answer = stored
-            return JSONResponse(
-                answer, status_code=status_code, headers={"Idempotency-Replayed": "true"}
+    transport = "http-protobuf" if media == PROTOBUF else "http"
+    metrics.ENVELOPES_RECEIVED.labels(transport).inc()
+    try:
+        if idempotency_key is not None:
+            stored = await service.claim_idempotency_key(
+                session, actor.id, idempotency_key, service.body_hash(media, body)
             )
-    envelope = _decode_envelope(
-        media, body, settings.envelope_max_items, settings.envelope_max_bytes
-    )
-    emission = await service.emit(session, director, actor, envelope)
+            if stored is not None:
+                status_code, answer = stored
+                return JSONResponse(
+                    answer, status_code=status_code, headers={"Idempotency-Replayed": "true"}
+                )
+        limits = (settings.envelope_max_items, settings.envelope_max_bytes)
+        envelope = _decode_envelope(media, body, *limits)
+        emission = await service.emit(session, director, actor, envelope)
+    except XbusError as exc:
+        metrics.ENVELOPES_REJECTED.labels(transport, exc.code).inc()
+        raise
     if idempotency_key is not None:
         await service.record_idempotent_answer(
             session, actor.id, idempotency_key, 202, emission.model_dump(mode="json")
         )
+    on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(transport).inc())
     return emission
 
 
