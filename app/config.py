@@ -22,6 +22,25 @@ MiB = 1024 * 1024
 _FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("xbus_config_file_values", default={})  # noqa: B039
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def parse_log_levels(spec: str) -> dict[str, str]:
+    """`app.bus=debug, uvicorn.access=warning` -> {"app.bus": "debug", ...}."""
+    levels: dict[str, str] = {}
+    for part in spec.replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        name, sep, level = part.partition("=")
+        name, level = name.strip(), level.strip().lower()
+        if not sep or not name or level not in LOG_LEVELS:
+            raise ValueError(
+                f"{part.strip()!r}: expected logger=level, level one of {', '.join(LOG_LEVELS)}"
+            )
+        levels[name] = level
+    return levels
+
+
 class ConfigFileError(ValueError):
     """The configuration file cannot be read or holds unknown keys."""
 
@@ -44,6 +63,25 @@ class Settings(BaseSettings):
     nats_port: int = Field(
         4222, ge=0, le=65535, description="Embedded nats-server port; 0 picks a free one."
     )
+    nats_tls: bool = Field(
+        True, description="The embedded nats-server requires TLS client certificates."
+    )
+    nats_cert_hosts: list[str] = Field(
+        default_factory=list,
+        description="Extra host names/IPs in the embedded nats-server's certificate.",
+    )
+    nats_tls_ca: Path | None = Field(None, description="CA file for xbusd's own NATS connection.")
+    nats_tls_cert: Path | None = Field(None, description="Client certificate of xbusd on NATS.")
+    nats_tls_key: Path | None = Field(None, description="Key of that client certificate.")
+    nats_auth_file: Path | None = Field(
+        None, description="NATS authorization file xbusd writes from the accounts (embedded: set)."
+    )
+    nats_pid_file: Path | None = Field(
+        None, description="nats-server pid file: xbusd sends SIGHUP after writing the auth file."
+    )
+    nats_monitor_url: str | None = Field(
+        None, description="nats-server monitoring URL (varz, connz); embedded: set."
+    )
     nats_public_url: str | None = Field(
         None, description="NATS URL told to actors by /api/v1/info (default: the URL in use)."
     )
@@ -58,6 +96,12 @@ class Settings(BaseSettings):
     page_size_max: int = Field(1000, ge=1, description="Largest page size a client may ask for.")
     long_poll_max: float = Field(60.0, ge=0, description="Longest `?wait=` a client may ask (s).")
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    http_shutdown_grace: int = Field(
+        10,
+        ge=0,
+        description="On SIGTERM, HTTP requests in flight (long-polls included) get this long "
+        "to finish before they are cut (s).",
+    )
     # --- database
     db_pool_size: int = Field(10, ge=1, description="SQLAlchemy pool size per process.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections over the pool size.")
@@ -73,12 +117,108 @@ class Settings(BaseSettings):
     # --- delivery
     request_lease: float = Field(60.0, gt=0, description="Lease of a polled request (s).")
     request_max_attempts: int = Field(5, ge=1, description="Deliveries of a request before error.")
+    nats_detached_lease: float = Field(
+        86400.0, gt=0, description="How long a NATS actor may take to end a detached job (s)."
+    )
     webhook_allow_private: bool = Field(
         False, description="Allow webhook URLs on loopback/private/link-local addresses."
+    )
+    webhook_poll_interval: float = Field(
+        0.5, gt=0, description="Webhook dispatcher: look for due requests this often (s)."
+    )
+    webhook_max_in_flight: int = Field(
+        256, ge=1, description="Webhook deliveries in flight at once, per replica."
+    )
+    webhook_lease_margin: float = Field(
+        30.0, gt=0, description="Lease of a webhook attempt beyond its timeout (s)."
+    )
+    webhook_probe_interval: float = Field(
+        60.0, gt=0, description="Time between probes of a webhook suspended by failures (s)."
+    )
+    webhook_max_response_bytes: int = Field(
+        16 * MiB, ge=1024, description="Largest webhook response body read (bytes)."
+    )
+    webhook_excerpt_bytes: int = Field(
+        1024, ge=0, description="First bytes of a webhook response kept in the attempt log."
+    )
+    webhook_shutdown_grace: float = Field(
+        5.0, ge=0, description="At shutdown, let webhook attempts in flight finish this long (s)."
     )
     # --- logging
     log_level: str = Field("info", description="Root log level (debug, info, warning, error).")
     log_format: Literal["console", "json"] = Field("console", description="Log line format.")
+    log_levels: str = Field(
+        "",
+        description="Levels per logger, over `log_level`: `app.bus=debug,uvicorn.access=info`. "
+        "`uvicorn.access` is at warning unless named here.",
+    )
+    log_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Log records waiting for a slow output; past this they are dropped and "
+        "counted (xbus_log_records_dropped_total): the bus never waits for its log output.",
+    )
+    # --- metrics and Sentry
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, /metrics answers only `Authorization: Bearer <token>` (else 401).",
+    )
+    metrics_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Scrape-time gauges read from the database and nats-server are reused for "
+        "this long, however many scrapes come (s).",
+    )
+    metrics_query_timeout: float = Field(
+        2.0, gt=0, description="Statement timeout of each scrape-time database query (s)."
+    )
+    sentry_dsn: SecretStr | None = Field(
+        None, description="Sentry DSN. Unset: nothing of Sentry is initialised."
+    )
+    sentry_environment: str | None = Field(
+        None, description="Sentry environment of the events (production, staging...)."
+    )
+    sentry_report_max_age: float = Field(
+        86_400.0,
+        gt=0,
+        description="Processes that ended in error at most this long ago are reported to "
+        "Sentry; older ones (from before Sentry was configured) are not (s).",
+    )
+    # --- operations (process control, export, purge, supervision)
+    ops_batch_size: int = Field(
+        500, ge=1, description="Processes per transaction in batch pause/resume/cancel/replay."
+    )
+    purge_batch_size: int = Field(1000, ge=1, description="Rows deleted per purge transaction.")
+    purge_jobs_max: int = Field(
+        8, ge=1, description="Most parallel purge transactions (also at most half the DB pool)."
+    )
+    export_batch_size: int = Field(
+        200, ge=1, description="Processes read per query while streaming an export."
+    )
+    export_envelope_max_bytes: int = Field(
+        64 * MiB,
+        ge=0,
+        description="Largest per-envelope size limit an export may ask for (bytes); larger "
+        "envelopes are exported as metadata only.",
+    )
+    supervision_interval: float = Field(
+        5.0, gt=0, description="Period of the stalled-emission and unresponsive-actor duties (s)."
+    )
+    actor_unresponsive_after: float = Field(
+        120.0,
+        gt=0,
+        description="A polling actor with requests waiting this long and no poll meanwhile is "
+        "marked unresponsive (s).",
+    )
+    stats_interval: float = Field(
+        600.0, gt=0, description="Period of the storage statistics refresh (ANALYZE) duty (s)."
+    )
+    stats_exact_max_rows: int = Field(
+        1_000_000,
+        ge=0,
+        description="/api/v1/stats counts tables estimated below this many rows exactly; "
+        "larger ones are estimated.",
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -87,9 +227,30 @@ class Settings(BaseSettings):
             raise ValueError("must be one of debug, info, warning, error, critical")
         return value.lower()
 
+    @field_validator("log_levels")
+    @classmethod
+    def _known_levels(cls, value: str) -> str:
+        parse_log_levels(value)
+        return value
+
+    @property
+    def logger_levels(self) -> dict[str, str]:
+        return parse_log_levels(self.log_levels)
+
     @property
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def nats_server_hosts(self) -> list[str]:
+        hosts = ["localhost", "127.0.0.1", *self.nats_cert_hosts]
+        if self.nats_host not in ("", "0.0.0.0", "::"):  # noqa: S104
+            hosts.append(self.nats_host)
+        return sorted(set(hosts))
 
     @classmethod
     def settings_customise_sources(

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.accounts import router as accounts_router
 from app.accounts.bootstrap import ensure_admin
@@ -20,6 +19,7 @@ from app.actors import router as actors_router
 from app.bus.director import Director, Limits
 from app.bus.doorbell import doorbell
 from app.bus.notify import Notifier
+from app.certs.pki import CertificateAuthority
 from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
 from app.core.errors import PROBLEM_JSON, install_error_handlers
@@ -27,13 +27,18 @@ from app.db import Database, create_engine
 from app.duties import DUTIES
 from app.envelopes import router as envelopes_router
 from app.health import router as health_router
+from app.metrics_collector import install_metrics
 from app.migrations import upgrade_async
-from app.nats import NatsConnection
+from app.nats import NatsConnection, tls_context
+from app.ops import router as ops_router
 from app.pipelines import router as pipelines_router
 from app.processes import router as processes_router
+from app.registrations import router as registrations_router
 from app.requests import router as requests_router
+from app.sentry import close_sentry, init_sentry
 from app.state import AppState
 from app.version import version
+from app.webhooks import router as webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +46,14 @@ log = logging.getLogger(__name__)
 ROUTERS = [
     health_router.router,
     accounts_router.router,
+    registrations_router.router,
     actors_router.router,
     pipelines_router.router,
     envelopes_router.router,
     requests_router.router,
+    webhooks_router.router,
     processes_router.router,
+    ops_router.router,
 ]
 
 PROBLEM_SCHEMA = {
@@ -62,6 +70,16 @@ PROBLEM_SCHEMA = {
         "errors": {"type": "array", "items": {"type": "object"}},
     },
 }
+
+
+async def _guarded(name: str, duty: Coroutine[Any, Any, None]) -> None:
+    """A duty that dies says so in the log (it would otherwise fail silently)."""
+    try:
+        await duty
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background duty %s stopped with an error", name)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -81,20 +99,25 @@ def create_app(settings: Settings) -> FastAPI:
             notifier=notifier,
         )
         app.state.xbus = state
+        sentry = init_sentry(settings)
         try:
             if settings.migrate_on_start:
                 assert settings.database_url is not None
                 await upgrade_async(settings.database_url)
             async with state.db.session() as session:
                 await ensure_admin(session, settings)
+            state.ca = CertificateAuthority.load_or_create(settings.pki_dir)
             if settings.nats_url:
-                state.nats = NatsConnection(settings.nats_url)
+                tls = tls_context(
+                    settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key
+                )
+                state.nats = NatsConnection(settings.nats_url, tls=tls)
                 state.nats.start()
                 state.tasks.append(
                     asyncio.create_task(doorbell(state.nats, notifier), name="doorbell")
                 )
             for name, duty in DUTIES:
-                state.tasks.append(asyncio.create_task(duty(state), name=name))
+                state.tasks.append(asyncio.create_task(_guarded(name, duty(state)), name=name))
             log.info("xbusd %s ready", version())
             yield
         finally:
@@ -107,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
             if state.nats is not None:
                 await state.nats.close()
             await engine.dispose()
+            if sentry:
+                close_sentry()
 
     app = FastAPI(
         title="Xbus",
@@ -119,10 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    if settings.metrics_enabled:
-        Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
-            app, include_in_schema=True, tags=["health"], summary="Prometheus metrics"
-        )
+    install_metrics(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -146,5 +168,45 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 }
     for name in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(name, None)
+    _hoist_body_schemas(schema)
+    _document_body_errors(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _hoist_body_schemas(schema: dict[str, Any]) -> None:
+    """Request bodies documented by hand (`openapi_extra`, e.g. the envelope JSON) carry a
+    pydantic schema whose `$defs` their `$ref`s point at as components: move the `$defs`
+    and the body itself into components, so every reference resolves (generated clients and
+    schemathesis need it)."""
+    components = schema["components"]["schemas"]
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                body = media.get("schema", {})
+                defs = body.pop("$defs", None)
+                if defs is None:
+                    continue
+                for name, definition in defs.items():
+                    components.setdefault(name, definition)
+                title = body.get("title")
+                if title and title not in components:
+                    components[title] = body
+                    media["schema"] = {"$ref": f"#/components/schemas/{title}"}
+
+
+def _document_body_errors(schema: dict[str, Any]) -> None:
+    """Every operation with a body answers 400 when the body cannot be parsed at all (not
+    JSON): say so, as problem+json like every error."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            if "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault(
+                    "400",
+                    {
+                        "description": "Bad request (a body that cannot be parsed)",
+                        "content": {
+                            PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                        },
+                    },
+                )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
@@ -13,10 +15,20 @@ from nats.aio.client import Client
 log = logging.getLogger(__name__)
 
 
+def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if ca is None and cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    return context
+
+
 class NatsConnection:
-    def __init__(self, url: str, name: str = "xbusd") -> None:
+    def __init__(self, url: str, name: str = "xbusd", tls: ssl.SSLContext | None = None) -> None:
         self.url = url
         self.name = name
+        self.tls = tls
         self.client: Client | None = None
         self._connecting: asyncio.Task[None] | None = None
         self.connected_event = asyncio.Event()
@@ -39,6 +51,7 @@ class NatsConnection:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     connect_timeout=5,
+                    tls=self.tls,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.bus.director import Director
 from app.bus.notify import Notifier
+from app.certs.pki import CertificateAuthority
 from app.config import Settings
 from app.db import Database
 from app.nats import NatsConnection
@@ -19,5 +21,15 @@ class AppState:
     nats: NatsConnection | None
     director: Director
     notifier: Notifier
+    ca: CertificateAuthority | None = None
     migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Called after a change to accounts' certificates or status (accept, reject, renew,
+    # reset): the NATS layer refreshes who may connect.
+    accounts_changed_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Set once the Xbus NATS services are subscribed.
+    nats_api_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def accounts_changed(self) -> None:
+        for hook in self.accounts_changed_hooks:
+            await hook()

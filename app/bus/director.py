@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.bus.notify import actor_key, notify_after_commit, on_commit, process_key
-from app.bus.routing import node_targets, pipeline_graph, route_for
+from app.bus.routing import Route, node_targets, pipeline_graph, route_for
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
 from app.envelopes.repository import store_envelope
@@ -102,6 +103,9 @@ def channel_for(actor: Actor) -> RequestChannel:
 class Director:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        # Called after the commit that ended a process (the NATS layer publishes
+        # ProcessState.EnvelopeStates and CoreEvents from here).
+        self.process_end_listeners: list[Callable[[Process], None]] = []
 
     # ------------------------------------------------------------------ starting
     async def start_process(
@@ -113,14 +117,18 @@ class Director:
         *,
         replay_of: uuid.UUID | None = None,
         group_id: uuid.UUID | None = None,
+        route: Route | None = None,
     ) -> Process:
+        """Start a process for this envelope, on `route` when given (a replay on the pipeline
+        of the original process), else on the one active pipeline that takes it."""
         if emitter.kind != ActorKind.EMITTER:
             raise Unprocessable(
                 f"actor {emitter.name!r} is a {emitter.kind.value}; only emitters start processes"
             )
         if emitter.status != ActorStatus.ENABLED:
             raise Forbidden(f"actor {emitter.name!r} is {emitter.status.value}")
-        route = await route_for(session, emitter, event_types)
+        if route is None:
+            route = await route_for(session, emitter, event_types)
         now = utcnow()
         process = Process(
             id=uuid.uuid4(),
@@ -256,12 +264,14 @@ class Director:
             node_id=node_id,
             processing_error=True,
         )
-        await session.execute(
+        canceled = await session.execute(
             sa.update(ActorRequest)
             .where(ActorRequest.process_id == ctx.process.id, ActorRequest.status.in_(OPEN_REQUEST))
             .values(status=RequestStatus.CANCELED, ended_at=now, lease_expires_at=None)
+            .returning(ActorRequest.channel)
             .execution_options(synchronize_session=False)
         )
+        metrics.requests_ended(session, ((c, RequestStatus.CANCELED) for (c,) in canceled))
         self._end(session, ctx, ProcessStatus.ERROR, reason, LogLevel.ERROR)
         notify_after_commit(session, process_key(ctx.process.id))
 
@@ -286,6 +296,8 @@ class Director:
             elif pn.status == NodeStatus.RUNNING and status == ProcessStatus.ERROR:
                 pn.status = NodeStatus.CANCELED
                 pn.ended_at = now
+        for listener in self.process_end_listeners:
+            on_commit(session, lambda listener=listener: listener(process))  # type: ignore[misc]
         duration = (now - process.created_at).total_seconds()
         on_commit(session, lambda: metrics.PROCESSES_ENDED.labels(status.value).inc())
         on_commit(session, lambda: metrics.PROCESS_DURATION.observe(max(duration, 0.0)))
@@ -357,6 +369,7 @@ class Director:
         outputs: dict[str, EnvelopeData],
         *,
         account_id: uuid.UUID | None,
+        stored_outputs: dict[str, uuid.UUID] | None = None,
     ) -> ActorRequest:
         """An actor's state for one request: running (lease extended), success (with a
         worker's outputs) or error. `account_id` None means the admin."""
@@ -373,12 +386,13 @@ class Director:
         if request.status.final:
             raise Conflict(f"request {request_id} already ended ({request.status.value})")
         node = ctx.graph.nodes[request.node_id]
-        if outputs:
+        stored_outputs = stored_outputs or {}
+        if outputs or stored_outputs:
             if status != RequestStatus.SUCCESS:
                 raise Unprocessable("outputs are only accepted with status success")
             if node.type != "worker":
                 raise Unprocessable(f"node {node.id} is a {node.type}: only workers have outputs")
-            unknown = sorted(set(outputs) - set(node.outputs))
+            unknown = sorted((set(outputs) | set(stored_outputs)) - set(node.outputs))
             if unknown:
                 declared = ", ".join(node.outputs)
                 raise Unprocessable(
@@ -406,10 +420,12 @@ class Director:
             # The process ended meanwhile (canceled, another branch failed): record, nothing more.
             request.status = status
             request.ended_at = now
+            metrics.requests_ended(session, [(request.channel, status)])
             return request
         request.status = status
         request.ended_at = now
         request.lease_expires_at = None
+        metrics.requests_ended(session, [(request.channel, status)])
         name = actor.name if actor else "(deleted actor)"
         if status == RequestStatus.ERROR:
             first = next((m.text for m in messages if m.level == LogLevel.ERROR), None)
@@ -419,7 +435,7 @@ class Director:
                 session, ctx, node.id, f"actor {name} failed on node {node.id}: {first}"
             )
             return request
-        produced: list[tuple[str, uuid.UUID]] = []
+        produced: list[tuple[str, uuid.UUID]] = list(stored_outputs.items())
         for port, envelope in outputs.items():
             envelope_id = await store_envelope(
                 session,
@@ -481,6 +497,7 @@ class Director:
                 request.ended_at = now
                 request.lease_expires_at = None
                 request.last_error = f"no answer after {request.attempts} deliveries"
+                metrics.requests_ended(session, [(request.channel, RequestStatus.ERROR)])
                 if not ctx.process.status.final:
                     await self._fail(
                         session,
@@ -543,3 +560,35 @@ class Director:
             .execution_options(populate_existing=True)
         )
         return result.scalar_one_or_none()
+
+    # ------------------------------------------------------------------ operator control
+    async def settle(self, session: AsyncSession, ctx: ProcessContext) -> None:
+        """End a running process that has no open request left (after a resume: answers that
+        came while it was paused may have finished it)."""
+        await self._settle(session, ctx)
+
+    async def cancel(
+        self,
+        session: AsyncSession,
+        ctx: ProcessContext,
+        reason: str,
+        *,
+        pm: LogLevel | None,
+    ) -> int:
+        """End a process in `error` with `reason`: its open requests (pending, leased, running,
+        whatever their channel) are withdrawn as canceled. Returns how many were withdrawn;
+        the caller logs why."""
+        now = utcnow()
+        result = await session.execute(
+            sa.update(ActorRequest)
+            .where(ActorRequest.process_id == ctx.process.id, ActorRequest.status.in_(OPEN_REQUEST))
+            .values(status=RequestStatus.CANCELED, ended_at=now, lease_expires_at=None)
+            .returning(ActorRequest.channel)
+            .execution_options(synchronize_session=False)
+        )
+        channels = result.scalars().all()
+        metrics.requests_ended(session, ((c, RequestStatus.CANCELED) for c in channels))
+        withdrawn = len(channels)
+        self._end(session, ctx, ProcessStatus.ERROR, reason, pm)
+        notify_after_commit(session, process_key(ctx.process.id))
+        return withdrawn

@@ -24,6 +24,9 @@ _PENDING = "xbus_notify"
 _CALLBACKS = "xbus_on_commit"
 
 
+ANY = "*"  # wait(ANY) wakes on every key: dispatchers that serve many actors
+
+
 def actor_key(actor_id: uuid.UUID) -> str:
     return f"actor.{actor_id}"
 
@@ -42,6 +45,10 @@ class Notifier:
         self._loop = loop
 
     def wake_local(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            for waiter in self._waiters.get(ANY, ()):
+                waiter.set()
         for key in keys:
             for waiter in self._waiters.get(key, ()):
                 waiter.set()

@@ -49,6 +49,9 @@ class ActorRequest(Base):
     status: Mapped[RequestStatus] = mapped_column(str_enum(RequestStatus, "request_status"))
     # [{"name": input port, "envelope_id": uuid}]
     inputs: Mapped[list[Any]]
+    # Outputs a NATS worker wrote (Broker.Output) before it reported success:
+    # {output port: envelope id}.
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     max_attempts: Mapped[int]
     available_at: Mapped[datetime] = now_column()

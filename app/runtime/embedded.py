@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
+from app.certs.pki import CertificateAuthority, ensure_server_tls
 from app.config import Settings
 from app.runtime.lock import DataDirLock
 from app.runtime.nats import EmbeddedNats
@@ -33,10 +34,25 @@ class EmbeddedRuntime:
                 self.postgres = EmbeddedPostgres(self.settings.data_dir)
                 updates["database_url"] = self.postgres.start()
             if self.settings.nats_url is None and self.need_nats:
+                tls = None
+                if self.settings.nats_tls:
+                    ca = CertificateAuthority.load_or_create(self.settings.pki_dir)
+                    tls = ensure_server_tls(
+                        ca, self.settings.pki_dir, self.settings.nats_server_hosts
+                    )
+                    updates.update(
+                        nats_tls_ca=tls.ca_file,
+                        nats_tls_cert=tls.client_cert,
+                        nats_tls_key=tls.client_key,
+                    )
                 self.nats = EmbeddedNats(
-                    self.settings.data_dir, self.settings.nats_host, self.settings.nats_port
+                    self.settings.data_dir, self.settings.nats_host, self.settings.nats_port, tls
                 )
                 updates["nats_url"] = self.nats.start()
+                updates["nats_monitor_url"] = self.nats.monitor_url
+                if tls is not None:
+                    updates["nats_auth_file"] = self.nats.auth_file
+                    updates["nats_pid_file"] = self.nats.pid_file
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from app.certs.pki import ServerTls
+from app.nats_api.auth import render as render_auth
 from app.runtime import children
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,12 @@ def server_binary() -> str:
 
 
 class EmbeddedNats:
-    def __init__(self, data_dir: Path, host: str, port: int) -> None:
+    def __init__(self, data_dir: Path, host: str, port: int, tls: ServerTls | None = None) -> None:
+        self.tls = tls
         self.base = data_dir.resolve() / "nats"
+        # Who may connect and with which permissions: written by xbusd from the accounts,
+        # reloaded with SIGHUP (see app/nats_api/auth.py).
+        self.auth_file = self.base / "auth.conf"
         self.store = self.base / "jetstream"
         self.pid_file = self.base / "nats-server.pid"
         self.config_file = self.base / "nats-server.conf"
@@ -52,6 +58,8 @@ class EmbeddedNats:
                     "NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port
                 )
         self.monitor_port = children.free_port("127.0.0.1")
+        if self.tls is not None and not self.auth_file.exists():
+            self.auth_file.write_text(render_auth([]))
         self.config_file.write_text(self._config())
         args = [server_binary(), "-c", str(self.config_file)]
         self.process = children.spawn(args, log_file=self.log_file, death_signal=signal.SIGTERM)
@@ -72,13 +80,33 @@ class EmbeddedNats:
                 "jetstream {",
                 f"  store_dir: {json.dumps(str(self.store))}",
                 "}",
+                *self._tls_config(),
                 "",
             ]
         )
 
+    def _tls_config(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "tls {",
+            f"  cert_file: {json.dumps(str(self.tls.server_cert))}",
+            f"  key_file: {json.dumps(str(self.tls.server_key))}",
+            f"  ca_file: {json.dumps(str(self.tls.ca_file))}",
+            "  verify_and_map: true",
+            "  timeout: 5",
+            "}",
+            f"include {json.dumps(self.auth_file.name)}",
+        ]
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        return f"nats://{host}:{self.port}"
+        scheme = "tls" if self.tls is not None else "nats"
+        return f"{scheme}://{host}:{self.port}"
 
     def _ready(self) -> bool:
         try:

@@ -1,0 +1,231 @@
+"""Requests to actors connected over NATS: claimed with SKIP LOCKED (replicas share the
+work), sent with ActorAgent.Process, and their streamed states (RUNNING with log lines,
+SUCCESS, ERROR) reported to the director. A job that detaches ends later with
+Director.ProcessingEnd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nrpc
+import sqlalchemy as sa
+from nats.aio.client import Client
+from xbus import conn as xbus_conn  # type: ignore[import-untyped, unused-ignore]
+from xbus import xbus_pb2
+
+from app.bus.director import Director, Message, add_log
+from app.bus.notify import ANY
+from app.core.exceptions import XbusError
+from app.models import Actor, ActorRequest, Process
+from app.models.enums import LogLevel, ProcessStatus, RequestChannel, RequestStatus
+from app.nats_api.auth import server_inbox_prefix
+from app.nats_api.convert import LOG_LEVEL_FROM_PB
+from app.nats_api.payload import process_request
+from app.state import AppState
+
+log = logging.getLogger(__name__)
+pb: Any = xbus_pb2
+
+RUNNING, SUCCESS, ERROR = 1, 2, 3
+_BATCH = 50
+_MAX_IN_FLIGHT = 200
+
+
+def messages_of(state: Any) -> list[Message]:
+    return [
+        Message(LOG_LEVEL_FROM_PB.get(m.level, LogLevel.NOTICE), m.Text) for m in state.messages
+    ]
+
+
+class NatsDispatcher:
+    def __init__(self, state: AppState, client: Client) -> None:
+        self.state = state
+        self.client = client
+        self.holder = f"nats:{socket.gethostname()}"
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+
+    @property
+    def director(self) -> Director:
+        return self.state.director
+
+    async def run(self) -> None:
+        while True:
+            try:
+                claimed = await self._claim()
+            except Exception:
+                log.exception("claiming NATS requests failed")
+                claimed = []
+            for request_id in claimed:
+                await self.slots.acquire()
+                task = asyncio.create_task(self._deliver(request_id))
+                self.in_flight.add(task)
+                task.add_done_callback(self._done)
+            if len(claimed) < _BATCH:
+                await self.state.notifier.wait(ANY, 0.5)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.slots.release()
+
+    async def stop(self) -> None:
+        for task in list(self.in_flight):
+            task.cancel()
+        for task in list(self.in_flight):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _claim(self) -> list[uuid.UUID]:
+        now = datetime.now(UTC)
+        lease = timedelta(seconds=self.state.settings.request_lease)
+        async with self.state.db.session() as session:
+            due = (
+                sa.select(ActorRequest.id)
+                .join(Process, Process.id == ActorRequest.process_id)
+                .join(Actor, Actor.id == ActorRequest.actor_id)
+                .where(
+                    ActorRequest.status == RequestStatus.PENDING,
+                    ActorRequest.channel.in_((RequestChannel.NATS, RequestChannel.POLL)),
+                    ActorRequest.available_at <= now,
+                    Actor.online.is_(True),
+                    Process.status == ProcessStatus.RUNNING,
+                )
+                .order_by(ActorRequest.available_at)
+                .limit(_BATCH)
+                .with_for_update(of=ActorRequest, skip_locked=True)
+            )
+            result = await session.execute(
+                sa.update(ActorRequest)
+                .where(ActorRequest.id.in_(due.scalar_subquery()))
+                .values(
+                    status=RequestStatus.LEASED,
+                    channel=RequestChannel.NATS,
+                    attempts=ActorRequest.attempts + 1,
+                    lease_expires_at=now + lease,
+                    leased_by=self.holder,
+                    updated_at=now,
+                )
+                .returning(ActorRequest.id)
+            )
+            return list(result.scalars())
+
+    async def _deliver(self, request_id: uuid.UUID) -> None:
+        async with self.state.db.session() as session:
+            request = await session.get(ActorRequest, request_id)
+            if request is None or request.actor_id is None:
+                return
+            actor_id = request.actor_id
+            try:
+                message = await process_request(session, request)
+            except LookupError as exc:
+                await self._report(
+                    request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, str(exc))]
+                )
+                return
+        subject = f"xbus.default.actoragent.{actor_id}.process"
+        conn = xbus_conn.CustomInboxPrefixConn(self.client, server_inbox_prefix(actor_id))
+        final = False
+        try:
+            async for msg in nrpc.streamed_reply_request(
+                conn, subject, message.SerializeToString(), 5
+            ):
+                if not msg.data:
+                    if msg.headers and msg.headers.get("Status") == "503":
+                        raise ConnectionError("no responders")
+                    continue
+                state = pb.ActorProcessingState.FromString(msg.data)
+                if state.status == RUNNING:
+                    await self._report(request_id, RequestStatus.RUNNING, messages_of(state))
+                elif state.status in (SUCCESS, ERROR):
+                    status = (
+                        RequestStatus.SUCCESS if state.status == SUCCESS else RequestStatus.ERROR
+                    )
+                    await self._report(request_id, status, messages_of(state))
+                    final = True
+        except (TimeoutError, ConnectionError) as exc:
+            if not final:
+                await self._unreachable(request_id, actor_id, str(exc) or type(exc).__name__)
+            return
+        except nrpc.exc.NrpcError as exc:
+            await self._report(
+                request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, str(exc.message))]
+            )
+            return
+        except Exception as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if hasattr(exc, "message") or type(exc).__name__ == "Error":
+                await self._report(
+                    request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, str(exc))]
+                )
+                return
+            log.exception("delivering request %s over NATS failed", request_id)
+            return
+        if not final:
+            await self._detached(request_id)
+
+    async def _report(
+        self, request_id: uuid.UUID, status: RequestStatus, messages: list[Message]
+    ) -> None:
+        try:
+            async with self.state.db.session() as session:
+                request = await session.get(ActorRequest, request_id)
+                outputs = None
+                if request is not None and status == RequestStatus.SUCCESS:
+                    outputs = {k: uuid.UUID(v) for k, v in request.outputs.items()}
+                await self.director.report(
+                    session,
+                    request_id,
+                    status,
+                    messages,
+                    {},
+                    account_id=None,
+                    stored_outputs=outputs,
+                )
+        except XbusError as exc:
+            log.info("state for request %s not recorded: %s", request_id, exc.detail)
+
+    async def _detached(self, request_id: uuid.UUID) -> None:
+        """The actor detached the job: it ends it later with Director.ProcessingEnd."""
+        lease = timedelta(seconds=self.state.settings.nats_detached_lease)
+        async with self.state.db.session() as session:
+            await session.execute(
+                sa.update(ActorRequest)
+                .where(
+                    ActorRequest.id == request_id,
+                    ActorRequest.status.in_((RequestStatus.LEASED, RequestStatus.RUNNING)),
+                )
+                .values(status=RequestStatus.RUNNING, lease_expires_at=datetime.now(UTC) + lease)
+            )
+
+    async def _unreachable(self, request_id: uuid.UUID, actor_id: uuid.UUID, why: str) -> None:
+        """No answer: the actor is marked offline (an error in the log) and the request waits
+        for it to come back (or for an HTTP poll)."""
+        async with self.state.db.session() as session:
+            actor = await session.get(Actor, actor_id)
+            request = await session.get(ActorRequest, request_id)
+            if actor is not None and actor.online:
+                actor.online = False
+                actor.unresponsive = True
+                log.error("actor %s marked offline after not responding (%s)", actor.name, why)
+            if request is not None and request.status == RequestStatus.LEASED:
+                request.status = RequestStatus.PENDING
+                request.channel = RequestChannel.POLL
+                request.lease_expires_at = None
+                request.attempts = max(request.attempts - 1, 0)
+                add_log(
+                    session,
+                    LogLevel.ERROR,
+                    f"actor {actor.name if actor else actor_id} marked offline after not "
+                    f"responding ({why}); the request waits for it",
+                    process_id=request.process_id,
+                    node_id=request.node_id,
+                    actor_id=actor_id,
+                    request_id=request_id,
+                )

@@ -1,0 +1,198 @@
+"""The NATS front end of the bus: serves the Xbus protocol services (in the queue group
+`xbusd`, so replicas share them), dispatches requests to NATS actors, keeps the nats-server
+authorization in step with the accounts, and publishes process states."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import urllib.request
+from typing import Any
+
+from nats.aio.client import Client
+from xbus import xbus_nrpc, xbus_pb2  # type: ignore[import-untyped, unused-ignore]
+
+from app.models import Process
+from app.nats_api import auth, services
+from app.nats_api.convert import process_pb
+from app.nats_api.dispatcher import NatsDispatcher
+from app.nats_api.nrpc_server import Service
+from app.state import AppState
+from app.version import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+pb: Any = xbus_pb2
+QUEUE = "xbusd"
+_MAX_HANDLERS = 500
+_AUTH_REFRESH = 5.0
+
+
+class ProtocolMismatchError(Exception):
+    pass
+
+
+class NatsApi:
+    def __init__(self, state: AppState, client: Client) -> None:
+        self.state = state
+        self.client = client
+        self.dispatcher = NatsDispatcher(state, client)
+        self.subscriptions: list[Any] = []
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(_MAX_HANDLERS)
+        settings = state.settings
+        self.auth_file = (
+            auth.AuthFile(settings.nats_auth_file, settings.nats_pid_file)
+            if settings.nats_auth_file
+            else None
+        )
+
+    # ------------------------------------------------------------------ services
+    async def start(self) -> None:
+        state = self.state
+        nc = self.client
+        handlers = [
+            Service(nc, xbus_nrpc.WhoAmIHandler, services.WhoAmIServer(state, self.check_protocol)),
+            Service(nc, xbus_nrpc.ClientAPIHandler, services.ClientAPIServer(state)),
+            Service(nc, xbus_nrpc.SentinelHandler, services.SentinelServer(state)),
+            Service(nc, xbus_nrpc.BrokerHandler, services.BrokerServer(state)),
+            Service(nc, xbus_nrpc.EnvelopeStorageHandler, services.EnvelopeStorageServer(state)),
+            Service(nc, xbus_nrpc.DirectorHandler, services.DirectorServer(state)),
+            Service(nc, xbus_nrpc.ProcessStateHandler, services.ProcessStateServer(state)),
+        ]
+        for handler in handlers:
+            # One queue group per service, one subject per method: the services' own
+            # wildcards overlap (client.> would swallow client.<account>.getactors).
+            for subject in handler.subjects():
+                subscription = await self.client.subscribe(
+                    subject, queue=f"{QUEUE}.{handler.name.lower()}", cb=self._spawner(handler)
+                )
+                self.subscriptions.append(subscription)
+        state.director.process_end_listeners.append(self._process_ended)
+        state.accounts_changed_hooks.append(self.refresh_auth)
+        log.info("Xbus NATS services ready (protocol %s)", PROTOCOL_VERSION)
+
+    def _spawner(self, handler: Any) -> Any:
+        async def spawn(msg: Any) -> None:
+            # Each message in its own task: a streamed reply must not hold up the others.
+            await self.slots.acquire()
+            task = asyncio.create_task(handler.handle(msg))
+            self.handlers.add(task)
+            task.add_done_callback(self._handler_done)
+
+        return spawn
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self.handlers.discard(task)
+        self.slots.release()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.state.director.process_end_listeners.remove(self._process_ended)
+        with contextlib.suppress(ValueError):
+            self.state.accounts_changed_hooks.remove(self.refresh_auth)
+        for subscription in self.subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        await self.dispatcher.stop()
+        for task in list(self.handlers):
+            task.cancel()
+
+    # ------------------------------------------------------------------ published states
+    def _process_ended(self, process: Process) -> None:
+        asyncio.get_running_loop().create_task(self._publish_end(process.id))
+
+    async def _publish_end(self, process_id: Any) -> None:
+        try:
+            async with self.state.db.session() as session:
+                process = await session.get(Process, process_id)
+                if process is None:
+                    return
+                state = await services.envelope_state(session, process)
+                event = pb.CoreEvent(name="process.ended", process=process_pb(process))
+            if process.emitter_id and process.trigger_envelope_id:
+                subject = ".".join(
+                    [
+                        "xbus.default.processstate.envelopestates",
+                        str(process.emitter_id),
+                        str(process.trigger_envelope_id),
+                    ]
+                )
+                await self.client.publish(subject, state.SerializeToString())
+            await self.client.publish("xbus.default.core.events.process", event.SerializeToString())
+        except Exception:
+            log.exception("publishing the end of process %s failed", process_id)
+
+    # ------------------------------------------------------------------ authorization
+    async def refresh_auth(self) -> None:
+        if self.auth_file is None:
+            return
+        async with self.state.db.session() as session:
+            grants = await auth.load_grants(session)
+        if self.auth_file.write(auth.render(grants)):
+            await asyncio.sleep(0.2)  # let nats-server apply the reload
+
+    async def auth_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_auth()
+            except Exception:
+                log.exception("refreshing the NATS authorization failed")
+            await asyncio.sleep(_AUTH_REFRESH)
+
+    # ------------------------------------------------------------------ protocol version
+    async def check_protocol(self, account_name: str) -> None:
+        """Refuse clients that do not announce a compatible protocol version (their NATS
+        connection name, "@3.0" for python-xbus) — checked on WhoAmI, every client's first
+        call, through the nats-server monitoring endpoint when one is known."""
+        url = self.state.settings.nats_monitor_url
+        if not url:
+            return
+        names = await asyncio.to_thread(_connection_names, url, f"CN={account_name},O=xbus")
+        if names is None or not names:
+            return
+        major = PROTOCOL_VERSION.split(".")[0]
+        if not any(n.startswith(f"@{major}.") or n == f"@{major}" for n in names):
+            raise services.client_error(
+                f"protocol version not compatible: the client announced {sorted(names)!r} as its "
+                f"connection name, this bus speaks @{PROTOCOL_VERSION}"
+            )
+
+
+def _connection_names(monitor_url: str, user: str) -> set[str] | None:
+    if not monitor_url.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - http(s) only, checked above
+            f"{monitor_url}/connz?auth=true&limit=10000", timeout=2
+        ) as response:
+            data = json.load(response)
+    except (OSError, ValueError):
+        return None
+    return {
+        c.get("name", "") for c in data.get("connections", []) if c.get("authorized_user") == user
+    }
+
+
+async def run_nats_api(state: AppState) -> None:
+    """The lifespan duty: wait for NATS, serve until cancelled."""
+    if state.nats is None:
+        return
+    await state.nats.connected_event.wait()
+    client = state.nats.client
+    assert client is not None
+    api = NatsApi(state, client)
+    await api.start()
+    await api.refresh_auth()
+    state.nats_api_ready.set()
+    tasks = [
+        asyncio.create_task(api.dispatcher.run(), name="nats-dispatcher"),
+        asyncio.create_task(api.auth_loop(), name="nats-auth"),
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await api.stop()

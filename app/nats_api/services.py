@@ -1,0 +1,363 @@
+"""The Xbus NATS services, as the python-nrpc handlers generated in python-xbus call them:
+one method per protocol method, subject parameters first, then the request message."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import nrpc
+import sqlalchemy as sa
+from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
+
+from app.bus.director import OPEN_REQUEST, add_log
+from app.bus.notify import actor_key, notify_after_commit
+from app.core.exceptions import XbusError
+from app.envelopes.access import readable_envelope
+from app.models import Account, Actor, ActorRequest, LogEntry, Process
+from app.models.enums import LogLevel, ProcessStatus, RequestStatus
+from app.nats_api import broker
+from app.nats_api.convert import (
+    LOG_LEVEL_TO_PB,
+    PROCESS_STATUS,
+    PROCESS_STATUS_FROM_PB,
+    account_pb,
+    actor_pb,
+    uuid_of,
+)
+from app.nats_api.dispatcher import messages_of
+from app.nats_api.payload import fragments_after, fragments_of, position_after, process_request
+from app.state import AppState
+
+log = logging.getLogger(__name__)
+pb: Any = xbus_pb2
+
+_LIST_BATCH = 100
+
+
+def client_error(message: str) -> nrpc.exc.ClientError:
+    return nrpc.exc.ClientError(message)
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise client_error(f"{what} {value!r} is not a UUID") from None
+
+
+class Base:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+
+class WhoAmIServer(Base):
+    def __init__(self, state: AppState, protocol_check: Any) -> None:
+        super().__init__(state)
+        self.protocol_check = protocol_check
+
+    async def WhoAmI(self, identifier: str) -> Any:
+        async with self.state.db.session() as session:
+            account = (
+                await session.execute(sa.select(Account).where(Account.name == identifier))
+            ).scalar_one_or_none()
+            if account is None:
+                raise client_error(f"no account {identifier!r}")
+            await self.protocol_check(identifier)
+            return account_pb(account)
+
+
+class ClientAPIServer(Base):
+    async def GetActors(self, accountID: str) -> Any:
+        account_id = _uuid(accountID, "account")
+        async with self.state.db.session() as session:
+            actors = (
+                await session.execute(
+                    sa.select(Actor).where(Actor.account_id == account_id).order_by(Actor.name)
+                )
+            ).scalars()
+            return pb.ClientGetActorsReply(actors=[actor_pb(a) for a in actors])
+
+    async def GetSessionToken(self, accountID: str, req: Any) -> Any:
+        raise client_error(
+            "session tokens are not issued by this bus: use the account's API key over HTTP"
+        )
+
+
+class SentinelServer(Base):
+    async def _set_online(self, actorID: str, online: bool) -> None:
+        actor_id = _uuid(actorID, "actor")
+        async with self.state.db.session() as session:
+            actor = await session.get(Actor, actor_id)
+            if actor is None:
+                return
+            actor.online = online
+            actor.unresponsive = False
+            actor.last_seen = datetime.now(UTC)
+            if online:
+                notify_after_commit(session, actor_key(actor_id))
+        log.info("actor %s %s", actorID, "ready" if online else "leaving")
+
+    async def ActorReady(self, actorID: str) -> None:
+        await self._set_online(actorID, True)
+
+    async def ActorLeaving(self, actorID: str) -> None:
+        await self._set_online(actorID, False)
+
+    async def Survey(self, req: Any) -> Any:
+        return pb.SurveyRequest(onlineStatus=True)
+
+    async def ListActors(self) -> AsyncIterator[Any]:
+        async with self.state.db.session() as session:
+            actors = list((await session.execute(sa.select(Actor).order_by(Actor.name))).scalars())
+        for start in range(0, len(actors), _LIST_BATCH):
+            yield pb.ClientGetActorsReply(
+                actors=[actor_pb(a) for a in actors[start : start + _LIST_BATCH]]
+            )
+
+
+class BrokerServer(Base):
+    async def Output(self, actorID: str, req: Any) -> Any:
+        actor_id = _uuid(actorID, "actor")
+        try:
+            async with self.state.db.session() as session:
+                return await broker.output(
+                    session, self.state.director, self.state.settings, actor_id, req
+                )
+        except broker.OutputRejected as exc:
+            await self._mark_error(req.envelope.id, str(exc))
+            return broker.ack(bytes(req.envelope.id), broker.ERROR, str(exc))
+        except XbusError as exc:
+            return broker.ack(bytes(req.envelope.id), broker.ERROR, exc.detail)
+
+    async def _mark_error(self, raw_id: bytes, reason: str) -> None:
+        from app.models import Envelope
+        from app.models.enums import EnvelopeStatus
+
+        try:
+            envelope_id = uuid_of(bytes(raw_id), "envelope id")
+        except ValueError:
+            return
+        async with self.state.db.session() as session:
+            await session.execute(
+                sa.update(Envelope)
+                .where(Envelope.id == envelope_id, Envelope.status == EnvelopeStatus.RECEIVING)
+                .values(status=EnvelopeStatus.ERROR, status_reason=reason)
+            )
+
+
+class EnvelopeStorageServer(Base):
+    async def Retrieve(self, clientKind: str, clientID: str, req: Any) -> AsyncIterator[Any]:
+        envelope_id = uuid_of(bytes(req.envelopeID), "envelope id")
+        actor_id = _uuid(clientID, "client")
+        async with self.state.db.session() as session:
+            actor = await session.get(Actor, actor_id)
+            if clientKind != "actor" or actor is None:
+                raise client_error(f"unknown client {clientKind}.{clientID}")
+            from app.core.deps import Principal  # the same access rule as HTTP
+
+            account = await session.get(Account, actor.account_id)
+            assert account is not None
+            principal = Principal(
+                account.id, account.name, account.type, account.status, account.is_admin
+            )
+            try:
+                await readable_envelope(session, principal, envelope_id)
+            except XbusError:
+                raise client_error(f"no envelope {envelope_id}") from None
+            fragments = await fragments_of(session, envelope_id)
+        for n, fragment in fragments_after(fragments, req):
+            yield pb.EnvelopeFragmentAndPosition(
+                fragment=fragment, position=position_after(envelope_id, fragments, n + 1)
+            )
+
+
+class DirectorServer(Base):
+    async def _request_for(self, session: Any, actor_id: uuid.UUID, context: Any) -> ActorRequest:
+        process_id = uuid_of(bytes(context.processID), "process id")
+        request = (
+            await session.execute(
+                sa.select(ActorRequest)
+                .where(
+                    ActorRequest.process_id == process_id,
+                    ActorRequest.node_id == context.nodeID,
+                    ActorRequest.actor_id == actor_id,
+                    ActorRequest.status.in_(OPEN_REQUEST),
+                )
+                .order_by(ActorRequest.created_at.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if request is None:
+            raise client_error(f"no open request for process {process_id} node {context.nodeID}")
+        return request  # type: ignore[no-any-return]
+
+    async def ProcessingEnd(self, actorID: str, req: Any) -> None:
+        actor_id = _uuid(actorID, "actor")
+        status = {2: RequestStatus.SUCCESS, 3: RequestStatus.ERROR, 1: RequestStatus.RUNNING}.get(
+            req.status
+        )
+        if status is None:
+            raise client_error("ProcessingEnd needs a status RUNNING, SUCCESS or ERROR")
+        async with self.state.db.session() as session:
+            request = await self._request_for(session, actor_id, req.context)
+            outputs = (
+                {k: uuid.UUID(v) for k, v in request.outputs.items()}
+                if status == RequestStatus.SUCCESS
+                else None
+            )
+            try:
+                await self.state.director.report(
+                    session,
+                    request.id,
+                    status,
+                    messages_of(req),
+                    {},
+                    account_id=None,
+                    stored_outputs=outputs,
+                )
+            except XbusError as exc:
+                raise client_error(exc.detail) from None
+
+    async def Log(self, actorID: str, req: Any) -> None:
+        actor_id = _uuid(actorID, "actor")
+        async with self.state.db.session() as session:
+            process_id = None
+            if req.Context.processID:
+                process_id = uuid_of(bytes(req.Context.processID), "process id")
+                process = await session.get(Process, process_id)
+                if process is None:
+                    raise client_error(f"no process {process_id}")
+            envelope_id = uuid_of(bytes(req.envelopeID), "envelope id") if req.envelopeID else None
+            for message in messages_of(req):
+                add_log(
+                    session,
+                    message.level,
+                    message.text,
+                    process_id=process_id,
+                    node_id=req.Context.nodeID or None,
+                    actor_id=actor_id,
+                    envelope_id=envelope_id,
+                )
+
+    async def GetRunningActorRequestList(self, actorID: str) -> AsyncIterator[Any]:
+        actor_id = _uuid(actorID, "actor")
+        async with self.state.db.session() as session:
+            requests = list(
+                (
+                    await session.execute(
+                        sa.select(ActorRequest).where(
+                            ActorRequest.actor_id == actor_id,
+                            ActorRequest.status.in_((RequestStatus.LEASED, RequestStatus.RUNNING)),
+                        )
+                    )
+                ).scalars()
+            )
+            messages = [await process_request(session, r) for r in requests]
+        for message in messages:
+            yield message
+
+
+async def envelope_state(session: Any, process: Process) -> Any:
+    errors = (
+        await session.execute(
+            sa.select(LogEntry)
+            .where(LogEntry.process_id == process.id, LogEntry.level == LogLevel.ERROR)
+            .order_by(LogEntry.id)
+            .limit(20)
+        )
+    ).scalars()
+    state = pb.EmitterEnvelopeState(
+        processID=process.id.bytes, status=PROCESS_STATUS[process.status]
+    )
+    state.processCreatedAt.FromDatetime(process.created_at)
+    for entry in errors:
+        message = state.errors.add(level=LOG_LEVEL_TO_PB[entry.level], Text=entry.text)
+        message.time.FromDatetime(entry.time)
+    return state
+
+
+class ProcessStateServer(Base):
+    async def GetEnvelopeState(self, emitterID: str, req: Any) -> Any:
+        emitter_id = _uuid(emitterID, "emitter")
+        envelope_id = uuid_of(bytes(req.id), "envelope id")
+        async with self.state.db.session() as session:
+            process = (
+                await session.execute(
+                    sa.select(Process)
+                    .where(
+                        Process.emitter_id == emitter_id, Process.trigger_envelope_id == envelope_id
+                    )
+                    .order_by(Process.created_at.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if process is None:
+                raise client_error(f"no process for envelope {envelope_id}")
+            return await envelope_state(session, process)
+
+    async def AckResult(self, emitterID: str, req: Any) -> None:
+        emitter_id = _uuid(emitterID, "emitter")
+        process_id = uuid_of(bytes(req.processID), "process id")
+        async with self.state.db.session() as session:
+            process = await session.get(Process, process_id)
+            if process is None or process.emitter_id != emitter_id:
+                raise client_error(f"no process {process_id}")
+            if not process.status.final:
+                raise client_error(f"process {process_id} has not ended")
+            process.result_acked = True
+
+    async def List(self, emitterID: str, req: Any) -> AsyncIterator[Any]:
+        emitter_id = _uuid(emitterID, "emitter")
+        query = sa.select(Process).where(Process.emitter_id == emitter_id)
+        if req.id:
+            query = query.where(Process.id.in_([uuid_of(bytes(i), "process id") for i in req.id]))
+        if req.triggerEnvelopeID:
+            query = query.where(
+                Process.trigger_envelope_id.in_(
+                    [uuid_of(bytes(i), "envelope id") for i in req.triggerEnvelopeID]
+                )
+            )
+        if req.status:
+            query = query.where(
+                Process.status.in_(
+                    [PROCESS_STATUS_FROM_PB[s] for s in req.status if s in PROCESS_STATUS_FROM_PB]
+                )
+            )
+        if len(req.resultAcked) == 1:
+            query = query.where(Process.result_acked.is_(bool(req.resultAcked[0])))
+        after: tuple[datetime, uuid.UUID] | None = None
+        while True:
+            page = query
+            if after is not None:
+                page = page.where(sa.tuple_(Process.created_at, Process.id) > sa.tuple_(*after))
+            async with self.state.db.session() as session:
+                processes = list(
+                    (
+                        await session.execute(
+                            page.order_by(Process.created_at, Process.id).limit(_LIST_BATCH)
+                        )
+                    ).scalars()
+                )
+                states = [await envelope_state(session, p) for p in processes]
+            if states:
+                yield pb.EmitterEnvelopeStateList(list=states)
+            if len(processes) < _LIST_BATCH:
+                return
+            after = (processes[-1].created_at, processes[-1].id)
+
+
+__all__ = [
+    "BrokerServer",
+    "ClientAPIServer",
+    "DirectorServer",
+    "EnvelopeStorageServer",
+    "ProcessStateServer",
+    "ProcessStatus",
+    "SentinelServer",
+    "WhoAmIServer",
+    "envelope_state",
+]
