@@ -105,7 +105,6 @@ async def load_grants(session: AsyncSession) -> list[AccountGrant]:
             sa.select(Account.id, Account.name).where(
                 Account.status == AccountStatus.ENABLED,
                 Account.certificate.is_not(None),
-                Account.cert_reset.is_(False),
             )
         )
     ).all()
@@ -143,6 +142,7 @@ class AuthFile:
         os.replace(tmp, self.path)
         self._digest = digest
         self.reload()
+        log.debug("nats authorization now:\n%s", content)
         return True
 
     def reload(self) -> None:

@@ -19,6 +19,7 @@ from app.nats_api import auth, services
 from app.nats_api.convert import process_pb
 from app.nats_api.dispatcher import NatsDispatcher
 from app.nats_api.nrpc_server import Service
+from app.nats_api.registration import RegistrationServer
 from app.state import AppState
 from app.version import PROTOCOL_VERSION
 
@@ -41,6 +42,7 @@ class NatsApi:
         self.subscriptions: list[Any] = []
         self.handlers: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(_MAX_HANDLERS)
+        self._auth_lock = asyncio.Lock()
         settings = state.settings
         self.auth_file = (
             auth.AuthFile(settings.nats_auth_file, settings.nats_pid_file)
@@ -60,6 +62,7 @@ class NatsApi:
             Service(nc, xbus_nrpc.EnvelopeStorageHandler, services.EnvelopeStorageServer(state)),
             Service(nc, xbus_nrpc.DirectorHandler, services.DirectorServer(state)),
             Service(nc, xbus_nrpc.ProcessStateHandler, services.ProcessStateServer(state)),
+            Service(nc, xbus_nrpc.SvcRegistrationHandler, RegistrationServer(state)),
         ]
         for handler in handlers:
             # One queue group per service, one subject per method: the services' own
@@ -128,10 +131,13 @@ class NatsApi:
     async def refresh_auth(self) -> None:
         if self.auth_file is None:
             return
-        async with self.state.db.session() as session:
-            grants = await auth.load_grants(session)
-        if self.auth_file.write(auth.render(grants)):
-            await asyncio.sleep(0.2)  # let nats-server apply the reload
+        # One refresh at a time: a periodic refresh that read the accounts before an accept
+        # committed must not write after the accept's own refresh.
+        async with self._auth_lock:
+            async with self.state.db.session() as session:
+                grants = await auth.load_grants(session)
+            if self.auth_file.write(auth.render(grants)):
+                await asyncio.sleep(0.2)  # let nats-server apply the reload
 
     async def auth_loop(self) -> None:
         while True:
