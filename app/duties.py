@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from app.bus.singleton import run_periodically
 from app.bus.supervisor import supervise
+from app.ops import supervision
 from app.state import AppState
+from app.webhooks.dispatcher import Dispatcher
 
 Duty = Callable[[AppState], Coroutine[Any, Any, None]]
 
@@ -16,6 +19,59 @@ async def _supervisor(state: AppState) -> None:
     await supervise(state.db, state.director, state.settings.envelope_stall_timeout)
 
 
+async def _nats_api(state: AppState) -> None:
+    from app.nats_api.server import run_nats_api
+
+    await run_nats_api(state)
+
+
+async def _stalled_emissions(state: AppState) -> None:
+    settings = state.settings
+    await run_periodically(
+        state.db.engine,
+        "stalled-emissions",
+        settings.supervision_interval,
+        lambda: supervision.cancel_stalled_emissions(
+            state.db, state.director, settings.envelope_stall_timeout
+        ),
+    )
+
+
+async def _unresponsive_actors(state: AppState) -> None:
+    settings = state.settings
+    await run_periodically(
+        state.db.engine,
+        "unresponsive-actors",
+        settings.supervision_interval,
+        lambda: supervision.mark_unresponsive_actors(state.db, settings.actor_unresponsive_after),
+    )
+
+
+async def _storage_stats(state: AppState) -> None:
+    await run_periodically(
+        state.db.engine,
+        "storage-stats",
+        state.settings.stats_interval,
+        lambda: supervision.refresh_storage_stats(state.db),
+    )
+
+
+async def _webhooks(state: AppState) -> None:
+    await Dispatcher(state.db, state.director, state.settings, state.notifier).run()
+
+
+async def _sentry_reports(state: AppState) -> None:
+    from app.sentry import report_failed_processes
+
+    await report_failed_processes(state.db, state.settings)
+
+
 DUTIES: list[tuple[str, Duty]] = [
     ("supervisor", _supervisor),
+    ("nats-api", _nats_api),
+    ("stalled-emissions", _stalled_emissions),
+    ("unresponsive-actors", _unresponsive_actors),
+    ("storage-stats", _storage_stats),
+    ("webhooks", _webhooks),
+    ("sentry-reports", _sentry_reports),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
 from app.core.errors import PROBLEM_JSON, install_error_handlers
 from app.db import Database, create_engine
-from app.duties import DUTIES
+from app.duties import DUTIES, Duty
 from app.envelopes import router as envelopes_router
 from app.health import router as health_router
 from app.metrics_collector import install_metrics
@@ -72,10 +72,10 @@ PROBLEM_SCHEMA = {
 }
 
 
-async def _guarded(name: str, duty: Coroutine[Any, Any, None]) -> None:
+async def _guarded(name: str, duty: Duty, state: AppState) -> None:
     """A duty that dies says so in the log (it would otherwise fail silently)."""
     try:
-        await duty
+        await duty(state)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
                     asyncio.create_task(doorbell(state.nats, notifier), name="doorbell")
                 )
             for name, duty in DUTIES:
-                state.tasks.append(asyncio.create_task(_guarded(name, duty(state)), name=name))
+                state.tasks.append(asyncio.create_task(_guarded(name, duty, state), name=name))
             log.info("xbusd %s ready", version())
             yield
         finally:

@@ -1,10 +1,19 @@
 """The bus's own Prometheus metrics (`xbus_*`). Counters and histograms are updated where
-things happen; gauges that describe stored state are read from the database at scrape time
-(see app/metrics_collector.py)."""
+things happen, after the commit that makes them true; gauges that describe stored state are
+read from the database at scrape time (see app/metrics_collector.py). docs/operations.md
+lists every series."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bus.notify import on_commit
 
 ENVELOPES_RECEIVED = Counter(
     "xbus_envelopes_received_total", "Envelopes received from emitters", ["transport"]
@@ -32,3 +41,32 @@ WEBHOOK_LATENCY = Histogram(
     "Webhook response time",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+SENTRY_REPORTS = Counter(
+    "xbus_sentry_reports_total", "Processes in error reported to Sentry", ["outcome"]
+)
+
+
+def requests_ended(session: AsyncSession, ended: Iterable[tuple[str, str]]) -> None:
+    """Count requests that ended, as (channel, status) pairs, once the session commits."""
+    tally = Tally((str(channel), str(status)) for channel, status in ended)
+    if tally:
+        on_commit(session, lambda: _count_requests(tally))
+
+
+def _count_requests(tally: Tally[tuple[str, str]]) -> None:
+    for (channel, status), n in tally.items():
+        REQUESTS_ENDED.labels(channel, status).inc(n)
+
+
+class LogDropsCollector(Collector):
+    """xbus_log_records_dropped_total, read from the logging pipeline (app/logs.py)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from app.logs import dropped_records
+
+        family = CounterMetricFamily(
+            "xbus_log_records_dropped",
+            "Log records dropped because the log output was slow or closed",
+        )
+        family.add_metric([], dropped_records())
+        yield family

@@ -138,7 +138,9 @@ async def scenario(settings: Any, repeat: int, consumers: int, rec: Recorder) ->
                     await rec.measure("GET /api/v1/whoami", c.get("/api/v1/whoami"))
                     await rec.measure(
                         "POST /actors/{emitter}/output",
-                        c.post("/api/v1/actors/em/output", content=make_body(i), headers=json_headers),
+                        c.post(
+                            "/api/v1/actors/em/output", content=make_body(i), headers=json_headers
+                        ),
                     )
                 for i in range(n):
                     job = expect(

@@ -50,9 +50,10 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import psutil
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.runtime import children
 from app.runtime.embedded import EmbeddedRuntime
 
@@ -79,6 +80,7 @@ class Options:
     baseline_seconds: float
     warmup: int
     poll_wait: float
+    rate: float | None
     json_file: Path | None
     keep: bool
 
@@ -124,6 +126,13 @@ def parse_args(argv: list[str] | None) -> Options:
         default=100,
         help="unmeasured requests/envelopes before each measured run [100]",
     )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="emit at most this many envelopes/s (open loop; latency counted from the "
+        "scheduled send time) [no limit: C clients back to back]",
+    )
     p.add_argument("--poll-wait", type=float, default=5.0, help="consumers' ?wait= (s) [5]")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs")
@@ -131,6 +140,8 @@ def parse_args(argv: list[str] | None) -> Options:
     for name in ("envelopes", "concurrency", "consumers"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if a.rate is not None and a.rate <= 0:
+        p.error("--rate must be positive")
     if a.seconds_max <= 0 or a.baseline_seconds <= 0 or a.warmup < 0 or a.poll_wait < 0:
         p.error(
             "--seconds-max and --baseline-seconds must be positive, --warmup and "
@@ -144,6 +155,7 @@ def parse_args(argv: list[str] | None) -> Options:
         baseline_seconds=a.baseline_seconds,
         warmup=a.warmup,
         poll_wait=a.poll_wait,
+        rate=a.rate,
         json_file=a.json,
         keep=a.keep,
     )
@@ -225,21 +237,41 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent on anything but idling, since boot."""
+    t = psutil.cpu_times()
+    return (
+        sum(t)
+        - t.idle
+        - getattr(t, "iowait", 0.0)
+        - getattr(t, "guest", 0.0)
+        - getattr(t, "guest_nice", 0.0)
+    )
+
+
 class CpuMeter:
-    """CPU seconds used by named processes between `start()` and `stop()`."""
+    """CPU seconds used by named processes between `start()` and `stop()`, and by everything
+    else on the machine ("others": other people's work disturbs the figures)."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
         self.before: dict[str, float] = {}
         self.used: dict[str, float] = {}
+        self.machine_before = 0.0
+        self.wall_before = 0.0
 
     def start(self) -> None:
         self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.machine_before = machine_busy_seconds()
+        self.wall_before = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
         self.used = {
             name: round(cpu_seconds(pid) - self.before[name], 2) for name, pid in self.pids.items()
         }
+        busy = machine_busy_seconds() - self.machine_before
+        self.used["others"] = round(max(0.0, busy - sum(self.used.values())), 2)
+        self.used["wall"] = round(time.perf_counter() - self.wall_before, 2)
         return self.used
 
 
@@ -383,14 +415,19 @@ async def post_load(
     deadline: float,
     on_sample: Callable[[Sample], None] | None = None,
     client: str = "httpx",
+    rate: float | None = None,
 ) -> LoadResult:
     """`concurrency` clients, each with its own connection, POST ~300-byte bodies to `path`:
-    `n` in total (None: no limit) or until `deadline` (a `time.perf_counter()` value)."""
+    `n` in total (None: no limit) or until `deadline` (a `time.perf_counter()` value).
+    With `rate`, request i is due at i / rate s from the start and its latency counts from
+    then (no coordinated omission)."""
     next_seq = 0
     samples: list[Sample] = []
     errors: Counter[str] = Counter()
     bodies = [make_body(i) for i in range(1000)]
     headers = {**headers, "content-type": "application/json"}
+
+    t0 = time.perf_counter()
 
     async def worker() -> None:
         nonlocal next_seq
@@ -400,6 +437,13 @@ async def post_load(
                 seq = next_seq
                 next_seq += 1
                 start = time.perf_counter()
+                if rate is not None:
+                    due = t0 + seq / rate
+                    if due > deadline:
+                        break
+                    if due > start:
+                        await asyncio.sleep(due - start)
+                    start = due
                 try:
                     status, content = await poster.post(path, bodies[seq % len(bodies)])
                     sample = Sample(start, time.perf_counter(), status, content)
@@ -646,7 +690,9 @@ class BusRun:
     timed_out: bool
 
 
-async def bus_round(topo: Topology, consumers: Consumers, opts: Options, n: int) -> BusRun:
+async def bus_round(
+    topo: Topology, consumers: Consumers, opts: Options, n: int, rate: float | None = None
+) -> BusRun:
     """Emit `n` envelopes with C clients while the consumers drain them; ends when every
     accepted envelope's process is done or at --seconds-max."""
     deadline = time.perf_counter() + opts.seconds_max
@@ -665,6 +711,7 @@ async def bus_round(topo: Topology, consumers: Consumers, opts: Options, n: int)
         opts.concurrency,
         deadline,
         on_sample=on_sample,
+        rate=rate,
     )
     timed_out = False
     while any(pid not in consumers.done for pid in started):
@@ -688,7 +735,7 @@ async def bus_session(
             if warm.timed_out:
                 raise RuntimeError("the bus warm-up did not finish within --seconds-max")
         meter.start()
-        run = await bus_round(topo, consumers, opts, opts.envelopes)
+        run = await bus_round(topo, consumers, opts, opts.envelopes, opts.rate)
         meter.stop()
     finally:
         await consumers.stop()
@@ -716,23 +763,32 @@ async def count_processes(base_url: str, admin_key: str, emitter: str) -> dict[s
     return counts
 
 
+def runtime_env(before: Settings, after: Settings) -> dict[str, str]:
+    """`XBUS_*` variables for what `EmbeddedRuntime` filled in (database and NATS URLs, NATS
+    TLS files, ...), so that xbusd uses the servers already running."""
+    env: dict[str, str] = {}
+    for name in type(after).model_fields:
+        value = getattr(after, name)
+        if value is None or value == getattr(before, name):
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"XBUS_{name.upper()}"] = text
+    return env
+
+
 def run_bus(
     opts: Options,
     kids: Children,
     workdir: Path,
-    database_url: str,
-    nats_url: str,
+    runtime: dict[str, str],
     pids: dict[str, int | None],
 ) -> dict[str, Any]:
     port = children.free_port(HOST)
     admin_key = "xbk_bench_" + secrets.token_urlsafe(24)
     log_file = workdir / "xbusd.log"
-    env = {
-        **os.environ,
-        "XBUS_DATABASE_URL": database_url,
-        "XBUS_NATS_URL": nats_url,
-        "XBUS_ADMIN_API_KEY": admin_key,
-    }
+    env = {**os.environ, **runtime, "XBUS_ADMIN_API_KEY": admin_key}
     args = [
         sys.executable,
         "-m",
@@ -876,7 +932,8 @@ def report(figures: dict[str, Any]) -> str:
     width = 88
     out = [
         f"bench.http_bus: N={o['envelopes']} C={o['concurrency']} K={o['consumers']} "
-        f"warm-up={o['warmup']} baseline={o['baseline_seconds']:g}s body={o['body_bytes']}B; "
+        f"warm-up={o['warmup']} baseline={o['baseline_seconds']:g}s body={o['body_bytes']}B "
+        f"rate={o['rate'] or 'unlimited'}; "
         f"{m['nproc']} CPUs, Python {m['python']}",
         "",
         f"{'what':<40} {'rate':>10} {'unit':<7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
@@ -911,6 +968,17 @@ def report(figures: dict[str, Any]) -> str:
         f"{u['emission_transport_errors'] or u['consumer_transport_errors'] or 'none'}",
         f"     CPU s {u['cpu_s']}; server {u['server_cpu_ms_per_process']} ms per process",
     ]
+    for phase, cpu in (
+        ("baseline httpx", b["cpu_s"]),
+        ("baseline raw", raw["cpu_s"]),
+        ("bus", u["cpu_s"]),
+    ):
+        share = cpu["others"] / (cpu["wall"] * (m["nproc"] or 1)) if cpu["wall"] else 0.0
+        if share > 0.05:
+            out.append(
+                f"WARNING: other processes used {share:.0%} of the machine during the {phase} "
+                "run: its figures are disturbed"
+            )
     problems = (
         u["emission_problem_samples"]
         + u["consumer_problem_samples"]
@@ -977,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("baseline ...", file=sys.stderr, flush=True)
                 baseline = run_baseline(opts, kids, workdir, effective.database_url, pids)
                 print("bus ...", file=sys.stderr, flush=True)
-                bus = run_bus(opts, kids, workdir, effective.database_url, effective.nats_url, pids)
+                bus = run_bus(opts, kids, workdir, runtime_env(settings, effective), pids)
         finally:
             kids.stop_all()
 
@@ -997,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline_seconds": opts.baseline_seconds,
             "warmup": opts.warmup,
             "poll_wait": opts.poll_wait,
+            "rate": opts.rate,
             "body_bytes": len(make_body(0)),
         },
         "baseline": baseline,

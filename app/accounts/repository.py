@@ -14,7 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from app.core.exceptions import BadRequest
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models import Account, Actor
-from app.models.enums import AccountStatus, AccountType
+from app.models.enums import AccountStatus, AccountType, ActorStatus
 
 NAME_MAX_LENGTH = 255
 
@@ -128,3 +128,17 @@ async def delete_account(session: AsyncSession, account_id: uuid.UUID) -> None:
 async def add_account(session: AsyncSession, account: Account) -> None:
     session.add(account)
     await session.flush()
+
+
+async def set_pending_actors_status(
+    session: AsyncSession, account_id: uuid.UUID, status: ActorStatus
+) -> int:
+    """Decide an account's pending actors (a registration accepted or rejected); actors the
+    admin already enabled, disabled or rejected keep their status. The count changed."""
+    result = await session.execute(
+        sa.update(Actor)
+        .where(Actor.account_id == account_id, Actor.status == ActorStatus.PENDING)
+        .values(status=status, updated_at=sa.func.now())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import service
 from app.accounts.schemas import (
+    AcceptRegistration,
     AccountBrief,
+    AccountCertificate,
     AccountCreate,
     AccountCreated,
     AccountPage,
@@ -14,11 +18,28 @@ from app.accounts.schemas import (
     AccountUpdate,
     ApiKeyCreate,
     ApiKeyRead,
+    CertificateRenewed,
+    RenewCertificate,
     WhoAmI,
 )
-from app.core.deps import Admin, AnyKey, Session, SettingsDep
+from app.certs.pki import CertificateAuthority
+from app.core.deps import (
+    Admin,
+    AnyKey,
+    Caller,
+    Principal,
+    Session,
+    SettingsDep,
+    State,
+    authenticate,
+    require_enabled,
+)
 from app.core.errors import Problem
+from app.core.exceptions import ServiceUnavailable
 from app.models.enums import AccountStatus, AccountType
+from app.state import AppState
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -140,3 +161,135 @@ async def new_api_key(
     expires_at = body.expires_at if body is not None else None
     key, expires = await service.new_api_key(session, id, expires_at)
     return ApiKeyRead(api_key=key, expires_at=expires)
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+def _ca(state: AppState) -> CertificateAuthority:
+    if state.ca is None:
+        raise ServiceUnavailable("the certificate authority is not loaded yet; try again")
+    return state.ca
+
+
+async def _commit_and_announce(session: AsyncSession, state: AppState) -> None:
+    """Commit now, then tell the NATS layer who may connect: it must see the change."""
+    await session.commit()
+    try:
+        await state.accounts_changed()
+    except Exception:
+        # The change is stored; the NATS layer also refreshes on its own.
+        log.exception("accounts_changed hook failed")
+
+
+async def optional_key(request: Request, session: Session) -> Principal | None:
+    """The presented API key's account (401 when wrong), or None when no key is presented."""
+    if request.headers.get("authorization") or request.headers.get("xbus-api-key"):
+        return await authenticate(request, session)
+    return None
+
+
+OptionalKey = Annotated[Principal | None, Depends(optional_key)]
+
+
+@router.post(
+    "/accounts/{id}/accept",
+    summary="Accept a registration: sign its CSR, enable the account and its pending actors",
+    response_model=AccountCertificate,
+    status_code=200,
+    responses=Problem.of(401, 403, 404, 409, 422, 503),
+)
+async def accept_account(
+    id: AccountRef,
+    _: Admin,
+    session: Session,
+    state: State,
+    body: AcceptRegistration | None = None,
+) -> AccountCertificate:
+    days = body.cert_expire_days if body is not None else None
+    account = await service.accept_registration(session, _ca(state), id, days)
+    await _commit_and_announce(session, state)
+    return AccountCertificate.of(account)
+
+
+@router.post(
+    "/accounts/{id}/reject",
+    summary="Reject a registration: the account and its pending actors become rejected",
+    response_model=AccountRead,
+    status_code=200,
+    responses=Problem.of(401, 403, 404, 409),
+)
+async def reject_account(id: AccountRef, _: Admin, session: Session, state: State) -> AccountRead:
+    account = await service.reject_registration(session, id)
+    await _commit_and_announce(session, state)
+    return AccountRead.of(account)
+
+
+@router.post(
+    "/accounts/{id}/reset-cert",
+    summary="Allow (and require) an account to renew its certificate with a new CSR",
+    response_model=AccountCertificate,
+    status_code=200,
+    responses=Problem.of(401, 403, 404, 409),
+)
+async def reset_account_cert(
+    id: AccountRef, _: Admin, session: Session, state: State
+) -> AccountCertificate:
+    account = await service.reset_certificate(session, id)
+    await _commit_and_announce(session, state)
+    return AccountCertificate.of(account)
+
+
+@router.post(
+    "/accounts/{id}/renew-cert",
+    summary="Renew an account's certificate from a new CSR (after reset-cert)",
+    description="The caller is the admin, the account itself (its API key), or, with no key, "
+    "whoever signs the CSR with the key of the account's current certificate (`signature`). "
+    "Without a prior reset-cert the answer is 409.",
+    response_model=CertificateRenewed,
+    status_code=200,
+    responses=Problem.of(401, 403, 404, 409, 422, 503),
+)
+async def renew_account_cert(
+    id: AccountRef,
+    body: RenewCertificate,
+    principal: OptionalKey,
+    session: Session,
+    state: State,
+) -> CertificateRenewed:
+    if principal is not None and not principal.admin:
+        principal = await require_enabled(principal)
+    ca = _ca(state)
+    _, issued = await service.renew_certificate(
+        session,
+        ca,
+        id,
+        body.csr,
+        days=body.cert_expire_days,
+        as_admin=principal is not None and principal.admin,
+        as_account=principal.account_id if principal is not None else None,
+        signature=body.signature,
+    )
+    await _commit_and_announce(session, state)
+    return CertificateRenewed(
+        certificate=issued.pem,
+        ca=ca.pem,
+        fingerprint=issued.fingerprint,
+        expires_at=issued.not_after,
+    )
+
+
+@router.get(
+    "/accounts/{id}/certificate",
+    summary="An account's certificate state: the admin any account's, an account its own",
+    response_model=AccountCertificate,
+    status_code=200,
+    responses=Problem.of(401, 403, 404),
+)
+async def get_account_cert(
+    id: AccountRef, principal: Caller, session: Session
+) -> AccountCertificate:
+    account = await service.account_certificate(
+        session, id, as_admin=principal.admin, as_account=principal.account_id
+    )
+    return AccountCertificate.of(account)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -163,3 +164,97 @@ class ApiKeyCreate(BaseModel):
 class ApiKeyRead(BaseModel):
     api_key: str = Field(description="The new API key, shown this once only.")
     expires_at: datetime | None
+
+
+# --- certificates (NATS accounts) --------------------------------------------------------
+
+CSR_MAX_LENGTH = 16 * 1024
+CERT_DAYS_MAX = 3650
+
+
+class CsrOrigin(StrEnum):
+    """Who sent the account's CSR (`Account.CSROrigin` of the protocol): a registration
+    (anonymous) or the account itself, renewing its certificate."""
+
+    ANONYMOUS = "anonymous"
+    AUTHACCOUNT = "authaccount"
+
+
+CertExpireDays = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=CERT_DAYS_MAX,
+        description="Lifetime of the signed certificate, in days (default 365).",
+    ),
+]
+CsrPem = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=CSR_MAX_LENGTH,
+        description="A PEM certificate signing request (`-----BEGIN CERTIFICATE REQUEST-----`).",
+    ),
+]
+
+
+class AcceptRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert_expire_days: CertExpireDays | None = None
+
+
+class RenewCertificate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    csr: CsrPem
+    cert_expire_days: CertExpireDays | None = Field(
+        None,
+        description="Lifetime in days (default 365). An account renewing its own certificate "
+        "may ask for at most the default; the admin for up to 3650.",
+    )
+    signature: str | None = Field(
+        None,
+        max_length=4096,
+        description="Without an API key: base64 signature of the `csr` text (UTF-8) made with "
+        "the private key of the account's current, still valid certificate (ECDSA or RSA "
+        "PKCS#1 v1.5 with SHA-256, or Ed25519). It proves the caller is the account.",
+    )
+
+
+class AccountCertificate(BaseModel):
+    """An account's certificate state."""
+
+    account_id: uuid.UUID
+    account_name: str
+    status: AccountStatus
+    certificate: str | None = Field(description="The signed certificate (PEM), if any.")
+    fingerprint: str | None = Field(description="SHA-256 of the certificate (DER), hex.")
+    expires_at: datetime | None
+    cert_reset: bool = Field(
+        description="reset-cert was applied: the account may (and must) renew its certificate."
+    )
+    csr_origin: CsrOrigin | None = Field(
+        description="Who sent the CSR behind the certificate: `anonymous` (a registration) or "
+        "`authaccount` (a renewal)."
+    )
+
+    @classmethod
+    def of(cls, account: Account) -> AccountCertificate:
+        return cls(
+            account_id=account.id,
+            account_name=account.name,
+            status=account.status,
+            certificate=account.certificate,
+            fingerprint=account.cert_fingerprint,
+            expires_at=account.cert_not_after,
+            cert_reset=account.cert_reset,
+            csr_origin=CsrOrigin(account.csr_origin) if account.csr_origin else None,
+        )
+
+
+class CertificateRenewed(BaseModel):
+    certificate: str = Field(description="The new certificate (PEM).")
+    ca: str = Field(description="The bus CA certificate (PEM).")
+    fingerprint: str
+    expires_at: datetime

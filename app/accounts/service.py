@@ -1,24 +1,32 @@
-"""Account rules: unique names, keys shown once, the bootstrap admin kept usable, and
-deleting an account's actors only when asked to."""
+"""Account rules: unique names, keys shown once, the bootstrap admin kept usable, deleting
+an account's actors only when asked to; and certificates: accepting or rejecting a
+registration, reset-cert and renew-cert. Free of FastAPI: the NATS front end calls these too."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import keys
 from app.accounts import repository as repo
-from app.accounts.schemas import AccountCreate, AccountUpdate
+from app.accounts.schemas import CSR_MAX_LENGTH, AccountCreate, AccountUpdate, CsrOrigin
+from app.certs.pki import CertificateAuthority, CertificateError, IssuedCertificate, load_csr
 from app.config import Settings
-from app.core.exceptions import Conflict, NotFound, Unprocessable
+from app.core.exceptions import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
 from app.models import Account
-from app.models.enums import AccountStatus, AccountType
+from app.models.enums import AccountStatus, AccountType, ActorStatus
 
 T = TypeVar("T")
 
@@ -126,6 +134,16 @@ async def update_account(session: AsyncSession, ref: str, data: AccountUpdate) -
             raise Conflict("the bootstrap admin account cannot be renamed")
         if data.status is not None and data.status != "enabled":
             raise Conflict(f"the bootstrap admin account cannot be made {data.status}")
+    if (
+        data.status == "enabled"
+        and account.status != AccountStatus.ENABLED
+        and account.csr is not None
+        and account.certificate is None
+    ):
+        raise Conflict(
+            f"account {account.name!r} registered with a CSR: accept it with "
+            f"POST /api/v1/accounts/{account.id}/accept, which signs its certificate"
+        )
     if new_name is not None:
         if await repo.name_taken(session, new_name):
             raise _name_conflict(new_name)
@@ -177,3 +195,201 @@ async def new_api_key(
     except IntegrityError as exc:  # a lookup prefix collision: astronomically unlikely
         raise Conflict("could not store a new key; try again") from exc
     return key, expires_at
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+DEFAULT_CERT_DAYS = 365
+RESET_REQUIRED = (
+    "reset-cert was not applied to this account; ask an administrator to run reset-cert first"
+)
+_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+
+
+def checked_csr(pem: str) -> x509.CertificateSigningRequest:
+    """A CSR the CA will sign: PEM, self-signature valid, a key NATS clients can use.
+    Unprocessable (422) otherwise."""
+    if not pem.strip():
+        raise Unprocessable("csr: a PEM certificate signing request is required")
+    if len(pem) > CSR_MAX_LENGTH:
+        raise Unprocessable(f"csr: longer than {CSR_MAX_LENGTH} characters")
+    try:
+        csr = load_csr(pem)
+        key = csr.public_key()
+    except (CertificateError, UnsupportedAlgorithm, ValueError) as exc:
+        raise Unprocessable(f"csr: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise Unprocessable(f"csr: an RSA key needs 2048 bits at least, not {key.key_size}")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in _CURVES:
+            raise Unprocessable(f"csr: curve {key.curve.name} is not one of P-256, P-384, P-521")
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
+        raise Unprocessable("csr: the key must be RSA, ECDSA (P-256/384/521) or Ed25519")
+    return csr
+
+
+def csr_text(csr: x509.CertificateSigningRequest) -> str:
+    """The CSR as stored: re-encoded, so no text around the PEM block reaches the database."""
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _store_certificate(
+    account: Account, csr: str, origin: CsrOrigin, issued: IssuedCertificate
+) -> None:
+    account.csr = csr
+    account.csr_origin = origin.value
+    account.certificate = issued.pem
+    account.cert_fingerprint = issued.fingerprint
+    account.cert_not_after = issued.not_after
+    account.cert_reset = False
+
+
+def _sign(ca: CertificateAuthority, csr: str, account: Account, days: int) -> IssuedCertificate:
+    try:
+        return ca.sign_csr(csr, account.name, days)
+    except CertificateError as exc:
+        raise Unprocessable(str(exc)) from None
+
+
+async def _decidable(session: AsyncSession, ref: str, action: str) -> Account:
+    """A pending account, locked, that an admin may accept or reject."""
+    account = await load_account(session, ref, for_update=True)
+    if account.is_admin:
+        raise Conflict(f"the bootstrap admin account cannot be {action}ed")
+    if account.status == AccountStatus.REJECTED:
+        raise Conflict(
+            f"account {account.name!r} was rejected; delete it and let it register again"
+        )
+    if account.status != AccountStatus.PENDING:
+        state = "accepted" if account.certificate else account.status.value
+        raise Conflict(
+            f"account {account.name!r} is {state}; only a pending account can be {action}ed"
+        )
+    return account
+
+
+async def accept_registration(
+    session: AsyncSession, ca: CertificateAuthority, ref: str, days: int | None = None
+) -> Account:
+    """Sign the pending account's CSR (CN = the account name), then enable the account and
+    its pending actors."""
+    account = await _decidable(session, ref, "accept")
+    if not account.csr:
+        raise Conflict(
+            f"account {account.name!r} has no CSR to sign (it did not register); enable it "
+            f"with PATCH /api/v1/accounts/{account.id} instead"
+        )
+    issued = _sign(ca, account.csr, account, days or DEFAULT_CERT_DAYS)
+    _store_certificate(account, account.csr, CsrOrigin(account.csr_origin or "anonymous"), issued)
+    account.status = AccountStatus.ENABLED
+    await repo.set_pending_actors_status(session, account.id, ActorStatus.ENABLED)
+    await session.flush()
+    return account
+
+
+async def reject_registration(session: AsyncSession, ref: str) -> Account:
+    """Refuse a pending account: it and its pending actors become `rejected`."""
+    account = await _decidable(session, ref, "reject")
+    account.status = AccountStatus.REJECTED
+    await repo.set_pending_actors_status(session, account.id, ActorStatus.REJECTED)
+    await session.flush()
+    return account
+
+
+async def reset_certificate(session: AsyncSession, ref: str) -> Account:
+    """reset-cert: allow (and require) the account to renew its certificate with a new CSR.
+    The current certificate stays as it is until the renewal replaces it."""
+    account = await load_account(session, ref, for_update=True)
+    if account.is_admin:
+        raise Conflict("the bootstrap admin account has no certificate")
+    account.cert_reset = True
+    await session.flush()
+    return account
+
+
+def _signed_by_certificate(
+    ca: CertificateAuthority, account: Account, data: bytes, signature: str
+) -> bool:
+    """Whether `signature` (base64) over `data` was made with the key of the account's
+    current certificate, itself issued by this CA and still valid."""
+    if not account.certificate:
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        cert = ca.verify(account.certificate)
+    except (binascii.Error, ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    if cert.not_valid_after_utc <= datetime.now(UTC):
+        return False
+    key = cert.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(raw, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(raw, data, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(raw, data)
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+async def renew_certificate(
+    session: AsyncSession,
+    ca: CertificateAuthority,
+    ref: str,
+    csr: str,
+    *,
+    days: int | None = None,
+    as_admin: bool = False,
+    as_account: uuid.UUID | None = None,
+    signature: str | None = None,
+) -> tuple[Account, IssuedCertificate]:
+    """renew-cert: sign a new CSR for an account that reset-cert was applied to.
+
+    The caller is the admin (`as_admin`), the account itself (`as_account`: its API key, or
+    its NATS connection), or whoever holds the key of the account's current certificate
+    (`signature` over the CSR text)."""
+    account = await load_account(session, ref, for_update=True)
+    if not (as_admin or as_account == account.id):
+        if as_account is not None:
+            raise NotFound(f"no account {ref!r}")  # another account's: as if it did not exist
+        if signature is None:
+            raise Unauthorized(
+                "renewing a certificate needs the account's API key, the admin key, or a "
+                "signature of the CSR made with the account's current certificate"
+            )
+        if not _signed_by_certificate(ca, account, csr.encode("utf-8"), signature):
+            raise Unauthorized(
+                "the signature was not made with the key of the account's current, valid "
+                "certificate"
+            )
+    if days is not None and days > DEFAULT_CERT_DAYS and not as_admin:
+        raise Forbidden(f"only the admin may ask for more than {DEFAULT_CERT_DAYS} days")
+    if account.is_admin:
+        raise Conflict("the bootstrap admin account has no certificate")
+    if account.status != AccountStatus.ENABLED:
+        raise Conflict(
+            f"account {account.name!r} is {account.status.value}; only an enabled account "
+            "renews its certificate"
+        )
+    if not account.cert_reset:
+        raise Conflict(RESET_REQUIRED)
+    stored = csr_text(checked_csr(csr))
+    issued = _sign(ca, stored, account, days or DEFAULT_CERT_DAYS)
+    _store_certificate(account, stored, CsrOrigin.AUTHACCOUNT, issued)
+    await session.flush()
+    return account, issued
+
+
+async def account_certificate(
+    session: AsyncSession, ref: str, *, as_admin: bool, as_account: uuid.UUID | None
+) -> Account:
+    """The account, for reading its certificate state: the admin any, an account its own."""
+    account = await repo.find_account(session, ref)
+    if account is None or not (as_admin or account.id == as_account):
+        raise NotFound(f"no account {ref!r}")
+    return account

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from app.config import ConfigFileError, Settings, load_settings
-from app.logs import setup_logging, stop_logging
+from app.logs import setup_logging_for, stop_logging
 from app.version import full_version, version
 
 log = logging.getLogger("xbusd")
@@ -111,6 +111,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port [default: 8000].")] = None,
     data_dir: DataDirOpt = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="Root log level (debug, info, warning, error).")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="Log lines: console or json.")] = None,
 ) -> None:
     """Run the bus: HTTP API, background duties, and the embedded PostgreSQL and nats-server
     when no external ones are configured."""
@@ -120,8 +124,15 @@ def serve(
     from app.runtime.embedded import EmbeddedRuntime
     from app.runtime.lock import DataDirBusyError
 
-    settings = _settings(config, host=host, port=port, data_dir=data_dir)
-    setup_logging(settings.log_level, settings.log_format)
+    settings = _settings(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    setup_logging_for(settings)
     _Server = _server_class()
     try:
         with EmbeddedRuntime(settings) as effective:
@@ -132,7 +143,7 @@ def serve(
                     host=effective.host,
                     port=effective.port,
                     log_config=None,
-                    timeout_graceful_shutdown=10,
+                    timeout_graceful_shutdown=effective.http_shutdown_grace,
                     server_header=False,
                     proxy_headers=True,
                 )
@@ -158,7 +169,7 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     from app.runtime.lock import DataDirBusyError
 
     settings = _settings(config, data_dir=data_dir)
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging_for(settings)
     try:
         with EmbeddedRuntime(settings, need_nats=False) as effective:
             assert effective.database_url is not None

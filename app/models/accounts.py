@@ -65,6 +65,9 @@ class Actor(Base):
     # schedule brings it back.
     webhook_suspended_at: Mapped[datetime | None]
     webhook_suspended_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # When the next probe of a webhook suspended by failures is due; NULL while the webhook
+    # is active or was disabled by an operator (no probes then).
+    webhook_probe_at: Mapped[datetime | None]
     # Round-robin cursor for role spreading.
     dispatch_count: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = now_column()

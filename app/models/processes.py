@@ -26,6 +26,12 @@ class Process(Base):
             "created_at",
             postgresql_where=sa.text("pm_level IS NOT NULL"),
         ),
+        # Processes in error still to report to Sentry (app/sentry.py), oldest first.
+        sa.Index(
+            "ix_processes_sentry_unreported",
+            "ended_at",
+            postgresql_where=sa.text("status = 'error' AND sentry_reported_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -54,6 +60,8 @@ class Process(Base):
     )
     pm_comment: Mapped[str | None] = mapped_column(sa.Text)
     pm_changed_at: Mapped[datetime | None]
+    # When this process's error went to Sentry (NULL: not yet, or Sentry is not configured).
+    sentry_reported_at: Mapped[datetime | None]
 
 
 class ProcessNode(Base):

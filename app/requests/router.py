@@ -22,6 +22,7 @@ from app.envelopes.codec import (
     parse_envelope_json,
 )
 from app.models.enums import ActorStatus, RequestStatus
+from app.ops.supervision import record_poll
 from app.requests.schemas import ActorRequestRead, RequestStateIn, RequestStateRead
 from app.requests.service import request_payload
 
@@ -52,6 +53,7 @@ async def lease_request(
     target = await load_owned_actor(session, caller, actor)
     if target.status != ActorStatus.ENABLED:
         raise Forbidden(f"actor {target.name!r} is {target.status.value}")
+    await record_poll(session, target)  # alive: last_seen, and no longer unresponsive
     deadline = time.monotonic() + min(wait, settings.long_poll_max)
     holder = f"http:{caller.name}"
     while True:

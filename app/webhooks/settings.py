@@ -331,6 +331,12 @@ def parse_webhook_settings(config: Mapping[str, str]) -> WebhookSettings | None:
 
 # --- where a webhook may point -------------------------------------------------------------
 
+
+class UnresolvableHostError(WebhookSettingsError):
+    """The URL's host did not resolve (or not in time): maybe a passing DNS failure, unlike
+    a refused address."""
+
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -375,11 +381,11 @@ async def check_url_allowed(url: str, allow_private: bool) -> None:
                 host, port, type=socket.SOCK_STREAM
             )
     except TimeoutError:
-        raise WebhookSettingsError(URL_KEY, f"resolving host {host!r} timed out") from None
+        raise UnresolvableHostError(URL_KEY, f"resolving host {host!r} timed out") from None
     except (OSError, UnicodeError):
-        raise WebhookSettingsError(URL_KEY, f"host {host!r} does not resolve") from None
+        raise UnresolvableHostError(URL_KEY, f"host {host!r} does not resolve") from None
     if not infos:
-        raise WebhookSettingsError(URL_KEY, f"host {host!r} does not resolve")
+        raise UnresolvableHostError(URL_KEY, f"host {host!r} does not resolve")
     for info in infos:
         address = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone index
         ip = ipaddress.ip_address(address)

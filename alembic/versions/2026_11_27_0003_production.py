@@ -1,6 +1,6 @@
 """production: remember which processes in error were reported to Sentry
 
-Revision ID: 0004
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-27 20:00:00
 """
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-# Chained on the head present when this was written; the lead re-chains the branch.
+revision: str = "0003"
+
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

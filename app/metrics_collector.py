@@ -1,0 +1,411 @@
+"""`GET /metrics`: the HTTP metrics of prometheus-fastapi-instrumentator, the bus's counters
+(app/metrics.py), and gauges read at scrape time: processes by status, pending work by
+channel, actors by kind, the database pool, and the nats-server's /varz figures.
+
+Scrape-time figures come from cheap queries on indexed columns and are cached for
+`metrics_cache_seconds`: however many scrapers (or replicas' scrapers) ask, the database
+sees at most one round of queries per replica per period. Each query runs under
+`metrics_query_timeout`; one that fails or times out only loses its own series and counts
+in `xbus_metrics_errors_total`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from fastapi import FastAPI, Request, Response
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_fastapi_instrumentator import Instrumentator
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import QueuePool
+
+from app.config import Settings
+from app.core.errors import Problem
+from app.core.exceptions import Unauthorized
+from app.metrics import LogDropsCollector
+from app.models import Actor, ActorRequest, Envelope, Process
+from app.models.enums import (
+    ActorKind,
+    EnvelopeStatus,
+    PostmortemStatus,
+    ProcessStatus,
+    RequestChannel,
+    RequestStatus,
+)
+from app.state import AppState
+from app.version import version
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (ProcessStatus.INITIAL, ProcessStatus.RUNNING, ProcessStatus.PAUSED)
+FINAL = (ProcessStatus.DONE, ProcessStatus.ERROR)
+IN_FLIGHT = (RequestStatus.LEASED, RequestStatus.RUNNING)
+
+# nats-server /varz fields: (field, metric name without xbus_nats_, help, counter?)
+VARZ = [
+    ("connections", "connections", "Client connections open now", False),
+    ("total_connections", "connections", "Client connections accepted since start", True),
+    ("subscriptions", "subscriptions", "Subscriptions", False),
+    ("slow_consumers", "slow_consumers", "Clients dropped as slow consumers", True),
+    ("in_msgs", "in_msgs", "Messages received", True),
+    ("out_msgs", "out_msgs", "Messages sent", True),
+    ("in_bytes", "in_bytes", "Bytes received", True),
+    ("out_bytes", "out_bytes", "Bytes sent", True),
+    ("mem", "mem_bytes", "Resident memory of the nats-server", False),
+    ("cpu", "cpu_percent", "CPU use of the nats-server (percent of one core)", False),
+    ("routes", "routes", "Cluster routes", False),
+    ("leafnodes", "leafnodes", "Leaf node connections", False),
+]
+
+Query = Callable[[AsyncConnection], Awaitable[list[Metric]]]
+
+
+def _age(oldest: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """Seconds from `oldest` to now, in SQL."""
+    return sa.func.extract("epoch", sa.func.now() - oldest)
+
+
+def _pairs(rows: sa.Result[Any, Any]) -> dict[Any, Any]:
+    return {key: value for key, value in rows}
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels or [])
+
+
+async def _processes(conn: AsyncConnection, statuses: tuple[ProcessStatus, ...]) -> list[Metric]:
+    rows = await conn.execute(
+        sa.select(Process.status, sa.func.count())
+        .where(Process.status.in_(statuses))
+        .group_by(Process.status)
+    )
+    counts = {ProcessStatus(status): n for status, n in rows}
+    family = _gauge("xbus_processes", "Stored processes by status", ["status"])
+    for status in statuses:
+        family.add_metric([status.value], counts.get(status, 0))
+    return [family]
+
+
+async def _active_processes(conn: AsyncConnection) -> list[Metric]:
+    return await _processes(conn, ACTIVE)
+
+
+async def _final_processes(conn: AsyncConnection) -> list[Metric]:
+    # Separate from the active ones: on a huge history this one may hit the timeout alone.
+    return await _processes(conn, FINAL)
+
+
+async def _postmortems(conn: AsyncConnection) -> list[Metric]:
+    rows = await conn.execute(
+        sa.select(Process.pm_status, Process.pm_level, sa.func.count())
+        .where(
+            Process.pm_level.is_not(None),
+            Process.pm_status.in_((PostmortemStatus.NEW, PostmortemStatus.OPENED)),
+        )
+        .group_by(Process.pm_status, Process.pm_level)
+    )
+    family = _gauge(
+        "xbus_postmortems_open",
+        "Processes with a postmortem not closed yet, by postmortem status and level",
+        ["status", "level"],
+    )
+    for pm_status, level, n in rows:
+        family.add_metric([str(pm_status), str(level)], n)
+    return [family]
+
+
+async def _requests(conn: AsyncConnection) -> list[Metric]:
+    pending = _pairs(
+        await conn.execute(
+            sa.select(ActorRequest.channel, sa.func.count())
+            .where(ActorRequest.status == RequestStatus.PENDING)
+            .group_by(ActorRequest.channel)
+        )
+    )
+    oldest = _pairs(
+        await conn.execute(
+            sa.select(
+                ActorRequest.channel,
+                sa.func.extract("epoch", sa.func.now() - sa.func.min(ActorRequest.available_at)),
+            )
+            .join(Process, Process.id == ActorRequest.process_id)
+            .where(
+                ActorRequest.status == RequestStatus.PENDING,
+                ActorRequest.available_at <= sa.func.now(),
+                Process.status == ProcessStatus.RUNNING,
+            )
+            .group_by(ActorRequest.channel)
+        )
+    )
+    in_flight = _pairs(
+        await conn.execute(
+            sa.select(ActorRequest.channel, sa.func.count())
+            .where(ActorRequest.status.in_(IN_FLIGHT))
+            .group_by(ActorRequest.channel)
+        )
+    )
+    depth = _gauge(
+        "xbus_requests_pending",
+        "Actor requests waiting for delivery (due now or scheduled for a retry), by channel",
+        ["channel"],
+    )
+    age = _gauge(
+        "xbus_requests_oldest_due_age_seconds",
+        "Age of the oldest request due for delivery in a running process, by channel "
+        "(0 when none is due)",
+        ["channel"],
+    )
+    flight = _gauge(
+        "xbus_requests_in_flight",
+        "Actor requests handed out and not answered yet (leased or running), by channel",
+        ["channel"],
+    )
+    for channel in RequestChannel:
+        depth.add_metric([channel.value], pending.get(channel, 0))
+        age.add_metric([channel.value], max(float(oldest.get(channel) or 0.0), 0.0))
+        flight.add_metric([channel.value], in_flight.get(channel, 0))
+    return [depth, age, flight]
+
+
+async def _envelopes(conn: AsyncConnection) -> list[Metric]:
+    count, age = (
+        await conn.execute(
+            sa.select(
+                sa.func.count(),
+                _age(sa.func.min(Envelope.last_fragment_at)),
+            ).where(Envelope.status == EnvelopeStatus.RECEIVING)
+        )
+    ).one()
+    receiving = _gauge("xbus_envelopes_receiving", "Envelopes whose fragments are still arriving")
+    receiving.add_metric([], count)
+    oldest = _gauge(
+        "xbus_envelopes_receiving_oldest_age_seconds",
+        "Time since the last fragment of the longest-waiting incomplete envelope",
+    )
+    oldest.add_metric([], max(float(age or 0.0), 0.0))
+    return [receiving, oldest]
+
+
+async def _actors(conn: AsyncConnection) -> list[Metric]:
+    rows = await conn.execute(
+        sa.select(
+            Actor.kind,
+            Actor.status,
+            sa.func.count(),
+            sa.func.count().filter(Actor.online),
+            sa.func.count().filter(Actor.unresponsive),
+        ).group_by(Actor.kind, Actor.status)
+    )
+    by_status = _gauge("xbus_actors", "Actors by kind and status", ["kind", "status"])
+    online: dict[str, int] = {kind.value: 0 for kind in ActorKind}
+    unresponsive = dict(online)
+    for kind, status, n, n_online, n_unresponsive in rows:
+        by_status.add_metric([str(kind), str(status)], n)
+        online[str(kind)] += n_online
+        unresponsive[str(kind)] += n_unresponsive
+    online_family = _gauge("xbus_actors_online", "Actors connected now, by kind", ["kind"])
+    unresponsive_family = _gauge(
+        "xbus_actors_unresponsive",
+        "Actors marked unresponsive (work waiting, no answer), by kind",
+        ["kind"],
+    )
+    for kind_name, n in online.items():
+        online_family.add_metric([kind_name], n)
+        unresponsive_family.add_metric([kind_name], unresponsive[kind_name])
+    return [by_status, online_family, unresponsive_family]
+
+
+QUERIES: dict[str, Query] = {
+    "processes_active": _active_processes,
+    "processes_final": _final_processes,
+    "postmortems": _postmortems,
+    "requests": _requests,
+    "envelopes": _envelopes,
+    "actors": _actors,
+}
+
+
+def varz_families(varz: dict[str, Any]) -> list[Metric]:
+    """The nats-server's /varz JSON as xbus_nats_* series, labelled with its server name."""
+    server = str(varz.get("server_name") or varz.get("server_id") or "")
+    families: list[Metric] = []
+    for field, name, doc, counter in VARZ:
+        value = varz.get(field)
+        if not isinstance(value, int | float):
+            continue
+        family: Metric
+        if counter:
+            family = CounterMetricFamily(f"xbus_nats_{name}", doc, labels=["server"])
+        else:
+            family = GaugeMetricFamily(f"xbus_nats_{name}", doc, labels=["server"])
+        family.add_metric([server], float(value))
+        families.append(family)
+    info = _gauge("xbus_nats_info", "nats-server identity", ["server", "server_id", "version"])
+    info.add_metric([server, str(varz.get("server_id", "")), str(varz.get("version", ""))], 1)
+    families.append(info)
+    return families
+
+
+class BusCollector(Collector):
+    """The scrape-time series. `refresh()` (async, cached) reads the database and
+    nats-server; `collect()` (called by the exposition, synchronous) hands out the last
+    reading plus the process-local pool figures."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state: AppState | None = None
+        self._families: list[Metric] = []
+        self._fresh_until = 0.0
+        self._lock = asyncio.Lock()
+        self._errors: dict[str, int] = {}
+
+    async def refresh(self, state: AppState) -> None:
+        self.state = state
+        if time.monotonic() < self._fresh_until:
+            return
+        async with self._lock:
+            if time.monotonic() < self._fresh_until:
+                return  # another scrape refreshed while this one waited
+            started = time.monotonic()
+            db_part, nats_part = await asyncio.gather(self._read_database(state), self._varz())
+            took = _gauge("xbus_metrics_refresh_seconds", "Time the last scrape-time reading took")
+            took.add_metric([], time.monotonic() - started)
+            self._families = [*db_part, *nats_part, took]
+            self._fresh_until = time.monotonic() + self.settings.metrics_cache_seconds
+
+    def _error(self, source: str) -> None:
+        self._errors[source] = self._errors.get(source, 0) + 1
+
+    async def _read_database(self, state: AppState) -> list[Metric]:
+        families: list[Metric] = []
+        up = _gauge("xbus_metrics_source_up", "Whether a metrics source answered", ["source"])
+        timeout_ms = int(self.settings.metrics_query_timeout * 1000)
+        try:
+            async with state.db.engine.connect() as conn:
+                await conn.execute(sa.text(f"SET statement_timeout = {timeout_ms}"))
+                try:
+                    for name, query in QUERIES.items():
+                        try:
+                            async with conn.begin_nested():
+                                families.extend(await query(conn))
+                        except Exception as exc:
+                            log.warning("metrics query %s failed: %s", name, exc)
+                            self._error(f"database:{name}")
+                finally:
+                    await conn.rollback()
+                    await conn.execute(sa.text("RESET statement_timeout"))
+                    await conn.commit()
+            up.add_metric(["database"], 1)
+        except Exception as exc:
+            log.warning("metrics: database not readable: %s", exc)
+            self._error("database")
+            up.add_metric(["database"], 0)
+        return [*families, up]
+
+    async def _varz(self) -> list[Metric]:
+        url = self.settings.nats_monitor_url
+        if not url:
+            return []
+        up = _gauge("xbus_nats_up", "Whether the nats-server monitoring endpoint answered")
+        try:
+            async with httpx.AsyncClient(timeout=self.settings.metrics_query_timeout) as client:
+                response = await client.get(url.rstrip("/") + "/varz")
+                response.raise_for_status()
+                varz = response.json()
+            up.add_metric([], 1)
+            return [*varz_families(varz), up]
+        except Exception as exc:
+            log.warning("metrics: nats-server varz at %s not readable: %s", url, exc)
+            self._error("nats")
+            up.add_metric([], 0)
+            return [up]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+        errors = CounterMetricFamily(
+            "xbus_metrics_errors",
+            "Scrape-time readings that failed (database query, nats-server varz)",
+            labels=["source"],
+        )
+        for source, n in sorted(self._errors.items()):
+            errors.add_metric([source], n)
+        yield errors
+        info = _gauge("xbus_info", "This xbusd", ["version"])
+        info.add_metric([version()], 1)
+        yield info
+        if self.state is not None:
+            yield from pool_families(self.state)
+
+
+def pool_families(state: AppState) -> list[Metric]:
+    pool = state.db.engine.sync_engine.pool
+    if not isinstance(pool, QueuePool):
+        return []
+    figures = [
+        ("xbus_db_pool_size", "Connections the pool keeps (db_pool_size)", pool.size()),
+        (
+            "xbus_db_pool_max_overflow",
+            "Connections allowed over the pool size (db_max_overflow)",
+            state.settings.db_max_overflow,
+        ),
+        ("xbus_db_pool_checked_out", "Connections in use now", pool.checkedout()),
+        ("xbus_db_pool_checked_in", "Idle connections in the pool", pool.checkedin()),
+        (
+            "xbus_db_pool_overflow",
+            "Connections open over the pool size now",
+            max(pool.overflow(), 0),
+        ),
+    ]
+    families: list[Metric] = []
+    for name, doc, value in figures:
+        family = _gauge(name, doc)
+        family.add_metric([], value)
+        families.append(family)
+    return families
+
+
+def install_metrics(app: FastAPI, settings: Settings) -> None:
+    """HTTP instrumentation and the /metrics route (nothing when metrics are disabled)."""
+    if not settings.metrics_enabled:
+        return
+    Instrumentator(excluded_handlers=["/metrics"]).instrument(app)
+    collector = BusCollector(settings)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    registry.register(LogDropsCollector())
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    token = token or None  # an empty token (unset in a Secret) means no token
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        description="The HTTP and `xbus_*` series (docs/operations.md lists them). With "
+        "`metrics_token` set, only `Authorization: Bearer <token>` is answered.",
+        response_class=Response,
+        responses={
+            200: {"description": "Prometheus text format", "content": {"text/plain": {}}},
+            **Problem.of(401),
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        if token is not None:
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode(), token.encode()
+            ):
+                raise Unauthorized("/metrics needs `Authorization: Bearer <metrics token>`")
+        state: AppState | None = getattr(request.app.state, "xbus", None)
+        if state is not None:
+            await collector.refresh(state)
+        body = generate_latest(REGISTRY) + generate_latest(registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

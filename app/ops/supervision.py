@@ -1,0 +1,87 @@
+"""Supervision passes, run as background duties once across replicas (app/bus/singleton.py):
+processes waiting on a stalled envelope upload are canceled, polling actors that leave their
+requests waiting are marked unresponsive (and cleared when they poll again), and storage
+statistics are kept fresh. Lease expiry stays with the supervisor of every replica
+(app/bus/supervisor.py): it is safe anywhere thanks to SKIP LOCKED."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bus import control
+from app.bus.director import Director, add_log, utcnow
+from app.db import Database
+from app.envelopes.service import mark_stalled
+from app.models import Actor
+from app.models.enums import LogLevel
+from app.ops import repository, stats
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100
+# A poll refreshes last_seen at most this often: polling is frequent, writes are not free.
+_SEEN_RESOLUTION = timedelta(seconds=1)
+
+
+async def cancel_stalled_emissions(db: Database, director: Director, stall_timeout: float) -> int:
+    async with db.session() as session:
+        await mark_stalled(session, stall_timeout)
+    canceled = 0
+    while True:
+        async with db.session() as session:
+            waits = await repository.stalled_waits(session, _BATCH)
+        for envelope_id, process_id, node_id, why in waits:
+            where = f" (output of node {node_id})" if node_id else ""
+            reason = (
+                f"canceled: the upload of envelope {envelope_id}{where} stalled: "
+                f"{why or f'no fragment received for {stall_timeout:g} s'}"
+            )
+            async with db.session() as session:
+                if await control.cancel_stalled(session, director, process_id, reason):
+                    canceled += 1
+                    log.warning("process %s %s", process_id, reason)
+        if len(waits) < _BATCH:
+            return canceled
+
+
+async def mark_unresponsive_actors(db: Database, after: float) -> int:
+    cutoff = utcnow() - timedelta(seconds=after)
+    async with db.session() as session:
+        marked = await repository.mark_unresponsive(session, cutoff)
+        for actor_id, name, last_seen in marked:
+            since = f"since {last_seen.isoformat()}" if last_seen else "ever"
+            text = (
+                f"actor {name} is unresponsive: its requests have waited more than {after:g} s "
+                f"and it has not polled {since}"
+            )
+            add_log(session, LogLevel.ERROR, text, actor_id=actor_id)
+            log.error("%s", text)
+    return len(marked)
+
+
+async def record_poll(session: AsyncSession, actor: Actor) -> None:
+    """An actor polls for requests: it is alive."""
+    now = utcnow()
+    if actor.unresponsive:
+        add_log(
+            session,
+            LogLevel.NOTICE,
+            f"actor {actor.name} polls again: no longer unresponsive",
+            actor_id=actor.id,
+        )
+        log.info("actor %s polls again: no longer unresponsive", actor.name)
+    await repository.record_poll(session, actor.id, now, now - _SEEN_RESOLUTION)
+
+
+async def refresh_storage_stats(db: Database) -> None:
+    async with db.session() as session:
+        analyzed = await stats.refresh_estimates(session)
+        snapshot = await stats.storage_stats(session, exact_max_rows=0)
+    log.info(
+        "storage (%s analyzed): %s",
+        ", ".join(analyzed) or "none",
+        "; ".join(f"{k.kind} ~{k.rows} rows {k.bytes // 1024} KiB" for k in snapshot.kinds),
+    )

@@ -1,0 +1,404 @@
+"""The rules of webhook delivery: what an attempt's answer means for its request, the
+process and the actor's webhook.
+
+| answer                                   | request                                          |
+|------------------------------------------|--------------------------------------------------|
+| success code                             | ends as the body's state says (default success)  |
+| reattempt code, connection error, timeout | pending again after backoff (or Retry-After);   |
+|                                          | out of attempts or age: node error, postmortem   |
+| 410 Gone                                 | node error; the webhook is suspended             |
+| any other code (3xx included)            | node error with the code and the body's start    |
+| URL refused by the SSRF guard            | node error; nothing was sent                     |
+
+A webhook suspended by failures (a request out of attempts while no other delivery to the
+actor succeeded, or a 410) keeps its requests pending, and is probed every
+`webhook_probe_interval` with its oldest pending request: any success answer brings it back.
+An operator's disable is not probed. While suspended nothing fails for lack of attempts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import logging
+import math
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bus.director import Director, Message, add_log
+from app.bus.notify import actor_key, notify_after_commit
+from app.config import Settings
+from app.core.exceptions import Conflict, NotFound, Unprocessable
+from app.envelopes.codec import EnvelopeData
+from app.models import Actor, DeliveryAttempt
+from app.models.enums import AttemptOutcome, LogLevel, RequestStatus
+from app.webhooks import repository as repo
+from app.webhooks.client import HttpResponse
+from app.webhooks.payload import ActorState, AnswerError, read_state
+from app.webhooks.settings import WebhookSettings
+
+log = logging.getLogger(__name__)
+
+LOG_EXCERPT = 200  # characters of an answer quoted in a process log line
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed attempt of one request."""
+
+    request_id: uuid.UUID
+    actor_id: uuid.UUID
+    actor_name: str
+    process_id: uuid.UUID
+    node_id: str
+    attempt: int
+    created_at: datetime
+    settings: WebhookSettings
+    body: bytes = b""
+    unsendable: str | None = None  # why no body could be built for this request
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one POST gave: an answer, or why there was none."""
+
+    started_at: datetime
+    duration: float  # seconds
+    response: HttpResponse | None = None
+    error: str | None = None  # connection error, timeout, unresolvable host
+    refused: str | None = None  # nothing was sent: the SSRF guard refused the URL, or no body
+
+
+class Kind(enum.Enum):
+    DELIVERED = "delivered"  # a success code
+    RETRY = "retry"  # a reattempt code, a connection error or a timeout
+    GONE = "gone"  # 410
+    FAILED = "failed"  # anything else
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: Kind
+    outcome: AttemptOutcome
+    summary: str  # "503 Service Unavailable", "timeout after 2 s", ...
+    state: ActorState | None = None
+    retry_after: float | None = None
+
+
+def excerpt(body: bytes, limit: int) -> str:
+    """The start of an answer as text (PostgreSQL text holds no NUL)."""
+    return body[:limit].decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """`Retry-After` as seconds from now: a number of seconds or an HTTP date."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _status_text(code: int, reason: str) -> str:
+    if not reason:
+        reason = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else ""
+    return f"{code} {reason}".strip()
+
+
+def judge(job: Job, result: AttemptResult, app_settings: Settings) -> Verdict:
+    ws = job.settings
+    if job.unsendable is not None:
+        return Verdict(Kind.FAILED, AttemptOutcome.FAILURE, job.unsendable)
+    if result.refused is not None:
+        return Verdict(Kind.FAILED, AttemptOutcome.FAILURE, f"refused: {result.refused}")
+    response = result.response
+    if response is None:
+        return Verdict(Kind.RETRY, AttemptOutcome.RETRY, result.error or "no answer")
+    code = response.status
+    text = _status_text(code, response.reason)
+    if code in ws.success_codes:
+        if response.truncated:
+            return Verdict(
+                Kind.FAILED,
+                AttemptOutcome.FAILURE,
+                f"{text}: the answer is larger than {app_settings.webhook_max_response_bytes} "
+                "bytes",
+            )
+        try:
+            state = read_state(
+                ws.content_type,
+                response.header("content-type"),
+                response.body,
+                max_items=app_settings.envelope_max_items,
+                max_bytes=app_settings.envelope_max_bytes,
+            )
+        except AnswerError as exc:
+            return Verdict(Kind.FAILED, AttemptOutcome.FAILURE, f"{text}: {exc}")
+        outcome = AttemptOutcome.SUCCESS
+        if state is not None and state.status == RequestStatus.RUNNING:
+            outcome = AttemptOutcome.RUNNING
+        elif state is not None and state.status == RequestStatus.ERROR:
+            outcome = AttemptOutcome.FAILURE
+        return Verdict(Kind.DELIVERED, outcome, text, state=state)
+    if code in ws.reattempt_codes:
+        wait = retry_after_seconds(response.header("retry-after"), utcnow())
+        return Verdict(Kind.RETRY, AttemptOutcome.RETRY, text, retry_after=wait)
+    if code == 410:
+        return Verdict(Kind.GONE, AttemptOutcome.FAILURE, text)
+    if 300 <= code < 400:
+        location = response.header("location")
+        text += f" (redirect to {location} not followed)" if location else " (redirect)"
+    return Verdict(Kind.FAILED, AttemptOutcome.FAILURE, text)
+
+
+def _attempt_error(verdict: Verdict) -> str | None:
+    if verdict.kind != Kind.DELIVERED:
+        return verdict.summary
+    if verdict.outcome == AttemptOutcome.FAILURE:
+        return "the actor answered the state error"
+    return None
+
+
+def _quoted(response: HttpResponse | None) -> str:
+    if response is None or not response.body:
+        return ""
+    return ": " + excerpt(response.body, LOG_EXCERPT)
+
+
+def _delay(ws: WebhookSettings, attempt: int, retry_after: float | None) -> tuple[float, str]:
+    if retry_after is not None:
+        return min(retry_after, ws.backoff_cap), " (Retry-After)"
+    return ws.backoff_delay(attempt, random.random()), ""
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g} s" if value < 10 else f"{math.ceil(value)} s"
+
+
+class Outcomes:
+    """Applies an attempt's verdict in the caller's transaction."""
+
+    def __init__(self, director: Director, settings: Settings) -> None:
+        self.director = director
+        self.settings = settings
+
+    async def record(self, session: AsyncSession, job: Job, result: AttemptResult) -> Verdict:
+        verdict = judge(job, result, self.settings)
+        response = result.response
+        attempt = DeliveryAttempt(
+            request_id=job.request_id,
+            actor_id=job.actor_id,
+            attempt=job.attempt,
+            started_at=result.started_at,
+            duration_ms=round(result.duration * 1000, 3),
+            status_code=response.status if response is not None else None,
+            outcome=verdict.outcome,
+            error=_attempt_error(verdict),
+            response_excerpt=(
+                excerpt(response.body, self.settings.webhook_excerpt_bytes)
+                if response is not None and response.body
+                else None
+            ),
+        )
+        await repo.add_attempt(session, attempt)
+        actor = await session.get(Actor, job.actor_id, populate_existing=True)
+        suspended = actor is not None and actor.webhook_suspended_at is not None
+        now = utcnow()
+        if verdict.kind == Kind.DELIVERED:
+            await self._delivered(session, job, verdict.state)
+            if suspended:
+                await self._resume(session, job, now)
+        elif job.unsendable is not None:
+            # No later attempt would do better.
+            await self._fail(
+                session, job, f"webhook to actor {job.actor_name} not sent: {verdict.summary}"
+            )
+        elif job.probe or suspended:
+            await self._hold(session, job, verdict, response, now)
+        elif verdict.kind == Kind.RETRY:
+            await self._retry(session, job, verdict, response, now)
+        else:
+            if response is None:
+                reason = f"webhook to actor {job.actor_name} not sent: {verdict.summary}"
+            else:
+                reason = f"webhook answered {verdict.summary}{_quoted(response)}"
+            if verdict.kind == Kind.GONE:
+                reason += f"; the webhook of actor {job.actor_name} is suspended"
+            await self._fail(session, job, reason)
+            if verdict.kind == Kind.GONE:
+                await self._suspend(session, job, f"the endpoint answered {verdict.summary}", now)
+        return verdict
+
+    # ---------------------------------------------------------------- ends
+    async def _report(
+        self,
+        session: AsyncSession,
+        job: Job,
+        status: RequestStatus,
+        messages: list[Message],
+        outputs: dict[str, EnvelopeData],
+    ) -> None:
+        try:
+            await self.director.report(
+                session, job.request_id, status, messages, outputs, account_id=None
+            )
+        except (Conflict, NotFound):
+            return  # ended meanwhile (canceled, answered by another attempt) or deleted
+        # xbus_requests_ended_total is counted by the director when the request ends.
+
+    async def _delivered(self, session: AsyncSession, job: Job, state: ActorState | None) -> None:
+        if state is None:
+            await self._report(session, job, RequestStatus.SUCCESS, [], {})
+            return
+        try:
+            await self._report(session, job, state.status, state.messages, state.outputs)
+        except Unprocessable as exc:
+            # Outputs the node does not have, or outputs of a consumer: checked before the
+            # report changes anything, so the request can still end in error.
+            await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
+
+    async def _fail(self, session: AsyncSession, job: Job, reason: str) -> None:
+        await self._report(session, job, RequestStatus.ERROR, [Message(LogLevel.ERROR, reason)], {})
+
+    # ---------------------------------------------------------------- not yet
+    async def _retry(
+        self,
+        session: AsyncSession,
+        job: Job,
+        verdict: Verdict,
+        response: HttpResponse | None,
+        now: datetime,
+    ) -> None:
+        ws = job.settings
+        delay, why = _delay(ws, job.attempt, verdict.retry_after)
+        age = (now - job.created_at).total_seconds()
+        if job.attempt >= ws.max_attempts or age + delay > ws.max_age:
+            await self._exhausted(session, job, verdict, now)
+            return
+        available = now + timedelta(seconds=delay)
+        held = await repo.reschedule(
+            session, job.request_id, job.attempt, available, verdict.summary, now
+        )
+        if held:
+            self._log(
+                session,
+                job,
+                LogLevel.WARNING,
+                f"webhook attempt {job.attempt} of {ws.max_attempts} to actor {job.actor_name} "
+                f"failed: {verdict.summary}{_quoted(response)}; next attempt in "
+                f"{_seconds(delay)}{why}",
+            )
+
+    async def _exhausted(
+        self, session: AsyncSession, job: Job, verdict: Verdict, now: datetime
+    ) -> None:
+        ws = job.settings
+        attempts = await repo.request_attempts(session, job.request_id)
+        lines = [
+            f"  #{a.attempt} {a.started_at.isoformat(timespec='milliseconds')}: "
+            + (a.error or f"{a.status_code} {a.outcome.value}")
+            + (f" ({a.duration_ms:.0f} ms)" if a.duration_ms is not None else "")
+            for a in attempts
+        ]
+        if job.attempt >= ws.max_attempts:
+            limit = f"max-attempts {ws.max_attempts}"
+        else:
+            limit = f"max-age {_seconds(ws.max_age)}"
+        reason = (
+            f"webhook delivery to actor {job.actor_name} gave up after {len(attempts)} "
+            f"attempt(s) ({limit}); last: {verdict.summary}"
+        )
+        listing = f"webhook attempts of request {job.request_id}:\n" + "\n".join(lines)
+        await self._report(
+            session,
+            job,
+            RequestStatus.ERROR,
+            [Message(LogLevel.ERROR, reason), Message(LogLevel.WARNING, listing)],
+            {},
+        )
+        first = attempts[0].id if attempts else 0
+        if not await repo.delivered_since(session, job.actor_id, first):
+            await self._suspend(
+                session,
+                job,
+                f"a request ran out of attempts ({verdict.summary}) and no other delivery "
+                "succeeded meanwhile",
+                now,
+            )
+
+    async def _hold(
+        self,
+        session: AsyncSession,
+        job: Job,
+        verdict: Verdict,
+        response: HttpResponse | None,
+        now: datetime,
+    ) -> None:
+        """A failed probe, or an attempt that was in flight when the webhook got suspended:
+        the request waits, nothing fails while the webhook is suspended."""
+        held = await repo.reschedule(
+            session, job.request_id, job.attempt, now, verdict.summary, now
+        )
+        if held:
+            what = "probe of the suspended webhook" if job.probe else "webhook attempt"
+            self._log(
+                session,
+                job,
+                LogLevel.NOTICE,
+                f"{what} of actor {job.actor_name} failed: {verdict.summary}"
+                f"{_quoted(response)}; the request waits until the webhook is back",
+            )
+
+    # ---------------------------------------------------------------- the actor's webhook
+    async def _suspend(self, session: AsyncSession, job: Job, reason: str, now: datetime) -> None:
+        probe_at = now + timedelta(seconds=self.settings.webhook_probe_interval)
+        if await repo.suspend_by_failures(session, job.actor_id, reason, now, probe_at):
+            log.warning("webhook of actor %s suspended: %s", job.actor_name, reason)
+            add_log(
+                session,
+                LogLevel.WARNING,
+                f"webhook of actor {job.actor_name} suspended: {reason}; probed every "
+                f"{_seconds(self.settings.webhook_probe_interval)}",
+                actor_id=job.actor_id,
+            )
+
+    async def _resume(self, session: AsyncSession, job: Job, now: datetime) -> None:
+        # Requests before the actor row: the lock order of every webhook transaction.
+        await repo.make_due(session, job.actor_id, now)
+        if await repo.resume_after_failures(session, job.actor_id):
+            log.info("webhook of actor %s is back", job.actor_name)
+            add_log(
+                session,
+                LogLevel.NOTICE,
+                f"webhook of actor {job.actor_name} answered again: delivery resumed",
+                actor_id=job.actor_id,
+            )
+            notify_after_commit(session, actor_key(job.actor_id))
+
+    def _log(self, session: AsyncSession, job: Job, level: LogLevel, text: str) -> None:
+        add_log(
+            session,
+            level,
+            text,
+            process_id=job.process_id,
+            node_id=job.node_id,
+            actor_id=job.actor_id,
+            request_id=job.request_id,
+        )
