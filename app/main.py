@@ -72,6 +72,9 @@ PROBLEM_SCHEMA = {
 }
 
 
+_DUTY_STOP_TIMEOUT = 30.0
+
+
 async def _guarded(name: str, duty: Duty, state: AppState) -> None:
     """A duty that dies says so in the log (it would otherwise fail silently)."""
     try:
@@ -124,9 +127,12 @@ def create_app(settings: Settings) -> FastAPI:
             # Reverse order: background tasks, then NATS, then the database.
             for task in reversed(state.tasks):
                 task.cancel()
-            for task in reversed(state.tasks):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if state.tasks:
+                # Duties finish what is in flight within their own grace; none may hold the
+                # shutdown hostage beyond it.
+                _, stuck = await asyncio.wait(state.tasks, timeout=_DUTY_STOP_TIMEOUT)
+                for task in stuck:
+                    log.warning("background duty %s did not stop in time", task.get_name())
             if state.nats is not None:
                 await state.nats.close()
             await engine.dispose()

@@ -73,7 +73,7 @@ async def test_large_multi_fragment_envelope(nats_bus: NatsBus) -> None:
     received: asyncio.Queue[Any] = asyncio.Queue()
 
     async def consume(apc: Any) -> None:
-        received.put_nowait(await apc.read_envelope_complete("default", 30))
+        received.put_nowait(await apc.read_envelope_complete("default", 90))
 
     await client.get_actor("b.consumer").subscribe(consume)
     payload = bytes(range(256)) * (5 * 1024 * 1024 // 256)  # 5 MiB
@@ -84,7 +84,7 @@ async def test_large_multi_fragment_envelope(nats_bus: NatsBus) -> None:
     await message.write(payload)
     await message.close()
     await writer.last_message()
-    envelope = await asyncio.wait_for(received.get(), 60)
+    envelope = await asyncio.wait_for(received.get(), 110)
     assert b"".join(envelope.events[0].items) == payload
 
 
