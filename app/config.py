@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # --- delivery
     request_lease: float = Field(60.0, gt=0, description="Lease of a polled request (s).")
     request_max_attempts: int = Field(5, ge=1, description="Deliveries of a request before error.")
+    nats_survey_interval: float = Field(
+        30.0, gt=0, description="Interval of the Sentinel survey published to NATS actors (s)."
+    )
     nats_detached_lease: float = Field(
         86400.0, gt=0, description="How long a NATS actor may take to end a detached job (s)."
     )

@@ -16,7 +16,7 @@ from app.accounts import keys
 from app.bus.director import Director
 from app.config import Settings
 from app.core.errors import Forbidden, Unauthorized
-from app.models import Account
+from app.models import Account, SessionToken
 from app.models.enums import AccountStatus, AccountType
 from app.state import AppState
 
@@ -87,9 +87,21 @@ async def authenticate(request: Request, session: Session) -> Principal:
     account = (
         await session.execute(sa.select(Account).where(Account.api_key_lookup == digest.lookup))
     ).scalar_one_or_none()
+    expires_at = account.api_key_expires_at if account is not None else None
     if account is None or not keys.matches(key, account.api_key_hash):
-        raise Unauthorized("the API key is not valid")
-    if account.api_key_expires_at is not None and account.api_key_expires_at <= datetime.now(UTC):
+        # A session token (ClientAPI.GetSessionToken) acts for its account like a key.
+        token = (
+            await session.execute(
+                sa.select(SessionToken).where(SessionToken.lookup == digest.lookup)
+            )
+        ).scalar_one_or_none()
+        if token is None or not keys.matches(key, token.hash):
+            raise Unauthorized("the API key is not valid")
+        account = await session.get(Account, token.account_id)
+        if account is None:
+            raise Unauthorized("the API key is not valid")
+        expires_at = token.expires_at
+    if expires_at is not None and expires_at <= datetime.now(UTC):
         raise Unauthorized("the API key has expired")
     return Principal(account.id, account.name, account.type, account.status, account.is_admin)
 

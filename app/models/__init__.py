@@ -1,7 +1,7 @@
 """SQLAlchemy models, one module per table family. Importing this package registers them all
 on `Base.metadata` (Alembic and the tests rely on that)."""
 
-from app.models.accounts import Account, Actor
+from app.models.accounts import Account, Actor, SessionToken
 from app.models.base import Base
 from app.models.envelopes import Envelope, Event, IdempotencyKey, Item
 from app.models.pipelines import Pipeline
@@ -22,4 +22,5 @@ __all__ = [
     "Pipeline",
     "Process",
     "ProcessNode",
+    "SessionToken",
 ]

@@ -74,3 +74,19 @@ class Actor(Base):
     updated_at: Mapped[datetime] = updated_column()
 
     account: Mapped[Account] = relationship(back_populates="actors")
+
+
+class SessionToken(Base):
+    """Short-lived API keys an account asks for over NATS (ClientAPI.GetSessionToken): they
+    act for the account over HTTP until they expire or are invalidated."""
+
+    __tablename__ = "session_tokens"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    lookup: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = now_column()

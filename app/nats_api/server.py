@@ -127,6 +127,18 @@ class NatsApi:
         except Exception:
             log.exception("publishing the end of process %s failed", process_id)
 
+    # ------------------------------------------------------------------ survey
+    async def survey_loop(self) -> None:
+        """The Sentinel's periodic survey: actors that listen answer with ActorReady (online
+        status itself follows ActorReady/ActorLeaving and delivery failures)."""
+        while True:
+            await asyncio.sleep(self.state.settings.nats_survey_interval)
+            try:
+                survey = pb.SurveyRequest(onlineStatus=True).SerializeToString()
+                await self.client.publish("xbus.default.sentinel.survey", survey)
+            except Exception as exc:
+                log.debug("survey not published: %s", exc)
+
     # ------------------------------------------------------------------ authorization
     async def refresh_auth(self) -> None:
         if self.auth_file is None:
@@ -195,6 +207,7 @@ async def run_nats_api(state: AppState) -> None:
     tasks = [
         asyncio.create_task(api.dispatcher.run(), name="nats-dispatcher"),
         asyncio.create_task(api.auth_loop(), name="nats-auth"),
+        asyncio.create_task(api.survey_loop(), name="nats-survey"),
     ]
     try:
         await asyncio.gather(*tasks)

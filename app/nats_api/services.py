@@ -6,19 +6,20 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nrpc
 import sqlalchemy as sa
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
+from app.accounts import keys
 from app.bus.director import OPEN_REQUEST, add_log
 from app.bus.notify import actor_key, notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
-from app.models import Account, Actor, ActorRequest, LogEntry, Process
-from app.models.enums import LogLevel, ProcessStatus, RequestStatus
+from app.models import Account, Actor, ActorRequest, LogEntry, Process, SessionToken
+from app.models.enums import AccountStatus, LogLevel, ProcessStatus, RequestStatus
 from app.nats_api import broker
 from app.nats_api.convert import (
     LOG_LEVEL_TO_PB,
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
 
 _LIST_BATCH = 100
+SESSION_TOKEN_DEFAULT = 3600
+SESSION_TOKEN_MAX = 86400
 
 
 def client_error(message: str) -> nrpc.exc.ClientError:
@@ -82,9 +85,40 @@ class ClientAPIServer(Base):
             return pb.ClientGetActorsReply(actors=[actor_pb(a) for a in actors])
 
     async def GetSessionToken(self, accountID: str, req: Any) -> Any:
-        raise client_error(
-            "session tokens are not issued by this bus: use the account's API key over HTTP"
-        )
+        """A short-lived API key for the account (HTTP), optionally invalidating a previous
+        one: `expiresIn` seconds (default 1 hour, at most a day)."""
+        account_id = _uuid(accountID, "account")
+        lifetime = req.expiresIn or SESSION_TOKEN_DEFAULT
+        if lifetime > SESSION_TOKEN_MAX:
+            raise client_error(f"expiresIn must be at most {SESSION_TOKEN_MAX} seconds")
+        async with self.state.db.session() as session:
+            account = await session.get(Account, account_id)
+            if account is None or account.status != AccountStatus.ENABLED:
+                raise client_error(f"account {accountID} is unknown or not enabled")
+            if req.invalidateToken:
+                old = keys.digest(req.invalidateToken)
+                await session.execute(
+                    sa.delete(SessionToken).where(
+                        SessionToken.account_id == account_id, SessionToken.hash == old.hash
+                    )
+                )
+            await session.execute(
+                sa.delete(SessionToken).where(SessionToken.expires_at < datetime.now(UTC))
+            )
+            token = keys.generate_key()
+            digest = keys.digest(token)
+            valid_until = datetime.now(UTC) + timedelta(seconds=lifetime)
+            session.add(
+                SessionToken(
+                    account_id=account_id,
+                    lookup=digest.lookup,
+                    hash=digest.hash,
+                    expires_at=valid_until,
+                )
+            )
+        answer = pb.SessionToken(token=token)
+        answer.validUntil.FromDatetime(valid_until)
+        return answer
 
 
 class SentinelServer(Base):

@@ -62,6 +62,7 @@ def settings_overrides(tls_nats: TlsNats) -> dict[str, Any]:
         "nats_auth_file": tls_nats.server.auth_file,
         "nats_pid_file": tls_nats.server.pid_file,
         "nats_monitor_url": tls_nats.server.monitor_url,
+        "nats_survey_interval": 0.5,
     }
 
 

@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 import nats
+import nrpc
 import pytest
-from xbus import xbus_pb2
+from xbus import xbus_nrpc, xbus_pb2
 
 from app.certs.pki import CertificateAuthority, cert_pem
 from tests.bus.conftest import chain
@@ -226,3 +227,43 @@ async def test_whoami_refuses_an_incompatible_protocol_version(nats_bus: NatsBus
     finally:
         await nc.close()
     assert xbus_pb2.Account  # the message classes come from python-xbus itself
+
+
+async def test_session_token_acts_for_the_account_over_http(nats_bus: NatsBus) -> None:
+    account = await nats_bus.nats_account({"s.emitter": {"kind": "emitter"}})
+    client = await nats_bus.connect(account)
+    api = xbus_nrpc.ClientAPIClient(client.clientconn(), account.id)
+    token = await api.GetSessionToken(xbus_pb2.GetSessionTokenRequest(expiresIn=60))
+    assert token.token
+    assert token.validUntil.seconds > 0
+    r = await nats_bus.admin.get(
+        "/api/v1/whoami", headers={"Authorization": f"Bearer {token.token}"}
+    )
+    assert r.status_code == 200
+    assert r.json()["account"]["name"] == account.name
+    assert r.json()["admin"] is False
+    # A new token invalidating the first: the first stops working.
+    second = await api.GetSessionToken(xbus_pb2.GetSessionTokenRequest(invalidateToken=token.token))
+    r = await nats_bus.admin.get(
+        "/api/v1/whoami", headers={"Authorization": f"Bearer {token.token}"}
+    )
+    assert r.status_code == 401
+    r = await nats_bus.admin.get(
+        "/api/v1/whoami", headers={"Authorization": f"Bearer {second.token}"}
+    )
+    assert r.status_code == 200
+    with pytest.raises(nrpc.exc.ClientError, match="at most"):
+        await api.GetSessionToken(xbus_pb2.GetSessionTokenRequest(expiresIn=10**6))
+
+
+async def test_survey_is_published(nats_bus: NatsBus) -> None:
+    account = await nats_bus.nats_account({"sv.consumer": {"kind": "consumer"}})
+    client = await nats_bus.connect(account)
+    surveys: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_survey(msg: Any) -> None:
+        surveys.put_nowait(xbus_pb2.SurveyRequest.FromString(msg.data))
+
+    await client.nc.subscribe("xbus.default.sentinel.survey", cb=on_survey)
+    survey = await asyncio.wait_for(surveys.get(), 10)
+    assert survey.onlineStatus is True
