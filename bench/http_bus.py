@@ -714,7 +714,8 @@ async def bus_round(
         rate=rate,
     )
     timed_out = False
-    while any(pid not in consumers.done for pid in started):
+    pending = set(started)
+    while pending := {pid for pid in pending if pid not in consumers.done}:
         if time.perf_counter() >= deadline:
             timed_out = True
             break
@@ -1084,4 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # servers are stopped by then (finally blocks)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

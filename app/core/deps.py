@@ -21,7 +21,7 @@ from app.models.enums import AccountStatus, AccountType
 from app.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.xbus
     return state
 
@@ -29,14 +29,14 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: State) -> Settings:
+async def get_settings(state: State) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_director(state: State) -> Director:
+async def get_director(state: State) -> Director:
     return state.director
 
 

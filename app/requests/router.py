@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.actors.access import load_owned_actor
 from app.bus.director import Message
@@ -43,6 +42,7 @@ _RECHECK = 1.0
 )
 async def lease_request(
     actor: str,
+    http_request: Request,
     session: Session,
     caller: Caller,
     director: DirectorDep,
@@ -65,7 +65,9 @@ async def lease_request(
         if remaining <= 0:
             return Response(status_code=204)
         await state.notifier.wait(actor_key(target.id), min(remaining, _RECHECK))
-        await asyncio.sleep(0)
+        if await http_request.is_disconnected():
+            # The poller is gone: leasing now would strand the request until its lease ends.
+            return Response(status_code=204)
 
 
 @router.post(
