@@ -123,8 +123,12 @@ _CLAIM = sa.text(
         SELECT c.id, q.max_attempts, q.lease FROM quota q
         CROSS JOIN LATERAL (
             SELECT r.id FROM requests r JOIN processes p ON p.id = r.process_id
+            JOIN actors a ON a.id = r.actor_id
             WHERE r.actor_id = q.actor_id AND r.channel = 'webhook' AND r.status = 'pending'
               AND r.available_at <= :now AND p.status = 'running'
+              -- the dispatcher's view of the actors may be a poll interval old: a webhook
+              -- suspended or disabled meanwhile gets nothing
+              AND a.webhook_suspended_at IS NULL
             ORDER BY r.available_at, r.created_at
             LIMIT q.k
             FOR UPDATE OF r SKIP LOCKED
