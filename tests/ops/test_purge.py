@@ -99,12 +99,15 @@ async def test_purge_by_age_and_logs_before_a_date(
     admin: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     await seed_processes(db, 100, status="error", logs_per_process=2)
-    # Created 1 to 100 s ago: older than 60 s are 40 of them.
-    r = await admin.post("/api/v1/processes/purge", json={"older_than": 60.5, "dry_run": True})
+    # Created 1 to 100 s ago; spread them ten times wider (10 to 1000 s) so that a loaded
+    # machine taking a few seconds before the purge cannot move one across the line:
+    # older than 605 s are 40 of them.
+    await db.execute("UPDATE processes SET created_at = created_at - (now() - created_at) * 9")
+    r = await admin.post("/api/v1/processes/purge", json={"older_than": 605, "dry_run": True})
     assert r.json()["matched"] == 40
     assert r.json()["deleted"] == 0
     assert await db.fetchval("SELECT count(*) FROM processes") == 100
-    r = await admin.post("/api/v1/processes/purge", json={"older_than": "PT60.5S"})
+    r = await admin.post("/api/v1/processes/purge", json={"older_than": "PT605S"})
     assert r.json()["deleted"] == 40
     assert await db.fetchval("SELECT count(*) FROM processes") == 60
 
