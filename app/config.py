@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra host names/IPs in the embedded nats-server's certificate.",
     )
+    pki_dir: Path | None = Field(
+        None,
+        description="The CA (ca.crt, ca.key) that signs the actors' certificates, and the embedded "
+        "nats-server's certificates. Unset: <data-dir>/pki, the CA created at first start.",
+    )
     nats_tls_ca: Path | None = Field(None, description="CA file for xbusd's own NATS connection.")
     nats_tls_cert: Path | None = Field(None, description="Client certificate of xbusd on NATS.")
     nats_tls_key: Path | None = Field(None, description="Key of that client certificate.")
@@ -245,8 +250,8 @@ class Settings(BaseSettings):
         return self.data_dir / "admin.key"
 
     @property
-    def pki_dir(self) -> Path:
-        return self.data_dir / "pki"
+    def pki_path(self) -> Path:
+        return self.pki_dir or self.data_dir / "pki"
 
     @property
     def nats_server_hosts(self) -> list[str]:

@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await upgrade_async(settings.database_url)
             async with state.db.session() as session:
                 await ensure_admin(session, settings)
-            state.ca = CertificateAuthority.load_or_create(settings.pki_dir)
+            state.ca = CertificateAuthority.load_or_create(settings.pki_path)
             if settings.nats_url:
                 tls = tls_context(
                     settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key

@@ -220,25 +220,58 @@ class ServerTls:
     client_key: Path
 
 
-def ensure_server_tls(
-    ca: CertificateAuthority, directory: Path, hosts: list[str], days: int = 825
-) -> ServerTls:
-    """(Re)issue the nats-server certificate when missing, expiring within 30 days, or for
-    other host names; and xbusd's client certificate."""
-    tls = ServerTls(
+def _server_files(directory: Path) -> ServerTls:
+    return ServerTls(
         ca_file=directory / "ca.crt",
         server_cert=directory / "nats-server.crt",
         server_key=directory / "nats-server.key",
         client_cert=directory / "xbusd-client.crt",
         client_key=directory / "xbusd-client.key",
     )
-    hosts_file = directory / "nats-server.hosts"
-    wanted = ",".join(sorted(set(hosts)))
-    if not _fresh(tls.server_cert) or not hosts_file.exists() or hosts_file.read_text() != wanted:
-        key, cert = ca.issue_key_pair("nats-server", days, server_hosts=sorted(set(hosts)))
-        _write_private(tls.server_key, key)
-        tls.server_cert.write_bytes(cert)
-        hosts_file.write_text(wanted)
+
+
+def certificate_hosts(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    hosts = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    return sorted({*names.get_values_for_type(x509.DNSName), *hosts})
+
+
+def generate_server_certificate(
+    ca: CertificateAuthority, directory: Path, hosts: list[str], days: int
+) -> x509.Certificate:
+    """Issue the nats-server certificate for exactly these host names (DNS names or IP
+    addresses) and lifetime, replacing the one in `directory` (`xbusd cert generate`)."""
+    if days < 1:
+        raise CertificateError("a certificate must be valid for at least a day")
+    for host in hosts:
+        if not host or any(c.isspace() or c in ",/" for c in host):
+            raise CertificateError(f"invalid host name {host!r}")
+    tls = _server_files(directory)
+    key, pem = ca.issue_key_pair("nats-server", days, server_hosts=sorted(set(hosts)))
+    _write_private(tls.server_key, key)
+    tls.server_cert.write_bytes(pem)
+    return x509.load_pem_x509_certificate(pem)
+
+
+def ensure_server_tls(
+    ca: CertificateAuthority, directory: Path, hosts: list[str], days: int = 825
+) -> ServerTls:
+    """(Re)issue the nats-server certificate when missing, expiring within 30 days, or not
+    valid for one of `hosts` (names it holds beyond those, from `xbusd cert generate`, are
+    kept); and xbusd's client certificate."""
+    tls = _server_files(directory)
+    names = set(hosts)
+    reissue = True
+    if tls.server_cert.exists():
+        held = set(certificate_hosts(x509.load_pem_x509_certificate(tls.server_cert.read_bytes())))
+        reissue = not (_fresh(tls.server_cert) and names <= held)
+        names |= held
+    if reissue:
+        generate_server_certificate(ca, directory, sorted(names), days)
     if not _fresh(tls.client_cert):
         key, cert = ca.issue_key_pair(SERVER_CLIENT_NAME, days)
         _write_private(tls.client_key, key)

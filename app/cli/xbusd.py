@@ -182,6 +182,107 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         stop_logging()
 
 
+cert_cli = typer.Typer(
+    help="The bus's certificate authority and the embedded nats-server's certificate.",
+    no_args_is_help=True,
+)
+cli.add_typer(cert_cli, name="cert")
+
+
+def _host_defs(values: list[str]) -> list[str]:
+    return [host.strip() for value in values for host in value.split(",") if host.strip()]
+
+
+def _reload_nats(settings: Settings) -> bool:
+    """SIGHUP the embedded nats-server of this data directory, if it runs, so that it loads
+    the new certificate."""
+    import psutil
+
+    from app.runtime import children
+
+    pid = children.read_pid(settings.data_dir / "nats" / "nats-server.pid")
+    if pid is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if "nats-server" not in proc.name():
+            return False
+        proc.send_signal(signal.SIGHUP)
+    except psutil.Error:
+        return False
+    return True
+
+
+@cert_cli.command("generate")
+def cert_generate(
+    host_defs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--host-defs",
+            help="Host names or IP addresses the nats-server certificate is valid for, "
+            "comma-separated or repeated; added to localhost, 127.0.0.1, XBUS_NATS_HOST and "
+            "XBUS_NATS_CERT_HOSTS.",
+        ),
+    ] = None,
+    expire: Annotated[
+        int, typer.Option("--expire", min=1, help="Lifetime of the certificate in days.")
+    ] = 825,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Issue the embedded nats-server's certificate for these host names (creating the CA at
+    first use). A running embedded nats-server of the data directory reloads it at once;
+    later starts keep its names while the settings' ones are among them."""
+    from app.certs.pki import (
+        CertificateAuthority,
+        CertificateError,
+        certificate_hosts,
+        generate_server_certificate,
+    )
+
+    settings = _settings(config, data_dir=data_dir)
+    hosts = sorted({*settings.nats_server_hosts, *_host_defs(host_defs or [])})
+    ca = CertificateAuthority.load_or_create(settings.pki_path)
+    try:
+        cert = generate_server_certificate(ca, settings.pki_path, hosts, expire)
+    except CertificateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"certificate: {settings.pki_path / 'nats-server.crt'}")
+    typer.echo(f"hosts: {', '.join(certificate_hosts(cert))}")
+    typer.echo(f"expires: {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if _reload_nats(settings):
+        typer.echo("the running embedded nats-server reloaded it")
+
+
+@cert_cli.command("show")
+def cert_show(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """The CA and the nats-server certificate: names, expiry, fingerprints (JSON)."""
+    from cryptography import x509
+
+    from app.certs.pki import certificate_hosts, fingerprint
+
+    settings = _settings(config, data_dir=data_dir)
+    shown: dict[str, Any] = {"pki_dir": str(settings.pki_path)}
+    for label, name in (("ca", "ca.crt"), ("nats_server", "nats-server.crt")):
+        path = settings.pki_path / name
+        if not path.exists():
+            shown[label] = None
+            continue
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        shown[label] = {
+            "file": str(path),
+            "subject": cert.subject.rfc4514_string(),
+            "hosts": certificate_hosts(cert),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "fingerprint": fingerprint(cert),
+        }
+    if shown["ca"] is None:
+        typer.echo(f"error: no CA in {settings.pki_path} (created at first start)", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(shown, indent=2))
+
+
 def main() -> None:
     cli()
 

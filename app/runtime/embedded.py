@@ -36,9 +36,9 @@ class EmbeddedRuntime:
             if self.settings.nats_url is None and self.need_nats:
                 tls = None
                 if self.settings.nats_tls:
-                    ca = CertificateAuthority.load_or_create(self.settings.pki_dir)
+                    ca = CertificateAuthority.load_or_create(self.settings.pki_path)
                     tls = ensure_server_tls(
-                        ca, self.settings.pki_dir, self.settings.nats_server_hosts
+                        ca, self.settings.pki_path, self.settings.nats_server_hosts
                     )
                     updates.update(
                         nats_tls_ca=tls.ca_file,
