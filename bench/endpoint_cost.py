@@ -112,10 +112,14 @@ async def scenario(settings: Any, repeat: int, consumers: int, rec: Recorder) ->
                 ),
                 201,
             )
-            names = [f"co{i}" for i in range(consumers)]
-            for name in names:
-                body = {"name": name, "kind": "consumer", "account_id": account["id"]}
-                expect(await admin.post("/api/v1/actors", json={**body, "roles": [ROLE]}), 201)
+            created = []
+            for i in range(consumers):
+                body = {"name": f"co{i}", "kind": "consumer", "account_id": account["id"]}
+                created.append(
+                    expect(await admin.post("/api/v1/actors", json={**body, "roles": [ROLE]}), 201)
+                )
+            # The role node takes them in turn, in the order of their ids.
+            names = [a["name"] for a in sorted(created, key=lambda a: str(a["id"]))]
             graph = {
                 "nodes": [
                     {

@@ -55,6 +55,9 @@ class ProcessContext:
     process: Process
     graph: Graph
     nodes: dict[str, ProcessNode]
+    # Requests dispatched in this transaction: while there are some, the process is not done.
+    dispatched: int = 0
+    new: bool = False  # the process starts in this transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,11 @@ class Director:
             nodes_state_changed_at=now,
         )
         session.add(process)
+        # The process row first: the unit of work does not order rows of unrelated mappers by
+        # their foreign keys (log entries would go before it). Everything below is written in
+        # one flush, each node already in its state.
+        await session.flush()
+        port = route.node.outputs[0] if len(route.node.outputs) == 1 else "default"
         nodes = {}
         for node in route.graph.nodes.values():
             pn = ProcessNode(
@@ -152,20 +160,13 @@ class Director:
                 inputs={},
                 outputs={},
             )
+            if node.id == route.node.id:
+                pn.status = NodeStatus.DONE
+                pn.outputs = {port: str(envelope_id)}
+                pn.started_at = pn.ended_at = now
             nodes[node.id] = pn
             session.add(pn)
-        await session.flush()
-        await session.execute(
-            sa.update(Envelope)
-            .where(Envelope.id == envelope_id, Envelope.process_id.is_(None))
-            .values(process_id=process.id, node_id=route.node.id)
-        )
-        emitter_node = nodes[route.node.id]
-        port = route.node.outputs[0] if len(route.node.outputs) == 1 else "default"
-        emitter_node.status = NodeStatus.DONE
-        emitter_node.outputs = {port: str(envelope_id)}
-        emitter_node.started_at = emitter_node.ended_at = now
-        ctx = ProcessContext(process, route.graph, nodes)
+        ctx = ProcessContext(process, route.graph, nodes, new=True)
         add_log(
             session,
             LogLevel.NOTICE,
@@ -177,6 +178,11 @@ class Director:
             envelope_id=envelope_id,
         )
         await self._propagate(session, ctx, route.node.id, port, envelope_id)
+        await session.execute(
+            sa.update(Envelope)
+            .where(Envelope.id == envelope_id, Envelope.process_id.is_(None))
+            .values(process_id=process.id, node_id=route.node.id)
+        )
         await self._settle(session, ctx)
         notify_after_commit(session, process_key(process.id))
         return process
@@ -201,7 +207,8 @@ class Director:
     async def _dispatch(self, session: AsyncSession, ctx: ProcessContext, node_id: str) -> None:
         node = ctx.graph.nodes[node_id]
         pn = ctx.nodes[node_id]
-        actors = await node_targets(session, node)
+        with session.no_autoflush:  # nodes and requests are written once, in their last state
+            actors = await node_targets(session, node)
         if not actors:
             refs = ", ".join([*node.actors, *(f"role {r}" for r in node.roles)])
             await self._fail(
@@ -226,9 +233,11 @@ class Director:
                 )
             )
             notify_after_commit(session, actor_key(actor.id))
+        ctx.dispatched += len(actors)
         pn.status = NodeStatus.RUNNING
         pn.started_at = pn.started_at or now
-        ctx.process.nodes_state_changed_at = now
+        if not ctx.new:  # a new process has its start time there already
+            ctx.process.nodes_state_changed_at = now
         add_log(
             session,
             LogLevel.NOTICE,
@@ -239,14 +248,19 @@ class Director:
 
     # ------------------------------------------------------------------ ending
     async def _open_requests(
-        self, session: AsyncSession, process_id: uuid.UUID, node_id: str | None = None
-    ) -> int:
-        query = sa.select(sa.func.count()).where(
-            ActorRequest.process_id == process_id, ActorRequest.status.in_(OPEN_REQUEST)
+        self, session: AsyncSession, process_id: uuid.UUID, ended: uuid.UUID | None = None
+    ) -> dict[str, int]:
+        """Open requests of the process by node, as committed plus `ended` (a request this
+        transaction has just ended). Nothing is flushed for it."""
+        query = (
+            sa.select(ActorRequest.node_id, sa.func.count())
+            .where(ActorRequest.process_id == process_id, ActorRequest.status.in_(OPEN_REQUEST))
+            .group_by(ActorRequest.node_id)
         )
-        if node_id is not None:
-            query = query.where(ActorRequest.node_id == node_id)
-        return int(await session.scalar(query) or 0)
+        if ended is not None:
+            query = query.where(ActorRequest.id != ended)
+        with session.no_autoflush:
+            return {node: int(count) for node, count in await session.execute(query)}
 
     async def _fail(
         self, session: AsyncSession, ctx: ProcessContext, node_id: str | None, reason: str
@@ -306,17 +320,29 @@ class Director:
             process.pm_status = PostmortemStatus.NEW
             process.pm_changed_at = now
 
-    async def _settle(self, session: AsyncSession, ctx: ProcessContext) -> None:
-        """A running process with no open request left is done."""
-        if ctx.process.status != ProcessStatus.RUNNING:
+    async def _settle(
+        self, session: AsyncSession, ctx: ProcessContext, open_left: dict[str, int] | None = None
+    ) -> None:
+        """A running process with no open request left is done. `open_left`: the open
+        requests as `_open_requests` counted them in this transaction."""
+        if ctx.process.status != ProcessStatus.RUNNING or ctx.dispatched:
             return
-        await session.flush()
-        if await self._open_requests(session, ctx.process.id):
+        if open_left is None:
+            open_left = await self._open_requests(session, ctx.process.id)
+        if any(open_left.values()):
             return
-        warnings = await session.scalar(
-            sa.select(sa.func.count()).where(
-                LogEntry.process_id == ctx.process.id, LogEntry.level == LogLevel.WARNING
+        with session.no_autoflush:
+            warnings = await session.scalar(
+                sa.select(sa.func.count()).where(
+                    LogEntry.process_id == ctx.process.id, LogEntry.level == LogLevel.WARNING
+                )
             )
+        warnings = (warnings or 0) + sum(
+            1
+            for obj in session.new
+            if isinstance(obj, LogEntry)
+            and obj.process_id == ctx.process.id
+            and obj.level == LogLevel.WARNING
         )
         add_log(session, LogLevel.NOTICE, "process done", process_id=ctx.process.id)
         self._end(session, ctx, ProcessStatus.DONE, None, LogLevel.WARNING if warnings else None)
@@ -373,13 +399,20 @@ class Director:
     ) -> ActorRequest:
         """An actor's state for one request: running (lease extended), success (with a
         worker's outputs) or error. `account_id` None means the admin."""
-        peek = await session.get(ActorRequest, request_id)
+        peek = (
+            await session.execute(
+                sa.select(ActorRequest.process_id, Actor.account_id, Actor.name)
+                .select_from(ActorRequest)
+                .outerjoin(Actor, Actor.id == ActorRequest.actor_id)
+                .where(ActorRequest.id == request_id)
+            )
+        ).first()
         if peek is None:
             raise NotFound(f"no request {request_id}")
-        actor = await session.get(Actor, peek.actor_id) if peek.actor_id else None
-        if account_id is not None and (actor is None or actor.account_id != account_id):
+        process_id, actor_account_id, actor_name = peek
+        if account_id is not None and actor_account_id != account_id:
             raise NotFound(f"no request {request_id}")
-        ctx = await self.lock_context(session, peek.process_id)
+        ctx = await self.lock_context(session, process_id)
         request = await self._lock_request(session, request_id)
         if ctx is None or request is None:
             raise NotFound(f"no request {request_id}")
@@ -426,7 +459,7 @@ class Director:
         request.ended_at = now
         request.lease_expires_at = None
         metrics.requests_ended(session, [(request.channel, status)])
-        name = actor.name if actor else "(deleted actor)"
+        name = actor_name or "(deleted actor)"
         if status == RequestStatus.ERROR:
             first = next((m.text for m in messages if m.level == LogLevel.ERROR), None)
             first = first or next((m.text for m in messages), None) or "no message"
@@ -449,14 +482,14 @@ class Director:
         pn = ctx.nodes[node.id]
         if produced:
             pn.outputs = {**pn.outputs, **{port: str(env) for port, env in produced}}
-        await session.flush()
-        if not await self._open_requests(session, ctx.process.id, node.id):
+        open_left = await self._open_requests(session, ctx.process.id, ended=request.id)
+        if not open_left.get(node.id):
             pn.status = NodeStatus.DONE
             pn.ended_at = now
             ctx.process.nodes_state_changed_at = now
         for port, envelope_id in produced:
             await self._propagate(session, ctx, node.id, port, envelope_id)
-        await self._settle(session, ctx)
+        await self._settle(session, ctx, open_left)
         notify_after_commit(session, process_key(ctx.process.id))
         return request
 

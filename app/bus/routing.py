@@ -70,9 +70,24 @@ async def route_for(session: AsyncSession, emitter: Actor, event_types: list[str
     return routes[0]
 
 
+# Where each (replica, node) is in its round: spreading needs no shared state, so it takes
+# no lock; several replicas each go round, which spreads the work as evenly overall.
+_rounds: dict[tuple[object, ...], int] = {}
+_ROUNDS_MAX = 10_000
+
+
+def _next_turn(node: Node) -> int:
+    key = (node.type, tuple(sorted(node.actors)), tuple(sorted(node.roles)))
+    turn = _rounds.get(key, 0)
+    if len(_rounds) >= _ROUNDS_MAX and key not in _rounds:
+        _rounds.clear()
+    _rounds[key] = turn + 1
+    return turn
+
+
 async def node_targets(session: AsyncSession, node: Node) -> list[Actor]:
     """The enabled actors a node dispatches to: all of them with `rolebroadcast`, else one,
-    spread round-robin (least dispatched first)."""
+    taken round-robin."""
     ids = []
     names = []
     for ref in node.actors:
@@ -88,16 +103,7 @@ async def node_targets(session: AsyncSession, node: Node) -> list[Actor]:
     )
     if node.rolebroadcast:
         return list((await session.execute(query.order_by(Actor.name))).scalars())
-    candidates = list(
-        (await session.execute(query.order_by(Actor.dispatch_count, Actor.id))).scalars()
-    )
+    candidates = list((await session.execute(query.order_by(Actor.id))).scalars())
     if len(candidates) <= 1:
         return candidates
-    chosen = candidates[0]
-    await session.execute(
-        sa.update(Actor)
-        .where(Actor.id == chosen.id)
-        .values(dispatch_count=Actor.dispatch_count + 1)
-        .execution_options(synchronize_session=False)
-    )
-    return [chosen]
+    return [candidates[_next_turn(node) % len(candidates)]]

@@ -100,12 +100,12 @@ async def store_envelope(
             }
         )
         items.extend((event_id, n, data) for n, data in enumerate(event.items))
-    if event_rows:
-        existing = await session.scalar(
-            sa.select(sa.func.count()).where(Event.id.in_([r["id"] for r in event_rows]))
-        )
+    declared = [event.id for event in env.events if event.id is not None]
+    if declared:
+        existing = await session.scalar(sa.select(sa.func.count()).where(Event.id.in_(declared)))
         if existing:
             raise Conflict("an event id of this envelope already exists in another envelope")
+    if event_rows:
         await session.execute(sa.insert(Event), event_rows)
     await insert_items(session, items)
     return envelope_id

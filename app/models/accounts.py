@@ -68,8 +68,6 @@ class Actor(Base):
     # When the next probe of a webhook suspended by failures is due; NULL while the webhook
     # is active or was disabled by an operator (no probes then).
     webhook_probe_at: Mapped[datetime | None]
-    # Round-robin cursor for role spreading.
-    dispatch_count: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = updated_column()
 
