@@ -160,12 +160,21 @@ async def iter_items(
 
 
 async def load_envelope(session: AsyncSession, envelope_id: uuid.UUID) -> EnvelopeData | None:
-    """The whole envelope in memory: only for envelopes known to be small."""
+    """The whole envelope in memory, events and items in one query: only for envelopes known
+    to be small."""
     envelope = await session.get(Envelope, envelope_id)
     if envelope is None:
         return None
-    events = []
-    for summary in await list_events(session, envelope_id):
-        items = [data async for data in iter_items(session, summary.id)]
-        events.append(EventData(summary.type, summary.encoding, items, summary.id))
+    rows = await session.execute(
+        sa.select(Event.id, Event.type, Event.encoding, Item.data)
+        .outerjoin(Item, Item.event_id == Event.id)
+        .where(Event.envelope_id == envelope_id)
+        .order_by(Event.position, Item.position)
+    )
+    events: list[EventData] = []
+    for event_id, type_, encoding, data in rows:
+        if not events or events[-1].id != event_id:
+            events.append(EventData(type_, encoding, [], event_id))
+        if data is not None:
+            events[-1].items.append(data)
     return EnvelopeData(events, envelope.id)

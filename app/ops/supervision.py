@@ -73,6 +73,8 @@ async def record_poll(session: AsyncSession, actor: Actor) -> None:
             actor_id=actor.id,
         )
         log.info("actor %s polls again: no longer unresponsive", actor.name)
+    elif actor.last_seen is not None and actor.last_seen >= now - _SEEN_RESOLUTION:
+        return  # seen within the resolution, as just loaded: no write
     await repository.record_poll(session, actor.id, now, now - _SEEN_RESOLUTION)
 
 
