@@ -103,6 +103,44 @@ def channel_for(actor: Actor) -> RequestChannel:
     return RequestChannel.POLL
 
 
+def lease_due(
+    filters: list[sa.ColumnElement[bool]],
+    *,
+    limit: int,
+    holder: str,
+    lease: timedelta,
+    channel: RequestChannel | None = None,
+) -> sa.Update:
+    """The statement that leases up to `limit` due requests (pending, available, of a running
+    process) matching `filters`, oldest first, skipping rows another transaction holds: any
+    number of replicas claim side by side and never get the same request. One attempt more
+    each; `channel` moves them to the channel that delivers them."""
+    now = utcnow()
+    due = (
+        sa.select(ActorRequest.id)
+        .join(Process, Process.id == ActorRequest.process_id)
+        .where(
+            ActorRequest.status == RequestStatus.PENDING,
+            ActorRequest.available_at <= now,
+            Process.status == ProcessStatus.RUNNING,
+            *filters,
+        )
+        .order_by(ActorRequest.available_at, ActorRequest.created_at)
+        .limit(limit)
+        .with_for_update(of=ActorRequest, skip_locked=True)
+    )
+    values: dict[str, object] = {
+        "status": RequestStatus.LEASED,
+        "attempts": ActorRequest.attempts + 1,
+        "lease_expires_at": now + lease,
+        "leased_by": holder,
+        "updated_at": now,
+    }
+    if channel is not None:
+        values["channel"] = channel
+    return sa.update(ActorRequest).where(ActorRequest.id.in_(due.scalar_subquery())).values(values)
+
+
 class Director:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -563,34 +601,17 @@ class Director:
         self, session: AsyncSession, actor: Actor, holder: str
     ) -> ActorRequest | None:
         """Hand the actor its oldest due request (HTTP polling)."""
-        now = utcnow()
-        due = (
-            sa.select(ActorRequest.id)
-            .join(Process, Process.id == ActorRequest.process_id)
-            .where(
+        statement = lease_due(
+            [
                 ActorRequest.actor_id == actor.id,
-                ActorRequest.status == RequestStatus.PENDING,
                 ActorRequest.channel.in_((RequestChannel.POLL, RequestChannel.NATS)),
-                ActorRequest.available_at <= now,
-                Process.status == ProcessStatus.RUNNING,
-            )
-            .order_by(ActorRequest.available_at, ActorRequest.created_at)
-            .limit(1)
-            .with_for_update(of=ActorRequest, skip_locked=True)
-            .scalar_subquery()
+            ],
+            limit=1,
+            holder=holder,
+            lease=self.limits.lease,
         )
         result = await session.execute(
-            sa.update(ActorRequest)
-            .where(ActorRequest.id == due)
-            .values(
-                status=RequestStatus.LEASED,
-                attempts=ActorRequest.attempts + 1,
-                lease_expires_at=now + self.limits.lease,
-                leased_by=holder,
-                updated_at=now,
-            )
-            .returning(ActorRequest)
-            .execution_options(populate_existing=True)
+            statement.returning(ActorRequest).execution_options(populate_existing=True)
         )
         return result.scalar_one_or_none()
 

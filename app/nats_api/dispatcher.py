@@ -19,11 +19,11 @@ from nats.aio.client import Client
 from xbus import conn as xbus_conn  # type: ignore[import-untyped, unused-ignore]
 from xbus import xbus_pb2
 
-from app.bus.director import Director, Message, add_log
+from app.bus.director import Director, Message, add_log, lease_due
 from app.bus.notify import ANY
 from app.core.exceptions import XbusError
-from app.models import Actor, ActorRequest, Process
-from app.models.enums import LogLevel, ProcessStatus, RequestChannel, RequestStatus
+from app.models import Actor, ActorRequest
+from app.models.enums import LogLevel, RequestChannel, RequestStatus
 from app.nats_api.auth import server_inbox_prefix
 from app.nats_api.convert import LOG_LEVEL_FROM_PB
 from app.nats_api.payload import process_request
@@ -82,37 +82,19 @@ class NatsDispatcher:
                 await task
 
     async def _claim(self) -> list[uuid.UUID]:
-        now = datetime.now(UTC)
-        lease = timedelta(seconds=self.state.settings.request_lease)
+        online = sa.select(Actor.id).where(Actor.online.is_(True))
+        statement = lease_due(
+            [
+                ActorRequest.channel.in_((RequestChannel.NATS, RequestChannel.POLL)),
+                ActorRequest.actor_id.in_(online.scalar_subquery()),
+            ],
+            limit=_BATCH,
+            holder=self.holder,
+            lease=timedelta(seconds=self.state.settings.request_lease),
+            channel=RequestChannel.NATS,
+        )
         async with self.state.db.session() as session:
-            due = (
-                sa.select(ActorRequest.id)
-                .join(Process, Process.id == ActorRequest.process_id)
-                .join(Actor, Actor.id == ActorRequest.actor_id)
-                .where(
-                    ActorRequest.status == RequestStatus.PENDING,
-                    ActorRequest.channel.in_((RequestChannel.NATS, RequestChannel.POLL)),
-                    ActorRequest.available_at <= now,
-                    Actor.online.is_(True),
-                    Process.status == ProcessStatus.RUNNING,
-                )
-                .order_by(ActorRequest.available_at)
-                .limit(_BATCH)
-                .with_for_update(of=ActorRequest, skip_locked=True)
-            )
-            result = await session.execute(
-                sa.update(ActorRequest)
-                .where(ActorRequest.id.in_(due.scalar_subquery()))
-                .values(
-                    status=RequestStatus.LEASED,
-                    channel=RequestChannel.NATS,
-                    attempts=ActorRequest.attempts + 1,
-                    lease_expires_at=now + lease,
-                    leased_by=self.holder,
-                    updated_at=now,
-                )
-                .returning(ActorRequest.id)
-            )
+            result = await session.execute(statement.returning(ActorRequest.id))
             return list(result.scalars())
 
     async def _deliver(self, request_id: uuid.UUID) -> None:
