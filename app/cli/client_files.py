@@ -154,8 +154,8 @@ class ClientConfig:
 # --- the .certs file ----------------------------------------------------------------------
 
 
-class _BlockDumper(yaml.SafeDumper):
-    pass
+class BlockDumper(yaml.SafeDumper):
+    """YAML with multi-line strings as `|` blocks (PEM, graphs): readable, and diffable."""
 
 
 def _str_block(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -163,7 +163,7 @@ def _str_block(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_BlockDumper.add_representer(str, _str_block)
+BlockDumper.add_representer(str, _str_block)
 
 
 def read_certs(path: Path) -> dict[str, str]:
@@ -188,7 +188,7 @@ def read_certs(path: Path) -> dict[str, str]:
 def write_certs(path: Path, entries: dict[str, str]) -> None:
     """Replace the .certs file at once (a private key is in it: mode 0600)."""
     ordered = {k: entries[k] for k in (*TLS_ENTRIES, REGISTRATION_ID, BUS_URL) if k in entries}
-    text = yaml.dump(ordered, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
+    text = yaml.dump(ordered, Dumper=BlockDumper, sort_keys=False, default_flow_style=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -82,7 +82,7 @@ def load_config(path: Path | None) -> CtlConfig:
 
 
 # ---------------------------------------------------------------------------- output
-def _console(stream: Any) -> Console:
+def console_for(stream: Any) -> Console:
     # Pipes and files get wide, uncoloured tables: ids must not wrap.
     tty = stream.isatty()
     return Console(file=stream, width=None if tty else 250, no_color=not tty, soft_wrap=not tty)
@@ -92,8 +92,8 @@ def _console(stream: Any) -> Console:
 class Output:
     json: bool = False
     quiet: bool = False
-    out: Console = field(default_factory=lambda: _console(sys.stdout))
-    err: Console = field(default_factory=lambda: _console(sys.stderr))
+    out: Console = field(default_factory=lambda: console_for(sys.stdout))
+    err: Console = field(default_factory=lambda: console_for(sys.stderr))
 
     def print_json(self, obj: Any) -> None:
         sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
