@@ -779,17 +779,20 @@ def runtime_env(before: Settings, after: Settings) -> dict[str, str]:
     return env
 
 
-def run_bus(
-    opts: Options,
-    kids: Children,
-    workdir: Path,
-    runtime: dict[str, str],
-    pids: dict[str, int | None],
-) -> dict[str, Any]:
+@dataclasses.dataclass
+class Xbusd:
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    admin_key: str
+    log_file: Path
+
+
+def start_xbusd(kids: Children, workdir: Path, env: dict[str, str]) -> Xbusd:
+    """`xbusd serve` on a free port of 127.0.0.1 with a fresh admin key, against the servers
+    `env` names (see `runtime_env`); returns once it is ready."""
     port = children.free_port(HOST)
     admin_key = "xbk_bench_" + secrets.token_urlsafe(24)
     log_file = workdir / "xbusd.log"
-    env = {**os.environ, **runtime, "XBUS_ADMIN_API_KEY": admin_key}
     args = [
         sys.executable,
         "-m",
@@ -802,15 +805,27 @@ def run_bus(
         "--data-dir",
         str(workdir / "xbusd-data"),
     ]
-    proc = kids.spawn("xbusd", args, log_file, env)
+    proc = kids.spawn("xbusd", args, log_file, {**env, "XBUS_ADMIN_API_KEY": admin_key})
     base_url = f"http://{HOST}:{port}"
+    wait_ready(f"{base_url}/readyz", proc, log_file, 120)
+    return Xbusd(proc, base_url, admin_key, log_file)
+
+
+def run_bus(
+    opts: Options,
+    kids: Children,
+    workdir: Path,
+    runtime: dict[str, str],
+    pids: dict[str, int | None],
+) -> dict[str, Any]:
+    xbusd = start_xbusd(kids, workdir, {**os.environ, **runtime})
+    base_url, admin_key, log_file = xbusd.base_url, xbusd.admin_key, xbusd.log_file
     try:
-        wait_ready(f"{base_url}/readyz", proc, log_file, 120)
-        meter = CpuMeter({"server": proc.pid, **pids, "loadgen": LOADGEN})
+        meter = CpuMeter({"server": xbusd.proc.pid, **pids, "loadgen": LOADGEN})
         run, server_counts = run_async(bus_session(base_url, admin_key, opts, meter))
         cpu = meter.used
     finally:
-        kids.stop(proc)
+        kids.stop(xbusd.proc)
 
     emission = run.emission
     accepted = [s for s in emission.samples if s.status == 202]

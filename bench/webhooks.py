@@ -59,6 +59,7 @@ from bench.http_bus import (
     rate,
     run_async,
     runtime_env,
+    start_xbusd,
     wait_ready,
     workspace,
 )
@@ -480,37 +481,14 @@ def main(argv: list[str] | None = None) -> int:
                     for client in ("httpx", "bus_client")
                 }
                 print("bus ...", file=sys.stderr, flush=True)
-                port = children.free_port(HOST)
-                admin_key = "xbk_bench_" + secrets.token_urlsafe(24)
-                log_file = workdir / "xbusd.log"
-                env = {
-                    **base_env,
-                    "XBUS_ADMIN_API_KEY": admin_key,
-                    "XBUS_WEBHOOK_ALLOW_PRIVATE": "true",
-                }
-                xbusd = kids.spawn(
-                    "xbusd",
-                    [
-                        sys.executable,
-                        "-m",
-                        "app.cli.xbusd",
-                        "serve",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                        "--data-dir",
-                        str(workdir / "xbusd-data"),
-                    ],
-                    log_file,
-                    env,
+                env = {**base_env, "XBUS_WEBHOOK_ALLOW_PRIVATE": "true"}
+                xbusd = start_xbusd(kids, workdir, env)
+                meter = CpuMeter({"server": xbusd.proc.pid, "loadgen": LOADGEN})
+                bus = run_async(
+                    bus_session(xbusd.base_url, receiver_url, xbusd.admin_key, opts, meter)
                 )
-                base_url = f"http://{HOST}:{port}"
-                wait_ready(f"{base_url}/readyz", xbusd, log_file, 120)
-                meter = CpuMeter({"server": xbusd.pid, "loadgen": LOADGEN})
-                bus = run_async(bus_session(base_url, receiver_url, admin_key, opts, meter))
-                kids.stop(xbusd)
-                bus["log_problems"] = log_problems(log_file)
+                kids.stop(xbusd.proc)
+                bus["log_problems"] = log_problems(xbusd.log_file)
         finally:
             kids.stop_all()
 
