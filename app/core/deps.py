@@ -55,7 +55,9 @@ async def get_session(state: State) -> AsyncIterator[AsyncSession]:
             raise
 
 
-Session = Annotated[AsyncSession, Depends(get_session)]
+# "function" scope: the commit runs when the route returns, before the response goes out. (The
+# default scope would commit after the response is sent: a 2xx for what is not stored yet.)
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 @dataclass(frozen=True, slots=True)
