@@ -154,17 +154,51 @@ def run(
         float,
         typer.Option(min=1, help="Seconds xbusd and the NATS actors have to be ready."),
     ] = 120.0,
+    no_prompt: Annotated[
+        bool,
+        typer.Option(
+            "--no-prompt",
+            help="Command mode for programs (python-xbus's xbus.fullenv.Fullenv): commands on "
+            "stdin, one reply line each on stdout (`< OK`, `< OK: VALUE`, `< ERR: MESSAGE`), "
+            "no prompt; the environment starts at `startup` (or --up).",
+        ),
+    ] = False,
+    shell: Annotated[
+        bool,
+        typer.Option(
+            "--shell", help="Command mode for people: the same commands and replies, a prompt."
+        ),
+    ] = False,
+    up: Annotated[
+        bool,
+        typer.Option(
+            "--up", help="Command mode: start the environment at launch (before the first reply)."
+        ),
+    ] = False,
 ) -> None:
-    """Start the environment; run until Ctrl-C/SIGTERM, or run the batch (--batch).
+    """Start the environment; run until Ctrl-C/SIGTERM, run the batch (--batch), or take
+    commands on stdin (--no-prompt, --shell; `help` lists them).
 
     Starts xbusd (or reaches the bus at xbusd.url), creates or updates the accounts, actors
     and pipelines, registers the NATS accounts and writes their client configurations, and
     starts `xbus-client serve` for the NATS actors with a service.
 
-    Exit codes: 0 done (batch: every expectation met), 1 a step failed (batch: an
-    expectation was not met), 2 the file is wrong (nothing started), 130 interrupted."""
+    Exit codes: 0 done (batch: every expectation met; command mode: quit, end of input,
+    Ctrl-C), 1 a step failed (batch: an expectation was not met), 2 the file or the options
+    are wrong (nothing started), 130 interrupted."""
     from app.cli.fullenv_run import FullEnv, RunOptions
 
+    commands = no_prompt or shell
+    if commands and batch:
+        typer.secho(
+            "error: --batch and command mode (--no-prompt, --shell) exclude each other",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(EXIT_FILE)
+    if up and not commands:
+        typer.secho("error: --up is for command mode (--no-prompt or --shell)", err=True, fg="red")
+        raise typer.Exit(EXIT_FILE)
     env = _load(file, var)
     _warn(env)
     if batch and not env.spec.emit:
@@ -176,8 +210,13 @@ def run(
         batch=batch,
         timeout=timeout,
         startup_timeout=startup_timeout,
+        commands=commands,
+        prompt=shell and not no_prompt,
+        up=up,
     )
-    code = FullEnv(env, options, console_for(sys.stdout), console_for(sys.stderr)).run()
+    # In command mode stdout carries the replies only: the summary and tables go to stderr.
+    out = console_for(sys.stderr if commands else sys.stdout)
+    code = FullEnv(env, options, out, console_for(sys.stderr)).run()
     raise typer.Exit(code)
 
 

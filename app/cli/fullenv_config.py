@@ -26,6 +26,9 @@ from app.pipelines.schemas import VERSION_PATTERN
 
 CONFIG_KEY_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 SECRET_MASK = "********"
+# Services the test process serves itself (python-xbus's Fullenv registers fullenv.consumer):
+# written into the client configuration, never run by xbus-client serve (unless serve: true).
+IN_PROCESS_SERVICE_PREFIX = "fullenv."
 
 
 class EnvFileError(Exception):
@@ -184,6 +187,10 @@ class ActorSpec(_Model):
     )
     service: str | None = None
     service_settings: dict[str, Any] = Field(default_factory=dict)
+    # Whether `xbus-client serve` (started by xbus-fullenv) runs the service. Unset: yes,
+    # except for `fullenv.*` services, which the program that loads the client configuration
+    # serves itself (python-xbus's Fullenv helper registers `fullenv.consumer`).
+    serve: bool | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> ActorSpec:
@@ -192,7 +199,18 @@ class ActorSpec(_Model):
             raise ValueError(f"roles must be unique; repeated: {', '.join(repeated)}")
         if self.service_settings and self.service is None:
             raise ValueError("service-settings without a service")
+        if self.serve and self.service is None:
+            raise ValueError("serve: true without a service (nothing to run)")
         return self
+
+    @property
+    def served_by_fullenv(self) -> bool:
+        """xbus-fullenv runs this actor's service (with `xbus-client serve`)."""
+        if self.service is None:
+            return False
+        if self.serve is not None:
+            return self.serve
+        return not self.service.startswith(IN_PROCESS_SERVICE_PREFIX)
 
     def config_strings(self) -> dict[str, str]:
         return {k: _env_value(v) for k, v in self.config.items()}

@@ -1,5 +1,7 @@
 """`xbus-fullenv run`: start (or reach) a bus, create what the environment file describes,
-run the NATS actors, and either wait for Ctrl-C/SIGTERM or run the `emit` steps (--batch).
+run the NATS actors, and either wait for Ctrl-C/SIGTERM, or run the `emit` steps (--batch),
+or take commands on stdin (`--no-prompt`, `--shell`: the line protocol python-xbus's
+`xbus.fullenv.Fullenv` helper speaks; see `_command_loop`).
 
 Everything it creates is looked up by name first, so a second run on the same directory
 reuses and updates rather than duplicates. Children (xbusd, `xbus-client serve`) get their
@@ -8,9 +10,12 @@ the run, even after a `kill -9` of xbus-fullenv."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -18,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,11 +47,19 @@ from app.cli.client_files import (
 )
 from app.cli.client_http import BusError, BusHttp
 from app.cli.fullenv_config import SECRET_MASK, AccountSpec, ActorSpec, Environment, PipelineSpec
+from app.db import async_url
 from app.pipelines.graph import check_graph
 from app.runtime.children import free_port, spawn, stop, tail, wait_until
 
 FINAL = ("done", "error")
 ENV_JSON = "env.json"
+# A PostgreSQL server for the started xbusd instead of its embedded one: each startup gets a
+# fresh database there, dropped at shutdown (python-xbus's Fullenv helper requires it).
+TEST_DSN = "XBUS_TEST_POSTGRES_DSN"
+PROMPT = "xbus-fullenv> "
+COMMANDS_HELP = (
+    "startup | shutdown | status | wd | client-config ACCOUNT | env | emit [INDEX...] | help | quit"
+)
 
 
 class RunError(Exception):
@@ -57,6 +70,10 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM arrived."""
 
 
+class CommandError(Exception):
+    """A command of the command mode failed: answered `< ERR: <message>`."""
+
+
 @dataclass
 class RunOptions:
     data_dir: Path | None = None
@@ -65,6 +82,9 @@ class RunOptions:
     batch: bool = False
     timeout: float = 60.0
     startup_timeout: float = 120.0
+    commands: bool = False  # command mode: the line protocol on stdin/stdout
+    prompt: bool = False  # command mode: print a prompt (--shell)
+    up: bool = False  # command mode: start the environment at launch
 
 
 @dataclass
@@ -179,6 +199,10 @@ class FullEnv:
         self.admin_key_file: Path | None = None
         self.nats_url: str | None = None
         self.serving = False
+        self.database: str | None = None  # created on XBUS_TEST_POSTGRES_DSN's server
+        self.database_dsn = ""  # the maintenance connection to that server
+        self.up = False
+        self.quit_requested = False
 
     # ------------------------------------------------------------------------ the run
     def run(self) -> int:
@@ -186,15 +210,11 @@ class FullEnv:
         code = 1
         try:
             self._prepare_dir()
-            self._start_bus()
-            with BusHttp(self.url, self.admin_key) as admin:
-                self._check_admin(admin)
-                self._provision(admin)
-                if self.options.auto_startup:
-                    self._start_actors(admin)
-                self._write_env_json()
-                self._print_summary()
-                code = self._batch(admin) if self.options.batch else self._serve()
+            if self.options.commands:
+                code = self._command_loop()
+            else:
+                self._startup()
+                code = self._batch() if self.options.batch else self._serve()
         except Interrupted:
             self.note("stopping")
             # Ctrl-C is how a running environment ends; before that, it is an interruption.
@@ -208,11 +228,38 @@ class FullEnv:
         finally:
             self.signals.stopping = True
             try:
-                self._stop_children()
+                self._shutdown()
                 self._cleanup_dir()
             finally:
                 self.signals.restore()
+            if self.quit_requested:
+                self._reply("< OK")
         return code
+
+    def _startup(self) -> None:
+        """The environment up: the bus, what the file describes, the served actors."""
+        self._start_bus()
+        with BusHttp(self.url, self.admin_key) as admin:
+            self._check_admin(admin)
+            self._provision(admin)
+            if self.options.auto_startup:
+                self._start_actors(admin)
+        self._write_env_json()
+        self._print_summary()
+        self.up = True
+
+    def _shutdown(self) -> None:
+        """Everything started stopped (in reverse order), the test database dropped; the
+        directory stays (a later startup reuses it)."""
+        self.up = False
+        self._stop_children()
+        self.children = []
+        self._drop_database()
+        self.rows = []
+        self.accounts = {}
+        self.pipelines = {}
+        self.nats_url = None
+        self.admin_key_file = None
 
     def note(self, text: str) -> None:
         self.err.print(f"xbus-fullenv: {text}", highlight=False, markup=False)
@@ -287,6 +334,8 @@ class FullEnv:
         environ["XBUS_NATS_HOST"] = "127.0.0.1"
         if spec.admin_key is not None:
             environ["XBUS_ADMIN_API_KEY"] = spec.admin_key
+        if "XBUS_DATABASE_URL" not in environ and os.environ.get(TEST_DSN):
+            environ["XBUS_DATABASE_URL"] = self._create_database(os.environ[TEST_DSN])
         args = [sys.executable, "-m", "app.cli.xbusd", "serve", "--data-dir", str(self.dir)]
         args += ["--host", "127.0.0.1", "--port", str(port)]
         self.note(f"starting xbusd on {self.url}")
@@ -301,6 +350,32 @@ class FullEnv:
             except OSError as exc:
                 raise RunError(f"cannot read the admin key {self.admin_key_file}: {exc}") from None
         self.rows.append(Row("bus", self.url, "started", f"pid {child.process.pid}"))
+
+    def _create_database(self, dsn: str) -> str:
+        """A fresh database on the server of XBUS_TEST_POSTGRES_DSN; its URL for xbusd."""
+        plain = plain_dsn(dsn)
+        name = f"xbus_fullenv_{secrets.token_hex(6)}"
+        self.note(f"creating database {name} ({TEST_DSN})")
+        try:
+            asyncio.run(_pg_execute(plain, f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # asyncpg's errors, OSError, timeouts
+            raise RunError(f"{TEST_DSN}: cannot create a database: {_describe(exc)}") from None
+        self.database, self.database_dsn = name, plain
+        self.rows.append(Row("database", name, "created", f"on the server of {TEST_DSN}"))
+        return async_url(with_database(plain, name))
+
+    def _drop_database(self) -> None:
+        if self.database is None:
+            return
+        name, self.database = self.database, None
+        try:
+            asyncio.run(
+                _pg_execute(self.database_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            )
+        except Exception as exc:
+            self.fail(f"cannot drop the database {name}: {_describe(exc)}")
+        else:
+            self.note(f"dropped database {name}")
 
     def _wait_ready(self, child: Child | None) -> None:
         def ready() -> bool:
@@ -343,6 +418,10 @@ class FullEnv:
                 with _step(f"actor {actor.name}"):
                     action = self._ensure_actor(admin, state, actor)
                 details = actor.kind + (f", service {actor.service}" if actor.service else "")
+                if actor.service and not actor.served_by_fullenv:
+                    details += (
+                        " (not run here: the program that loads the client configuration serves it)"
+                    )
                 self.rows.append(Row("actor", actor.name, action, details))
         for pipeline in self.env.spec.pipelines:
             with _step(f"pipeline {pipeline.name}"):
@@ -422,6 +501,8 @@ class FullEnv:
             write_certs(certs_path, certs)
             admin.call("POST", f"/api/v1/accounts/{account_id}/accept", days or None)
             registration = admin.registration(account_id)
+            if not registration.get("certificate"):
+                raise BusError(f"the accepted registration of {spec.name} has no certificate")
             certs.update({CERTIFICATE: registration["certificate"], ROOTCA: registration["ca"]})
             write_certs(certs_path, certs)
             action = "registered"
@@ -469,15 +550,22 @@ class FullEnv:
         write_certs(certs_path, certs)
         return True
 
-    def _write_client_config(self, spec: AccountSpec) -> Path:
-        """The python-xbus client configuration of a NATS account (its certificates are in
-        <account>.certs beside it, where python-xbus looks)."""
+    def _runs(self, actor: ActorSpec) -> bool:
+        """xbus-fullenv runs this actor's service in this session."""
+        return self.options.auto_startup and actor.served_by_fullenv
+
+    def _write_client_config(self, spec: AccountSpec, served: bool = False) -> Path:
+        """A python-xbus client configuration of a NATS account (its certificates are in
+        <account>.certs beside it, where python-xbus looks). Every actor is listed, with the
+        services of one side only, so that no actor is served twice: <account>.yaml (the
+        one `client-config` answers, for the user's program) has the services xbus-fullenv
+        does not run; <account>.served.yaml (`served`, for xbus-client serve) those it runs."""
         actors: dict[str, Any] = {}
         for actor in spec.actors:
             conf: dict[str, Any] = {"kind": actor.kind}
             if actor.roles:
                 conf["roles"] = list(actor.roles)
-            if actor.service:
+            if actor.service and self._runs(actor) == served:
                 conf["service"] = {"type": actor.service}
                 if actor.service_settings:
                     conf["service"]["settings"] = dict(actor.service_settings)
@@ -487,7 +575,8 @@ class FullEnv:
             data["nats-url"] = self.nats_url
         data.update(spec.client)
         data["actors"] = actors
-        path = self.dir / "clients" / f"{spec.name}.yaml"
+        suffix = ".served.yaml" if served else ".yaml"
+        path = self.dir / "clients" / f"{spec.name}{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         header = "# Written by xbus-fullenv at each run: edit the environment file instead.\n"
         path.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -597,11 +686,12 @@ class FullEnv:
     def _start_actors(self, admin: BusHttp) -> None:
         served: list[tuple[Child, list[str]]] = []
         for state in self.accounts.values():
-            names = [a.name for a in state.spec.actors if a.service]
+            names = [a.name for a in state.spec.actors if self._runs(a)]
             if not names or state.client_config is None:
                 continue
+            config = self._write_client_config(state.spec, served=True)
             args = [sys.executable, "-m", "app.cli.xbus_client", "serve"]
-            args += ["--config", str(state.client_config), "--url", self.url]
+            args += ["--config", str(config), "--url", self.url]
             self.note(f"starting the actors of {state.spec.name}: {', '.join(names)}")
             served.append((self._spawn(state.spec.name, args, _clean_environ()), names))
         deadline = time.monotonic() + self.options.startup_timeout
@@ -642,6 +732,7 @@ class FullEnv:
                 for name, state in self.accounts.items()
             },
             "pipelines": self.pipelines,
+            "database": self.database,
             "processes": {child.name: child.process.pid for child in self.children},
             "logs": {child.name: str(child.log) for child in self.children},
         }
@@ -676,12 +767,18 @@ class FullEnv:
                 self.fail(f"the actors of {child.name} exited with code {code}; see {child.log}")
             time.sleep(0.2)
 
-    def _batch(self, admin: BusHttp) -> int:
+    def _batch(self) -> int:
+        with BusHttp(self.url, self.admin_key) as admin:
+            results = self._emit(admin, list(range(len(self.env.spec.emit))))
+        self._print_results(results)
+        return 0 if all(r.ok for r in results) else 1
+
+    def _emit(self, admin: BusHttp, indexes: list[int]) -> list[EmitResult]:
+        """Post the `emit` steps (all first), then follow each process to its expectation."""
         results: list[EmitResult] = []
         started = time.monotonic()
-        for index, (step, envelope) in enumerate(
-            zip(self.env.spec.emit, self.env.envelopes, strict=True)
-        ):
+        for index in indexes:
+            step, envelope = self.env.spec.emit[index], self.env.envelopes[index]
             key = self.accounts[self._account_of(step.emitter)].api_key
             with BusHttp(self.url, key) as emitter:
                 try:
@@ -706,8 +803,196 @@ class FullEnv:
             result.got = self._wait_process(admin, str(result.process_id), started + budget)
             if not result.ok:
                 result.detail = self._process_story(admin, str(result.process_id))
+        return results
+
+    # ------------------------------------------------------------------------ command mode
+    def _command_loop(self) -> int:
+        """The line protocol of python-xbus's `xbus.fullenv.Fullenv`: one command a line on
+        stdin, one reply a line on stdout (`< OK`, `< OK: <value>`, `< ERR: <message>`);
+        everything else goes to stderr. The first reply, at launch, is the directory. End of
+        input is `quit`."""
+        self.serving = True  # from now on, Ctrl-C/SIGTERM is the way out, not a failure
+        if self.options.up:
+            try:
+                self._command("startup", [])
+            except CommandError as exc:
+                self._reply(f"< ERR: {exc}")
+            else:
+                self._reply(f"< OK: {self.dir}")
+        else:
+            self._reply(f"< OK: {self.dir}")
+        lines = _Lines(sys.stdin.fileno())
+        while True:
+            if self.options.prompt:
+                self._write(PROMPT)
+            line = lines.next(self._watch)
+            if line is None:
+                if self.options.prompt:
+                    self._write("\n")
+                self.note("end of input: stopping")
+                return 0
+            words = line.split()
+            if not words:
+                continue
+            if words[0] in ("quit", "exit"):
+                self.quit_requested = True  # answered once everything is stopped
+                return 0
+            try:
+                value = self._command(words[0], words[1:])
+            except CommandError as exc:
+                self._reply(f"< ERR: {exc}")
+            except Interrupted:
+                raise
+            except Exception as exc:  # the command failed unexpectedly; the shell goes on
+                self.err.print_exception()
+                self._reply(f"< ERR: {words[0]} failed: {_describe(exc)}")
+            else:
+                self._reply("< OK" if value is None else f"< OK: {value}")
+
+    def _command(self, name: str, args: list[str]) -> str | None:
+        handlers: dict[str, Callable[[list[str]], str | None]] = {
+            "startup": self._cmd_startup,
+            "shutdown": self._cmd_shutdown,
+            "status": self._cmd_status,
+            "wd": lambda _: str(self.dir),
+            "client-config": self._cmd_client_config,
+            "env": self._cmd_env,
+            "emit": self._cmd_emit,
+            "help": lambda _: COMMANDS_HELP,
+        }
+        handler = handlers.get(name)
+        if handler is None:
+            raise CommandError(f"unknown command {name} (try help)")
+        return handler(args)
+
+    def _cmd_startup(self, _args: list[str]) -> None:
+        if self.up:
+            raise CommandError("the environment is already up (shutdown first)")
+        try:
+            self._startup()
+        except Interrupted:
+            raise
+        except Exception as exc:
+            if isinstance(exc, BusError):
+                message = f"the bus answered: {exc}{_messages(exc)}"
+            elif isinstance(exc, RunError):
+                message = str(exc)
+            else:  # a bug, or an unexpected failure: the details on stderr
+                self.err.print_exception()
+                message = _describe(exc)
+            self.fail(message)
+            self._shutdown()
+            first, _, more = message.partition("\n")
+            more_text = " (more on stderr)" if more else ""
+            raise CommandError(f"startup failed: {first}{more_text}") from None
+        return None
+
+    def _cmd_shutdown(self, _args: list[str]) -> None:
+        self._shutdown()  # stopping what is already stopped does nothing
+        return None
+
+    def _require_up(self) -> None:
+        if not self.up:
+            raise CommandError("the environment is not up: run startup first")
+
+    def _cmd_client_config(self, args: list[str]) -> str:
+        if len(args) != 1:
+            raise CommandError("usage: client-config ACCOUNT")
+        self._require_up()
+        state = self.accounts.get(args[0])
+        nats = ", ".join(n for n, s in self.accounts.items() if s.client_config) or "none"
+        if state is None:
+            raise CommandError(f"no account {args[0]} in the file (NATS accounts: {nats})")
+        if state.client_config is None:
+            raise CommandError(
+                f"account {args[0]} is not a NATS account: it has no client configuration "
+                f"(NATS accounts: {nats})"
+            )
+        return str(state.client_config)
+
+    def _cmd_env(self, _args: list[str]) -> str:
+        self._require_up()
+        return str(self.dir / ENV_JSON)
+
+    def _cmd_status(self, _args: list[str]) -> str:
+        status = {
+            "state": "up" if self.up else "down",
+            "directory": str(self.dir),
+            "url": self.url if self.up else None,
+            "nats_url": self.nats_url,
+            "database": self.database,
+            "processes": {
+                child.name: {"pid": child.process.pid, "running": child.process.poll() is None}
+                for child in self.children
+            },
+        }
+        return json.dumps(status)
+
+    def _cmd_emit(self, args: list[str]) -> str:
+        count = len(self.env.spec.emit)
+        try:
+            indexes = [int(a) for a in args] if args else list(range(count))
+        except ValueError:
+            raise CommandError(
+                "usage: emit [INDEX...] (indexes of the file's emit steps)"
+            ) from None
+        wrong = [i for i in indexes if not 0 <= i < count]
+        if wrong:
+            raise CommandError(f"no emit step {wrong[0]} (the file has {count}: 0 to {count - 1})")
+        if not indexes:
+            raise CommandError("the file has no emit steps")
+        self._require_up()
+        try:
+            with BusHttp(self.url, self.admin_key) as admin:
+                results = self._emit(admin, indexes)
+        except BusError as exc:
+            raise CommandError(f"the bus answered: {exc}") from None
         self._print_results(results)
-        return 0 if all(r.ok for r in results) else 1
+        summary = {
+            "ok": all(r.ok for r in results),
+            "met": sum(r.ok for r in results),
+            "total": len(results),
+            "results": [
+                {
+                    "index": r.index,
+                    "emitter": r.emitter,
+                    "process_id": r.process_id,
+                    "expected": r.expect,
+                    "got": r.got,
+                    "ok": r.ok,
+                }
+                for r in results
+            ],
+        }
+        return json.dumps(summary)
+
+    def _watch(self) -> None:
+        """While waiting for a command: a child that died is told on stderr; without xbusd
+        the environment is down (the next command says so)."""
+        for child in self.children:
+            code = child.process.poll()
+            if code is None or not child.watched:
+                continue
+            child.watched = False
+            if child.name == "xbusd":
+                self.fail(f"xbusd exited with code {code}; see {child.log}; stopping the rest")
+                self._shutdown()
+                return
+            self.fail(f"the actors of {child.name} exited with code {code}; see {child.log}")
+
+    def _reply(self, line: str) -> None:
+        self._write(" ".join(line.splitlines()) + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            # Nobody reads the replies any more: stop everything, quietly.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            raise Interrupted(signal.SIGPIPE) from None
 
     def _account_of(self, actor: str) -> str:
         found = self.env.actor(actor)
@@ -758,6 +1043,65 @@ class FullEnv:
             f"{passed}/{len(results)} expectations met",
             style="green" if passed == len(results) else "red",
         )
+
+
+class _Lines:
+    """Lines of a file descriptor, read without blocking the main thread for long: `idle`
+    runs every 0.2 s while no line is complete (signals are handled meanwhile)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+
+    def next(self, idle: Callable[[], None]) -> str | None:
+        while True:
+            if b"\n" in self.buffer:
+                line, _, self.buffer = self.buffer.partition(b"\n")
+                return line.decode("utf-8", "replace")
+            if self.eof:
+                rest, self.buffer = self.buffer, b""
+                return rest.decode("utf-8", "replace") if rest else None
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if not ready:
+                idle()
+                continue
+            chunk = os.read(self.fd, 65536)
+            if chunk:
+                self.buffer += chunk
+            else:
+                self.eof = True
+
+
+def plain_dsn(dsn: str) -> str:
+    """A PostgreSQL URL as asyncpg reads it (postgres://, postgresql://, postgresql+driver://)."""
+    try:
+        url = async_url(dsn)
+    except ValueError:
+        raise RunError(f"{TEST_DSN} must be a postgres:// or postgresql:// URL") from None
+    return "postgresql://" + url.removeprefix("postgresql+asyncpg://")
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server, another database (the query, e.g. ?host=/socket/dir, is kept)."""
+    head, sep, query = dsn.partition("?")
+    scheme, _, rest = head.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{database}{sep}{query}"
+
+
+async def _pg_execute(dsn: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=20)
+    try:
+        await conn.execute(statement, timeout=60)
+    finally:
+        await conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -481,7 +481,11 @@ async def test_run_with_its_own_bus_and_a_nats_actor(receiver: Receiver, tmp_pat
     client = yaml.safe_load(Path(printer["client_config"]).read_text())
     assert client["account-name"] == "printer"
     assert client["nats-url"] == summary["nats_url"]
-    assert client["actors"]["printer.console"]["service"] == {"type": "demo.print-to-console"}
+    # xbus-fullenv runs the service (from printer.served.yaml); printer.yaml, for the user's
+    # own program, leaves it out so that nobody serves it twice.
+    assert client["actors"]["printer.console"] == {"kind": "consumer", "roles": ["printer"]}
+    served = yaml.safe_load(Path(printer["client_config"]).with_suffix(".served.yaml").read_text())
+    assert served["actors"]["printer.console"]["service"] == {"type": "demo.print-to-console"}
     certs = yaml.safe_load(Path(printer["certs"]).read_text())
     assert certs["tls.certificate"].startswith("-----BEGIN CERTIFICATE")
     # The NATS consumer printed the order; the webhook got it too.
