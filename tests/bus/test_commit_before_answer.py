@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
+from starlette.types import Message
 
 from tests.bus.conftest import ENVELOPE, Bus, chain
 
@@ -43,7 +44,7 @@ async def test_the_envelope_is_stored_before_the_202(
     }
     sent = False
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         nonlocal sent
         if sent:
             return {"type": "http.disconnect"}
@@ -52,7 +53,7 @@ async def test_the_envelope_is_stored_before_the_202(
 
     seen: dict[str, Any] = {}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             # The status line is leaving: what does another connection see right now?
             seen["status"] = message["status"]
