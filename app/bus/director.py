@@ -141,6 +141,11 @@ def lease_due(
     return sa.update(ActorRequest).where(ActorRequest.id.in_(due.scalar_subquery())).values(values)
 
 
+class OutputConflict(Conflict):
+    """An actor's output envelope cannot be stored (its id, or an event id, is taken): the
+    request is left as it was."""
+
+
 class Director:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -470,6 +475,23 @@ class Director:
                     f"node {node.id} has no output {', '.join(unknown)} (outputs: {declared})"
                 )
         actor_id = request.actor_id
+        produced: list[tuple[str, uuid.UUID]] = list(stored_outputs.items())
+        if outputs and not ctx.process.status.final:
+            # Stored before anything else changes: an output that cannot be stored (an id
+            # already taken) leaves the request as it was.
+            for port, envelope in outputs.items():
+                try:
+                    envelope_id = await store_envelope(
+                        session,
+                        envelope,
+                        emitter_id=actor_id,
+                        process_id=ctx.process.id,
+                        node_id=node.id,
+                        output=port,
+                    )
+                except Conflict as exc:
+                    raise OutputConflict(f"output {port}: {exc.detail}") from None
+                produced.append((port, envelope_id))
         for message in messages:
             add_log(
                 session,
@@ -506,17 +528,6 @@ class Director:
                 session, ctx, node.id, f"actor {name} failed on node {node.id}: {first}"
             )
             return request
-        produced: list[tuple[str, uuid.UUID]] = list(stored_outputs.items())
-        for port, envelope in outputs.items():
-            envelope_id = await store_envelope(
-                session,
-                envelope,
-                emitter_id=actor_id,
-                process_id=ctx.process.id,
-                node_id=node.id,
-                output=port,
-            )
-            produced.append((port, envelope_id))
         pn = ctx.nodes[node.id]
         if produced:
             pn.outputs = {**pn.outputs, **{port: str(env) for port, env in produced}}

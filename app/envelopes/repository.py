@@ -61,8 +61,14 @@ async def store_envelope(
 ) -> uuid.UUID:
     """Store a complete envelope; returns its id (the client's, or a new one)."""
     envelope_id = env.id or uuid.uuid4()
+    # Every check before the first write: a conflict leaves nothing behind.
     if env.id is not None and await session.get(Envelope, env.id) is not None:
         raise Conflict(f"envelope {env.id} already exists")
+    declared = [event.id for event in env.events if event.id is not None]
+    if declared:
+        existing = await session.scalar(sa.select(sa.func.count()).where(Event.id.in_(declared)))
+        if existing:
+            raise Conflict("an event id of this envelope already exists in another envelope")
     now = datetime.now(UTC)
     await session.execute(
         sa.insert(Envelope).values(
@@ -100,11 +106,6 @@ async def store_envelope(
             }
         )
         items.extend((event_id, n, data) for n, data in enumerate(event.items))
-    declared = [event.id for event in env.events if event.id is not None]
-    if declared:
-        existing = await session.scalar(sa.select(sa.func.count()).where(Event.id.in_(declared)))
-        if existing:
-            raise Conflict("an event id of this envelope already exists in another envelope")
     if event_rows:
         await session.execute(sa.insert(Event), event_rows)
     await insert_items(session, items)

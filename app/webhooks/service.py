@@ -30,7 +30,7 @@ from http import HTTPStatus
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.director import Director, Message, add_log
+from app.bus.director import Director, Message, OutputConflict, add_log
 from app.bus.notify import actor_key, notify_after_commit
 from app.config import Settings
 from app.core.exceptions import Conflict, NotFound, Unprocessable
@@ -259,6 +259,8 @@ class Outcomes:
             await self.director.report(
                 session, job.request_id, status, messages, outputs, account_id=None
             )
+        except OutputConflict:
+            raise  # the answer's fault: _delivered ends the request in error
         except (Conflict, NotFound):
             return  # ended meanwhile (canceled, answered by another attempt) or deleted
         # xbus_requests_ended_total is counted by the director when the request ends.
@@ -269,9 +271,10 @@ class Outcomes:
             return
         try:
             await self._report(session, job, state.status, state.messages, state.outputs)
-        except Unprocessable as exc:
-            # Outputs the node does not have, or outputs of a consumer: checked before the
-            # report changes anything, so the request can still end in error.
+        except (Unprocessable, OutputConflict) as exc:
+            # Outputs the node does not have, outputs of a consumer, outputs whose ids are
+            # taken: found before the report changes anything, so the request can still end
+            # in error.
             await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
 
     async def _fail(self, session: AsyncSession, job: Job, reason: str) -> None:

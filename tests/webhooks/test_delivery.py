@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
@@ -368,3 +369,44 @@ async def test_protobuf_both_ways(bus: Bus, receiver: Receiver) -> None:
     )
     emission = await emit(acct, em2["name"])
     assert (await finished(acct.http, emission["process_id"]))["status"] == "done"
+
+
+async def test_an_output_whose_ids_are_taken_fails_the_node(
+    bus: Bus, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A pass-through worker that answers with its input's envelope id: the output cannot be
+    stored, so the node ends in error with the reason (it does not stay running forever with
+    its request marked a success), and nothing of the output is left behind."""
+    taken = str(uuid.uuid4())
+    event_id = str(uuid.uuid4())
+    envelope = {"id": taken, "events": [{"id": event_id, "type": "order.created", "items": ["a"]}]}
+    for path, out in (
+        ("/same-envelope", {"id": taken, "events": [{"type": "order.enriched", "items": ["b"]}]}),
+        ("/same-event", {"events": [{"id": event_id, "type": "order.enriched", "items": ["b"]}]}),
+    ):
+        answer = {"status": "success", "outputs": {"default": out}}
+        receiver.script(path, Reply(200, json.dumps(answer).encode()))
+        acct = await bus.account()
+        em = await bus.actor(acct, "emitter")
+        wk = await bus.actor(acct, "worker", config={"http.webhook.url": receiver.url(path)})
+        co = await bus.actor(acct, "consumer")
+        from tests.bus.conftest import chain
+
+        await bus.pipeline(chain(em["name"], ("worker", wk["name"]), ("consumer", co["name"])))
+        envelopes_before = await db.fetchval("SELECT count(*) FROM envelopes")
+        if path == "/same-event":
+            envelope = {"events": [{"type": "order.created", "items": ["a"]}]}
+        emission = await emit(acct, em["name"], envelope)
+        process = await finished(acct.http, emission["process_id"])
+        assert process["status"] == "error", process
+        assert "refused" in process["status_reason"]
+        assert "already exists" in process["status_reason"]
+        node = {n["node_id"]: n["status"] for n in process["nodes"]}
+        assert node["worker0"] == "error"
+        status = await db.fetchval(
+            "SELECT status FROM requests WHERE process_id = $1 AND node_id = 'worker0'",
+            uuid.UUID(emission["process_id"]),
+        )
+        assert status == "error"
+        # Only the emitted envelope was stored: nothing of the refused output.
+        assert await db.fetchval("SELECT count(*) FROM envelopes") == envelopes_before + 1
