@@ -99,28 +99,29 @@ async def test_purge_by_age_and_logs_before_a_date(
     admin: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     await seed_processes(db, 100, status="error", logs_per_process=2)
-    # Ages 10, 20 ... 1000 s, fixed in one statement (its own now()), and each log line as old
-    # as its process: a loaded machine taking up to 5 s before a purge moves nothing across
-    # the line. Older than 605 s are 40 processes.
+    # Ages 100, 200 ... 10,000 s, fixed in one statement (its own now()), and each log line
+    # as old as its process: a machine taking up to 50 s between that statement and a purge
+    # moves nothing across the line. Older than 6,050 s are 40 processes.
     await db.execute(
         """
         WITH aged AS (
-            SELECT id, now() - make_interval(secs => 10 * row_number() OVER (ORDER BY id)) AS t
+            SELECT id, now() - make_interval(secs => 100 * row_number() OVER (ORDER BY id)) AS t
             FROM processes
         ), p AS (UPDATE processes SET created_at = aged.t FROM aged WHERE processes.id = aged.id)
         UPDATE log_entries SET time = aged.t FROM aged WHERE log_entries.process_id = aged.id
         """
     )
-    r = await admin.post("/api/v1/processes/purge", json={"older_than": 605, "dry_run": True})
+    r = await admin.post("/api/v1/processes/purge", json={"older_than": 6050, "dry_run": True})
     assert r.json()["matched"] == 40
     assert r.json()["deleted"] == 0
     assert await db.fetchval("SELECT count(*) FROM processes") == 100
-    r = await admin.post("/api/v1/processes/purge", json={"older_than": "PT605S"})
+    r = await admin.post("/api/v1/processes/purge", json={"older_than": "PT6050S"})
     assert r.json()["deleted"] == 40
     assert await db.fetchval("SELECT count(*) FROM processes") == 60
 
-    # The 60 left are 10 to 600 s old, their logs too: 30 of them (60 lines) before the cutoff.
-    cutoff = (datetime.now(UTC) - timedelta(seconds=305)).isoformat()
+    # The 60 left are 100 to 6,000 s old, their logs too: 30 of them (60 lines) are older
+    # than 3,050 s.
+    cutoff = (datetime.now(UTC) - timedelta(seconds=3050)).isoformat()
     r = await admin.post("/api/v1/logs/purge", json={"before": cutoff, "level": ["warning"]})
     assert r.json()["deleted"] == 0
     r = await admin.post("/api/v1/logs/purge", json={"before": cutoff})

@@ -142,8 +142,8 @@ def test_a_closed_output_is_counted_not_raised(root_handlers: None) -> None:
         ):
             time.sleep(0.01)
         assert output.closed
+        logs.stop_logging()  # joins this writer: every record of it handled
         assert logs.dropped_records() - before >= 50
-        logs.stop_logging()
     finally:
         os.close(write)
 
