@@ -112,14 +112,10 @@ async def scenario(settings: Any, repeat: int, consumers: int, rec: Recorder) ->
                 ),
                 201,
             )
-            created = []
-            for i in range(consumers):
-                body = {"name": f"co{i}", "kind": "consumer", "account_id": account["id"]}
-                created.append(
-                    expect(await admin.post("/api/v1/actors", json={**body, "roles": [ROLE]}), 201)
-                )
-            # The role node takes them in turn, in the order of their ids.
-            names = [a["name"] for a in sorted(created, key=lambda a: str(a["id"]))]
+            names = [f"co{i}" for i in range(consumers)]
+            for name in names:
+                body = {"name": name, "kind": "consumer", "account_id": account["id"]}
+                expect(await admin.post("/api/v1/actors", json={**body, "roles": [ROLE]}), 201)
             graph = {
                 "nodes": [
                     {
@@ -148,7 +144,9 @@ async def scenario(settings: Any, repeat: int, consumers: int, rec: Recorder) ->
         async with httpx.AsyncClient(transport=transport, base_url=base, headers=headers) as c:
             json_headers = {"content-type": "application/json"}
             for warm in (True, False):
-                n = 20 if warm else repeat
+                # The role node takes the consumers in turn: with a multiple of their count,
+                # each has as many requests as it is polled for, wherever the round starts.
+                n = -(-(20 if warm else repeat) // consumers) * consumers
                 if not warm:
                     rec.reset()
                 for i in range(n):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass
 
@@ -78,7 +79,10 @@ _ROUNDS_MAX = 10_000
 
 def _next_turn(node: Node) -> int:
     key = (node.type, tuple(sorted(node.actors)), tuple(sorted(node.roles)))
-    turn = _rounds.get(key, 0)
+    # A round starts anywhere: replicas (and restarts) do not all begin with the same actor.
+    turn = _rounds.get(key)
+    if turn is None:
+        turn = random.randrange(1 << 16)  # spreading, not secrecy
     if len(_rounds) >= _ROUNDS_MAX and key not in _rounds:
         _rounds.clear()
     _rounds[key] = turn + 1
