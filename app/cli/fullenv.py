@@ -21,6 +21,7 @@ from app.version import version
 EXIT_FILE = 2  # the environment file (or a --var) is wrong: nothing was started
 
 cli = typer.Typer(
+    rich_markup_mode="markdown",
     name="xbus-fullenv",
     help="Set up and pilot Xbus test environments from a single configuration file.",
     no_args_is_help=True,
