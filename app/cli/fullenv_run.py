@@ -1,7 +1,7 @@
 """`xbus-fullenv run`: start (or reach) a bus, create what the environment file describes,
 run the NATS actors, and either wait for Ctrl-C/SIGTERM, or run the `emit` steps (--batch),
 or take commands on stdin (`--no-prompt`, `--shell`: the line protocol python-xbus's
-`xbus.fullenv.Fullenv` helper speaks; see `_command_loop`).
+`xbus.fullenv.Fullenv` helper speaks; see app/cli/fullenv_shell.py).
 
 Everything it creates is looked up by name first, so a second run on the same directory
 reuses and updates rather than duplicates. Children (xbusd, `xbus-client serve`) get their
@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,10 +55,6 @@ ENV_JSON = "env.json"
 # A PostgreSQL server for the started xbusd instead of its embedded one: each startup gets a
 # fresh database there, dropped at shutdown (python-xbus's Fullenv helper requires it).
 TEST_DSN = "XBUS_TEST_POSTGRES_DSN"
-PROMPT = "xbus-fullenv> "
-COMMANDS_HELP = (
-    "startup | shutdown | status | wd | client-config ACCOUNT | env | emit [INDEX...] | help | quit"
-)
 
 
 class RunError(Exception):
@@ -68,10 +63,6 @@ class RunError(Exception):
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived."""
-
-
-class CommandError(Exception):
-    """A command of the command mode failed: answered `< ERR: <message>`."""
 
 
 @dataclass
@@ -211,9 +202,11 @@ class FullEnv:
         try:
             self._prepare_dir()
             if self.options.commands:
-                code = self._command_loop()
+                from app.cli.fullenv_shell import CommandShell
+
+                code = CommandShell(self).loop()
             else:
-                self._startup()
+                self.startup()
                 code = self._batch() if self.options.batch else self._serve()
         except Interrupted:
             self.note("stopping")
@@ -223,20 +216,22 @@ class FullEnv:
             self.fail(str(exc))
             code = 1
         except BusError as exc:
-            self.fail(f"the bus answered: {exc}{_messages(exc)}")
+            self.fail(f"the bus answered: {exc}{bus_messages(exc)}")
             code = 1
         finally:
             self.signals.stopping = True
             try:
-                self._shutdown()
+                self.shutdown()
                 self._cleanup_dir()
             finally:
                 self.signals.restore()
             if self.quit_requested:
-                self._reply("< OK")
+                from app.cli.fullenv_shell import reply
+
+                reply("< OK")
         return code
 
-    def _startup(self) -> None:
+    def startup(self) -> None:
         """The environment up: the bus, what the file describes, the served actors."""
         self._start_bus()
         with BusHttp(self.url, self.admin_key) as admin:
@@ -248,7 +243,7 @@ class FullEnv:
         self._print_summary()
         self.up = True
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         """Everything started stopped (in reverse order), the test database dropped; the
         directory stays (a later startup reuses it)."""
         self.up = False
@@ -359,7 +354,7 @@ class FullEnv:
         try:
             asyncio.run(_pg_execute(plain, f'CREATE DATABASE "{name}"'))
         except Exception as exc:  # asyncpg's errors, OSError, timeouts
-            raise RunError(f"{TEST_DSN}: cannot create a database: {_describe(exc)}") from None
+            raise RunError(f"{TEST_DSN}: cannot create a database: {describe(exc)}") from None
         self.database, self.database_dsn = name, plain
         self.rows.append(Row("database", name, "created", f"on the server of {TEST_DSN}"))
         return async_url(with_database(plain, name))
@@ -373,7 +368,7 @@ class FullEnv:
                 _pg_execute(self.database_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             )
         except Exception as exc:
-            self.fail(f"cannot drop the database {name}: {_describe(exc)}")
+            self.fail(f"cannot drop the database {name}: {describe(exc)}")
         else:
             self.note(f"dropped database {name}")
 
@@ -660,7 +655,7 @@ class FullEnv:
                 pipeline = admin.call("POST", path + "/status", {"status": wanted})
             except BusError as exc:
                 raise RunError(
-                    f"pipeline {spec.name} cannot become {wanted}: {exc}{_messages(exc)}"
+                    f"pipeline {spec.name} cannot become {wanted}: {exc}{bus_messages(exc)}"
                 ) from None
             if action == "reused":
                 action = "updated"
@@ -769,11 +764,11 @@ class FullEnv:
 
     def _batch(self) -> int:
         with BusHttp(self.url, self.admin_key) as admin:
-            results = self._emit(admin, list(range(len(self.env.spec.emit))))
-        self._print_results(results)
+            results = self.emit(admin, list(range(len(self.env.spec.emit))))
+        self.print_results(results)
         return 0 if all(r.ok for r in results) else 1
 
-    def _emit(self, admin: BusHttp, indexes: list[int]) -> list[EmitResult]:
+    def emit(self, admin: BusHttp, indexes: list[int]) -> list[EmitResult]:
         """Post the `emit` steps (all first), then follow each process to its expectation."""
         results: list[EmitResult] = []
         started = time.monotonic()
@@ -804,195 +799,6 @@ class FullEnv:
             if not result.ok:
                 result.detail = self._process_story(admin, str(result.process_id))
         return results
-
-    # ------------------------------------------------------------------------ command mode
-    def _command_loop(self) -> int:
-        """The line protocol of python-xbus's `xbus.fullenv.Fullenv`: one command a line on
-        stdin, one reply a line on stdout (`< OK`, `< OK: <value>`, `< ERR: <message>`);
-        everything else goes to stderr. The first reply, at launch, is the directory. End of
-        input is `quit`."""
-        self.serving = True  # from now on, Ctrl-C/SIGTERM is the way out, not a failure
-        if self.options.up:
-            try:
-                self._command("startup", [])
-            except CommandError as exc:
-                self._reply(f"< ERR: {exc}")
-            else:
-                self._reply(f"< OK: {self.dir}")
-        else:
-            self._reply(f"< OK: {self.dir}")
-        lines = _Lines(sys.stdin.fileno())
-        while True:
-            if self.options.prompt:
-                self._write(PROMPT)
-            line = lines.next(self._watch)
-            if line is None:
-                if self.options.prompt:
-                    self._write("\n")
-                self.note("end of input: stopping")
-                return 0
-            words = line.split()
-            if not words:
-                continue
-            if words[0] in ("quit", "exit"):
-                self.quit_requested = True  # answered once everything is stopped
-                return 0
-            try:
-                value = self._command(words[0], words[1:])
-            except CommandError as exc:
-                self._reply(f"< ERR: {exc}")
-            except Interrupted:
-                raise
-            except Exception as exc:  # the command failed unexpectedly; the shell goes on
-                self.err.print_exception()
-                self._reply(f"< ERR: {words[0]} failed: {_describe(exc)}")
-            else:
-                self._reply("< OK" if value is None else f"< OK: {value}")
-
-    def _command(self, name: str, args: list[str]) -> str | None:
-        handlers: dict[str, Callable[[list[str]], str | None]] = {
-            "startup": self._cmd_startup,
-            "shutdown": self._cmd_shutdown,
-            "status": self._cmd_status,
-            "wd": lambda _: str(self.dir),
-            "client-config": self._cmd_client_config,
-            "env": self._cmd_env,
-            "emit": self._cmd_emit,
-            "help": lambda _: COMMANDS_HELP,
-        }
-        handler = handlers.get(name)
-        if handler is None:
-            raise CommandError(f"unknown command {name} (try help)")
-        return handler(args)
-
-    def _cmd_startup(self, _args: list[str]) -> None:
-        if self.up:
-            raise CommandError("the environment is already up (shutdown first)")
-        try:
-            self._startup()
-        except Interrupted:
-            raise
-        except Exception as exc:
-            if isinstance(exc, BusError):
-                message = f"the bus answered: {exc}{_messages(exc)}"
-            elif isinstance(exc, RunError):
-                message = str(exc)
-            else:  # a bug, or an unexpected failure: the details on stderr
-                self.err.print_exception()
-                message = _describe(exc)
-            self.fail(message)
-            self._shutdown()
-            first, _, more = message.partition("\n")
-            more_text = " (more on stderr)" if more else ""
-            raise CommandError(f"startup failed: {first}{more_text}") from None
-        return None
-
-    def _cmd_shutdown(self, _args: list[str]) -> None:
-        self._shutdown()  # stopping what is already stopped does nothing
-        return None
-
-    def _require_up(self) -> None:
-        if not self.up:
-            raise CommandError("the environment is not up: run startup first")
-
-    def _cmd_client_config(self, args: list[str]) -> str:
-        if len(args) != 1:
-            raise CommandError("usage: client-config ACCOUNT")
-        self._require_up()
-        state = self.accounts.get(args[0])
-        nats = ", ".join(n for n, s in self.accounts.items() if s.client_config) or "none"
-        if state is None:
-            raise CommandError(f"no account {args[0]} in the file (NATS accounts: {nats})")
-        if state.client_config is None:
-            raise CommandError(
-                f"account {args[0]} is not a NATS account: it has no client configuration "
-                f"(NATS accounts: {nats})"
-            )
-        return str(state.client_config)
-
-    def _cmd_env(self, _args: list[str]) -> str:
-        self._require_up()
-        return str(self.dir / ENV_JSON)
-
-    def _cmd_status(self, _args: list[str]) -> str:
-        status = {
-            "state": "up" if self.up else "down",
-            "directory": str(self.dir),
-            "url": self.url if self.up else None,
-            "nats_url": self.nats_url,
-            "database": self.database,
-            "processes": {
-                child.name: {"pid": child.process.pid, "running": child.process.poll() is None}
-                for child in self.children
-            },
-        }
-        return json.dumps(status)
-
-    def _cmd_emit(self, args: list[str]) -> str:
-        count = len(self.env.spec.emit)
-        try:
-            indexes = [int(a) for a in args] if args else list(range(count))
-        except ValueError:
-            raise CommandError(
-                "usage: emit [INDEX...] (indexes of the file's emit steps)"
-            ) from None
-        wrong = [i for i in indexes if not 0 <= i < count]
-        if wrong:
-            raise CommandError(f"no emit step {wrong[0]} (the file has {count}: 0 to {count - 1})")
-        if not indexes:
-            raise CommandError("the file has no emit steps")
-        self._require_up()
-        try:
-            with BusHttp(self.url, self.admin_key) as admin:
-                results = self._emit(admin, indexes)
-        except BusError as exc:
-            raise CommandError(f"the bus answered: {exc}") from None
-        self._print_results(results)
-        summary = {
-            "ok": all(r.ok for r in results),
-            "met": sum(r.ok for r in results),
-            "total": len(results),
-            "results": [
-                {
-                    "index": r.index,
-                    "emitter": r.emitter,
-                    "process_id": r.process_id,
-                    "expected": r.expect,
-                    "got": r.got,
-                    "ok": r.ok,
-                }
-                for r in results
-            ],
-        }
-        return json.dumps(summary)
-
-    def _watch(self) -> None:
-        """While waiting for a command: a child that died is told on stderr; without xbusd
-        the environment is down (the next command says so)."""
-        for child in self.children:
-            code = child.process.poll()
-            if code is None or not child.watched:
-                continue
-            child.watched = False
-            if child.name == "xbusd":
-                self.fail(f"xbusd exited with code {code}; see {child.log}; stopping the rest")
-                self._shutdown()
-                return
-            self.fail(f"the actors of {child.name} exited with code {code}; see {child.log}")
-
-    def _reply(self, line: str) -> None:
-        self._write(" ".join(line.splitlines()) + "\n")
-
-    def _write(self, text: str) -> None:
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except (BrokenPipeError, ValueError):
-            # Nobody reads the replies any more: stop everything, quietly.
-            with contextlib.suppress(OSError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            raise Interrupted(signal.SIGPIPE) from None
 
     def _account_of(self, actor: str) -> str:
         found = self.env.actor(actor)
@@ -1027,7 +833,7 @@ class FullEnv:
         ]
         return "\n".join(lines)
 
-    def _print_results(self, results: list[EmitResult]) -> None:
+    def print_results(self, results: list[EmitResult]) -> None:
         table = Table(title="emit", show_edge=False, header_style="bold")
         for column in ("#", "emitter", "process", "expected", "got", ""):
             table.add_column(column, overflow="fold")
@@ -1043,34 +849,6 @@ class FullEnv:
             f"{passed}/{len(results)} expectations met",
             style="green" if passed == len(results) else "red",
         )
-
-
-class _Lines:
-    """Lines of a file descriptor, read without blocking the main thread for long: `idle`
-    runs every 0.2 s while no line is complete (signals are handled meanwhile)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = b""
-        self.eof = False
-
-    def next(self, idle: Callable[[], None]) -> str | None:
-        while True:
-            if b"\n" in self.buffer:
-                line, _, self.buffer = self.buffer.partition(b"\n")
-                return line.decode("utf-8", "replace")
-            if self.eof:
-                rest, self.buffer = self.buffer, b""
-                return rest.decode("utf-8", "replace") if rest else None
-            ready, _, _ = select.select([self.fd], [], [], 0.2)
-            if not ready:
-                idle()
-                continue
-            chunk = os.read(self.fd, 65536)
-            if chunk:
-                self.buffer += chunk
-            else:
-                self.eof = True
 
 
 def plain_dsn(dsn: str) -> str:
@@ -1100,7 +878,7 @@ async def _pg_execute(dsn: str, statement: str) -> None:
         await conn.close()
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -1110,14 +888,14 @@ def _step(what: str) -> Iterator[None]:
     try:
         yield
     except BusError as exc:
-        raise RunError(f"{what}: {exc}{_messages(exc)}") from None
+        raise RunError(f"{what}: {exc}{bus_messages(exc)}") from None
 
 
 def _path_to_draft(status: str) -> list[str]:
     return {"active": ["inactive", "draft"], "inactive": ["draft"]}.get(status, [])
 
 
-def _messages(exc: BusError) -> str:
+def bus_messages(exc: BusError) -> str:
     lines = []
     for message in exc.problem.get("validation_messages") or []:
         node = f" [node {message.get('node_id')}]" if message.get("node_id") else ""
