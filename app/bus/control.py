@@ -36,6 +36,7 @@ from app.models.enums import (
     RequestStatus,
 )
 from app.pipelines.graph import Graph
+from app.pipelines.service import PipelineRef
 
 CANCELED = "canceled"
 ACTIVE = (ProcessStatus.INITIAL, ProcessStatus.RUNNING, ProcessStatus.PAUSED)
@@ -249,4 +250,4 @@ async def _same_route(
         raise Conflict(
             f"pipeline {stored.name} {stored.version} no longer has emitter {emitter.name!r}"
         )
-    return Route(stored, graph, (matching or candidates)[0])
+    return Route(PipelineRef.of(stored), graph, (matching or candidates)[0])

@@ -13,7 +13,7 @@ from app.core.exceptions import Unprocessable
 from app.models import Actor, Pipeline
 from app.models.enums import ActorKind, ActorStatus
 from app.pipelines.graph import Graph, Node
-from app.pipelines.service import active_pipelines
+from app.pipelines.service import PipelineRef, active_pipelines
 from app.pipelines.service import pipeline_graph as stored_graph
 
 
@@ -32,7 +32,7 @@ def node_refers_to(node: Node, actor: Actor) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    pipeline: Pipeline
+    pipeline: PipelineRef
     graph: Graph
     node: Node
 

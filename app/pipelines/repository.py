@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,14 +61,25 @@ async def list_page(
     return (await session.execute(query)).scalars().all()
 
 
-async def list_active(session: AsyncSession) -> Sequence[Pipeline]:
+async def active_refs(session: AsyncSession) -> list[tuple[uuid.UUID, str, str, datetime]]:
+    """(id, name, version, updated_at) of the active pipelines, in creation order: what the
+    router reads on every emission, without the graphs (they come from a cache)."""
     query = (
-        sa.select(Pipeline)
-        .options(defer(Pipeline.source, raiseload=True))
+        sa.select(Pipeline.id, Pipeline.name, Pipeline.version, Pipeline.updated_at)
         .where(Pipeline.status == PipelineStatus.ACTIVE)
         .order_by(Pipeline.created_at, Pipeline.id)
     )
-    return (await session.execute(query)).scalars().all()
+    return [(pid, name, version, at) for pid, name, version, at in await session.execute(query)]
+
+
+async def graphs(
+    session: AsyncSession, ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, tuple[datetime, dict[str, Any] | None]]:
+    """The stored graphs of these pipelines, each with the updated_at it goes with."""
+    rows = await session.execute(
+        sa.select(Pipeline.id, Pipeline.updated_at, Pipeline.graph).where(Pipeline.id.in_(ids))
+    )
+    return {pid: (updated_at, graph) for pid, updated_at, graph in rows}
 
 
 def add(session: AsyncSession, pipeline: Pipeline) -> None:

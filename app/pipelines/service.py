@@ -371,7 +371,7 @@ async def _overlap_warnings(
 
 
 def _overlap(
-    resolver: DbActorResolver, node: Node, other: Pipeline, other_node: Node
+    resolver: DbActorResolver, node: Node, other: PipelineRef, other_node: Node
 ) -> str | None:
     types = sorted(set(node.eventtypes) & set(other_node.eventtypes))
     if not types:
@@ -405,30 +405,58 @@ _graph_cache: dict[uuid.UUID, tuple[datetime, Graph]] = {}
 _GRAPH_CACHE_MAX = 1000
 
 
-def pipeline_graph(pipeline: Pipeline) -> Graph | None:
-    """The parsed graph of a stored pipeline (None when it has no usable graph)."""
-    cached = _graph_cache.get(pipeline.id)
-    if cached is not None and cached[0] == pipeline.updated_at:
-        return cached[1]
-    if pipeline.graph is None:
+@dataclass(frozen=True, slots=True)
+class PipelineRef:
+    """Who a pipeline is, for routing and messages (its graph comes from the cache)."""
+
+    id: uuid.UUID
+    name: str
+    version: str
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> PipelineRef:
+        return cls(pipeline.id, pipeline.name, pipeline.version, pipeline.updated_at)
+
+
+def _cached(pipeline_id: uuid.UUID, updated_at: datetime) -> Graph | None:
+    cached = _graph_cache.get(pipeline_id)
+    return cached[1] if cached is not None and cached[0] == updated_at else None
+
+
+def _remember(
+    pipeline_id: uuid.UUID, updated_at: datetime, raw: dict[str, Any] | None
+) -> Graph | None:
+    if raw is None:
         return None
-    graph, _ = parse_graph(pipeline.graph)
+    graph, _ = parse_graph(raw)
     if graph is None:
         return None
     if len(_graph_cache) >= _GRAPH_CACHE_MAX:
         _graph_cache.clear()
-    _graph_cache[pipeline.id] = (pipeline.updated_at, graph)
+    _graph_cache[pipeline_id] = (updated_at, graph)
     return graph
 
 
-async def active_pipelines(session: AsyncSession) -> list[tuple[Pipeline, Graph]]:
-    """The active pipelines, in creation order, each with its parsed graph.
+def pipeline_graph(pipeline: Pipeline) -> Graph | None:
+    """The parsed graph of a stored pipeline (None when it has no usable graph)."""
+    cached = _cached(pipeline.id, pipeline.updated_at)
+    if cached is not None:
+        return cached
+    return _remember(pipeline.id, pipeline.updated_at, pipeline.graph)
 
-    The pipelines are loaded without `source` (accessing it raises).
-    """
-    result: list[tuple[Pipeline, Graph]] = []
-    for pipeline in await repository.list_active(session):
-        graph = pipeline_graph(pipeline)
+
+async def active_pipelines(session: AsyncSession) -> list[tuple[PipelineRef, Graph]]:
+    """The active pipelines, in creation order, each with its parsed graph. Graphs are read
+    from the database only when the cache does not hold their current version."""
+    refs = [PipelineRef(*row) for row in await repository.active_refs(session)]
+    missing = [ref.id for ref in refs if _cached(ref.id, ref.updated_at) is None]
+    stored = await repository.graphs(session, missing) if missing else {}
+    result: list[tuple[PipelineRef, Graph]] = []
+    for ref in refs:
+        graph = _cached(ref.id, ref.updated_at)
+        if graph is None and ref.id in stored:
+            graph = _remember(ref.id, *stored[ref.id])
         if graph is not None:
-            result.append((pipeline, graph))
+            result.append((ref, graph))
     return result
