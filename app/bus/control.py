@@ -22,12 +22,19 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.director import Director, ProcessContext, add_log, utcnow
+from app.bus.director import (
+    Director,
+    ProcessContext,
+    add_log,
+    lock_process_row,
+    process_nodes,
+    utcnow,
+)
 from app.bus.notify import actor_key, notify_after_commit, process_key
 from app.bus.routing import Route, node_refers_to, pipeline_graph
 from app.core.exceptions import Conflict, NotFound
 from app.envelopes.repository import event_types
-from app.models import Actor, ActorRequest, Envelope, Pipeline, Process, ProcessNode
+from app.models import Actor, ActorRequest, Envelope, Pipeline, Process
 from app.models.enums import (
     ActorStatus,
     EnvelopeStatus,
@@ -51,24 +58,10 @@ class ReplayPipeline(enum.StrEnum):
 
 
 async def lock_process(session: AsyncSession, process_id: uuid.UUID) -> ProcessContext:
-    process = (
-        await session.execute(
-            sa.select(Process)
-            .where(Process.id == process_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    process = await lock_process_row(session, process_id)
     if process is None:
         raise NotFound(f"no process {process_id}")
-    nodes = (
-        await session.execute(
-            sa.select(ProcessNode)
-            .where(ProcessNode.process_id == process_id)
-            .execution_options(populate_existing=True)
-        )
-    ).scalars()
-    return ProcessContext(process, _NO_GRAPH, {n.node_id: n for n in nodes})
+    return ProcessContext(process, _NO_GRAPH, await process_nodes(session, process_id))
 
 
 def _by(operator: str | None) -> str:

@@ -103,6 +103,30 @@ def channel_for(actor: Actor) -> RequestChannel:
     return RequestChannel.POLL
 
 
+async def lock_process_row(
+    session: AsyncSession, process_id: uuid.UUID, *, skip_locked: bool = False
+) -> Process | None:
+    """The process row, locked FOR UPDATE and read afresh: every change to one process is
+    made under this lock (process first, then its requests)."""
+    query = (
+        sa.select(Process)
+        .where(Process.id == process_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def process_nodes(session: AsyncSession, process_id: uuid.UUID) -> dict[str, ProcessNode]:
+    """The process's node states, read afresh, by node id."""
+    nodes = await session.execute(
+        sa.select(ProcessNode)
+        .where(ProcessNode.process_id == process_id)
+        .execution_options(populate_existing=True)
+    )
+    return {n.node_id: n for n in nodes.scalars()}
+
+
 def lease_due(
     filters: list[sa.ColumnElement[bool]],
     *,
@@ -395,27 +419,14 @@ class Director:
     async def lock_context(
         self, session: AsyncSession, process_id: uuid.UUID, *, skip_locked: bool = False
     ) -> ProcessContext | None:
-        query = (
-            sa.select(Process)
-            .where(Process.id == process_id)
-            .with_for_update(skip_locked=skip_locked)
-        )
-        process = (
-            await session.execute(query.execution_options(populate_existing=True))
-        ).scalar_one_or_none()
+        process = await lock_process_row(session, process_id, skip_locked=skip_locked)
         if process is None:
             return None
         pipeline = await session.get(Pipeline, process.pipeline_id) if process.pipeline_id else None
         if pipeline is None:
             raise Conflict(f"the pipeline of process {process_id} no longer exists")
-        nodes = (
-            await session.execute(
-                sa.select(ProcessNode)
-                .where(ProcessNode.process_id == process_id)
-                .execution_options(populate_existing=True)
-            )
-        ).scalars()
-        return ProcessContext(process, pipeline_graph(pipeline), {n.node_id: n for n in nodes})
+        nodes = await process_nodes(session, process_id)
+        return ProcessContext(process, pipeline_graph(pipeline), nodes)
 
     async def _lock_request(
         self, session: AsyncSession, request_id: uuid.UUID, *, skip_locked: bool = False

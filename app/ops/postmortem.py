@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.bus.director import lock_process_row
 from app.core.exceptions import BadRequest, Conflict, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models import LogEntry, Process
@@ -84,7 +85,7 @@ async def list_postmortems(
 async def update_postmortem(
     session: AsyncSession, process_id: uuid.UUID, data: PostmortemUpdate
 ) -> ProcessRead:
-    process = await repository.lock_process(session, process_id)
+    process = await lock_process_row(session, process_id)
     if process is None:
         raise NotFound(f"no process {process_id}")
     if process.pm_level is None:

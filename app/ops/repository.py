@@ -298,17 +298,6 @@ async def first_logs(
     return list(rows.scalars())
 
 
-async def lock_process(session: AsyncSession, process_id: uuid.UUID) -> Process | None:
-    return (
-        await session.execute(
-            sa.select(Process)
-            .where(Process.id == process_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
-
-
 # ---------------------------------------------------------------------------- summary
 async def process_counts(session: AsyncSession, conds: Conditions) -> Rows:
     """(pipeline id, name, version, emitter id, name, status, acked, count) groups."""
