@@ -566,46 +566,58 @@ class Topology:
     consumers: list[str]
 
 
+async def post_json(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], expect: int = 201
+) -> dict[str, Any]:
+    r = await client.post(path, json=body)
+    if r.status_code != expect:
+        raise RuntimeError(f"POST {path}: {r.status_code} {r.text}")
+    data: dict[str, Any] = r.json()
+    return data
+
+
+async def bench_emitter(admin: httpx.AsyncClient, tag: str) -> tuple[dict[str, Any], str]:
+    """A gateway account of its own and its emitter: (the account, the emitter's name)."""
+    body = {"name": f"bench-{tag}", "type": "gateway"}
+    account = await post_json(admin, "/api/v1/accounts", body)
+    emitter = f"bench-emitter-{tag}"
+    body = {"name": emitter, "kind": "emitter", "account_id": account["id"]}
+    await post_json(admin, "/api/v1/actors", body)
+    return account, emitter
+
+
+async def activate_hop(
+    admin: httpx.AsyncClient, tag: str, emitter: str, sink: dict[str, Any]
+) -> None:
+    """An active pipeline `emitter -> sink` (the consumer node's actors or roles)."""
+    graph = {
+        "nodes": [
+            {
+                "id": "emit",
+                "type": "emitter",
+                "actors": [emitter],
+                "sourcematch": {"eventtypes": [EVENT_TYPE]},
+            },
+            {"id": "sink", "type": "consumer", **sink},
+        ],
+        "edges": ["emit->sink"],
+    }
+    body = {"name": f"bench-{tag}", "version": "1", "graph": graph}
+    pipeline = await post_json(admin, "/api/v1/pipelines", body)
+    if not pipeline["valid"]:
+        raise RuntimeError(f"pipeline invalid: {pipeline['validation_messages']}")
+    await post_json(admin, f"/api/v1/pipelines/{pipeline['id']}/status", {"status": "active"}, 200)
+
+
 async def create_topology(base_url: str, admin_key: str, consumers: int) -> Topology:
     tag = secrets.token_hex(3)
     async with new_client(base_url, {"Authorization": f"Bearer {admin_key}"}) as admin:
-
-        async def post(path: str, body: dict[str, Any], expect: int = 201) -> dict[str, Any]:
-            r = await admin.post(path, json=body)
-            if r.status_code != expect:
-                raise RuntimeError(f"POST {path}: {r.status_code} {r.text}")
-            data: dict[str, Any] = r.json()
-            return data
-
-        account = await post("/api/v1/accounts", {"name": f"bench-{tag}", "type": "gateway"})
-        emitter = f"bench-emitter-{tag}"
-        await post(
-            "/api/v1/actors", {"name": emitter, "kind": "emitter", "account_id": account["id"]}
-        )
+        account, emitter = await bench_emitter(admin, tag)
         names = [f"bench-consumer-{tag}-{i}" for i in range(consumers)]
         for name in names:
-            await post(
-                "/api/v1/actors",
-                {"name": name, "kind": "consumer", "account_id": account["id"], "roles": [ROLE]},
-            )
-        graph = {
-            "nodes": [
-                {
-                    "id": "emit",
-                    "type": "emitter",
-                    "actors": [emitter],
-                    "sourcematch": {"eventtypes": [EVENT_TYPE]},
-                },
-                {"id": "sink", "type": "consumer", "roles": [ROLE]},
-            ],
-            "edges": ["emit->sink"],
-        }
-        pipeline = await post(
-            "/api/v1/pipelines", {"name": f"bench-{tag}", "version": "1", "graph": graph}
-        )
-        if not pipeline["valid"]:
-            raise RuntimeError(f"pipeline invalid: {pipeline['validation_messages']}")
-        await post(f"/api/v1/pipelines/{pipeline['id']}/status", {"status": "active"}, 200)
+            body = {"name": name, "kind": "consumer", "account_id": account["id"]}
+            await post_json(admin, "/api/v1/actors", {**body, "roles": [ROLE]})
+        await activate_hop(admin, tag, emitter, {"roles": [ROLE]})
     return Topology(emitter, account["api_key"], names)
 
 

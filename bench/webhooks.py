@@ -43,18 +43,20 @@ from app.runtime.embedded import EmbeddedRuntime
 from app.webhooks.client import ConnectionPool, Target
 from app.webhooks.signing import signature_headers
 from bench.http_bus import (
-    EVENT_TYPE,
     HOST,
     LOADGEN,
     Children,
     CpuMeter,
     Sample,
+    activate_hop,
+    bench_emitter,
     fmt,
     latency_ms,
     log_problems,
     machine,
     make_body,
     new_client,
+    post_json,
     post_load,
     rate,
     run_async,
@@ -246,44 +248,16 @@ async def topology(
 ) -> tuple[str, str]:
     tag = secrets.token_hex(3)
     async with new_client(base_url, {"Authorization": f"Bearer {admin_key}"}) as admin:
-
-        async def post(path: str, body: dict[str, Any], expect: int = 201) -> dict[str, Any]:
-            r = await admin.post(path, json=body)
-            if r.status_code != expect:
-                raise RuntimeError(f"POST {path}: {r.status_code} {r.text}")
-            data: dict[str, Any] = r.json()
-            return data
-
-        account = await post("/api/v1/accounts", {"name": f"bench-{tag}", "type": "gateway"})
-        emitter, sink = f"bench-emitter-{tag}", f"bench-webhook-{tag}"
-        await post(
-            "/api/v1/actors", {"name": emitter, "kind": "emitter", "account_id": account["id"]}
-        )
+        account, emitter = await bench_emitter(admin, tag)
+        sink = f"bench-webhook-{tag}"
         config = {
             "http.webhook.url": hook_url,
             "http.webhook.secret": SECRET,
             "http.webhook.concurrency": str(concurrency),
         }
-        await post(
-            "/api/v1/actors",
-            {"name": sink, "kind": "consumer", "account_id": account["id"], "config": config},
-        )
-        graph = {
-            "nodes": [
-                {
-                    "id": "emit",
-                    "type": "emitter",
-                    "actors": [emitter],
-                    "sourcematch": {"eventtypes": [EVENT_TYPE]},
-                },
-                {"id": "sink", "type": "consumer", "actors": [sink]},
-            ],
-            "edges": ["emit->sink"],
-        }
-        pipeline = await post(
-            "/api/v1/pipelines", {"name": f"bench-{tag}", "version": "1", "graph": graph}
-        )
-        await post(f"/api/v1/pipelines/{pipeline['id']}/status", {"status": "active"}, 200)
+        body = {"name": sink, "kind": "consumer", "account_id": account["id"], "config": config}
+        await post_json(admin, "/api/v1/actors", body)
+        await activate_hop(admin, tag, emitter, {"actors": [sink]})
     return emitter, account["api_key"]
 
 
