@@ -36,7 +36,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         async_url(settings.database_url),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        # No ping at each checkout (a round trip per request): a connection found broken
+        # when used is dropped by the pool, and the request answers 503 (app/core/errors.py).
         connect_args={"server_settings": {"application_name": "xbusd"}},
     )
 

@@ -19,6 +19,7 @@ from app.actors import router as actors_router
 from app.bus.director import Director, Limits
 from app.bus.doorbell import doorbell
 from app.bus.notify import Notifier
+from app.bus.routing import Targets
 from app.certs.pki import CertificateAuthority
 from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
@@ -37,6 +38,7 @@ from app.registrations import router as registrations_router
 from app.requests import router as requests_router
 from app.sentry import close_sentry, init_sentry
 from app.state import AppState
+from app.store.cache import Cache
 from app.version import version
 from app.webhooks import router as webhooks_router
 
@@ -91,8 +93,10 @@ def create_app(settings: Settings) -> FastAPI:
         engine = create_engine(settings)
         notifier = Notifier()
         notifier.bind(asyncio.get_running_loop())
+        cache = Cache(notifier)
         director = Director(
-            Limits(settings.request_max_attempts, timedelta(seconds=settings.request_lease))
+            Limits(settings.request_max_attempts, timedelta(seconds=settings.request_lease)),
+            Targets(cache),
         )
         state = AppState(
             settings=settings,
@@ -100,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
             nats=None,
             director=director,
             notifier=notifier,
+            cache=cache,
         )
         app.state.xbus = state
         sentry = init_sentry(settings)

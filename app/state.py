@@ -12,6 +12,7 @@ from app.certs.pki import CertificateAuthority
 from app.config import Settings
 from app.db import Database
 from app.nats import NatsConnection
+from app.store.cache import Cache
 
 
 @dataclass
@@ -21,6 +22,8 @@ class AppState:
     nats: NatsConnection | None
     director: Director
     notifier: Notifier
+    # Principals, actors, routes: dropped on any change of them (app/store/cache.py).
+    cache: Cache
     ca: CertificateAuthority | None = None
     migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

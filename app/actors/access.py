@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +13,8 @@ from app.accounts.repository import storable_ref
 from app.core.deps import Principal
 from app.core.exceptions import NotFound
 from app.models import Actor
+from app.models.enums import ActorKind, ActorStatus
+from app.store.cache import Cache
 
 
 def _as_uuid(ref: str) -> uuid.UUID | None:
@@ -45,6 +49,48 @@ async def load_owned_actor(
     """The admin reaches every actor, an account its own; another account's actor answers 404
     as if it did not exist, so names do not leak across accounts."""
     actor = await find_actor(session, ref, for_update=for_update)
+    if actor is None or not (principal.admin or actor.account_id == principal.account_id):
+        raise NotFound(f"no actor {ref!r}")
+    return actor
+
+
+@dataclass(frozen=True, slots=True)
+class ActorInfo:
+    """What the hot paths (emit, poll) need of an actor, as cached."""
+
+    id: uuid.UUID
+    name: str
+    account_id: uuid.UUID
+    kind: ActorKind
+    status: ActorStatus
+    roles: list[str]
+    unresponsive: bool
+    last_seen: datetime | None
+
+    @classmethod
+    def of(cls, actor: Actor) -> ActorInfo:
+        return cls(
+            actor.id,
+            actor.name,
+            actor.account_id,
+            actor.kind,
+            actor.status,
+            list(actor.roles),
+            actor.unresponsive,
+            actor.last_seen,
+        )
+
+
+async def _info(session: AsyncSession, ref: str) -> ActorInfo | None:
+    actor = await find_actor(session, ref)
+    return ActorInfo.of(actor) if actor is not None else None
+
+
+async def owned_actor_info(
+    session: AsyncSession, cache: Cache, principal: Principal, ref: str
+) -> ActorInfo:
+    """`load_owned_actor` from the cache (dropped on any change of actors)."""
+    actor = await cache.get(("actor", ref), lambda: _info(session, ref))
     if actor is None or not (principal.admin or actor.account_id == principal.account_id):
         raise NotFound(f"no actor {ref!r}")
     return actor

@@ -22,15 +22,8 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.director import (
-    Director,
-    ProcessContext,
-    add_log,
-    lock_process_row,
-    process_nodes,
-    utcnow,
-)
-from app.bus.notify import actor_key, notify_after_commit, process_key
+from app.bus.director import Director, ProcessContext, ProcessRow, add_log, utcnow
+from app.bus.notify import actor_key, process_key
 from app.bus.routing import Route, node_refers_to, pipeline_graph
 from app.core.exceptions import Conflict, NotFound
 from app.envelopes.repository import event_types
@@ -42,14 +35,10 @@ from app.models.enums import (
     ProcessStatus,
     RequestStatus,
 )
-from app.pipelines.graph import Graph
 from app.pipelines.service import PipelineRef
 
 CANCELED = "canceled"
 ACTIVE = (ProcessStatus.INITIAL, ProcessStatus.RUNNING, ProcessStatus.PAUSED)
-
-# Control never walks the graph (a process whose pipeline was deleted can still be canceled).
-_NO_GRAPH = Graph(nodes={}, edges=())
 
 
 class ReplayPipeline(enum.StrEnum):
@@ -57,51 +46,56 @@ class ReplayPipeline(enum.StrEnum):
     CURRENT = "current"  # the active pipeline that takes the envelope today
 
 
-async def lock_process(session: AsyncSession, process_id: uuid.UUID) -> ProcessContext:
-    process = await lock_process_row(session, process_id)
-    if process is None:
+async def lock_process(
+    session: AsyncSession, director: Director, process_id: uuid.UUID
+) -> ProcessContext:
+    # Control never walks the graph (a process whose pipeline was deleted can be canceled).
+    ctx = await director.lock_context(session, process_id, graph=False)
+    if ctx is None:
         raise NotFound(f"no process {process_id}")
-    return ProcessContext(process, _NO_GRAPH, await process_nodes(session, process_id))
+    return ctx
 
 
 def _by(operator: str | None) -> str:
     return f" by {operator}" if operator else ""
 
 
-def _refuse(process: Process, action: str, allowed: str) -> Conflict:
+def _refuse(process: ProcessRow, action: str, allowed: str) -> Conflict:
     return Conflict(
         f"process {process.id} is {process.status.value}; only {allowed} process can be {action}",
         extra={"process_status": process.status.value},
     )
 
 
-def _set_status(process: Process, status: ProcessStatus) -> None:
-    now = utcnow()
-    process.status = status
-    process.status_changed_at = now
+def _set_status(ctx: ProcessContext, status: ProcessStatus) -> None:
+    ctx.process.status = status
+    ctx.process.status_changed_at = utcnow()
+    ctx.changes.process = True
+    ctx.notify.add(process_key(ctx.process.id))
 
 
-async def pause(session: AsyncSession, process_id: uuid.UUID, *, operator: str | None) -> Process:
-    ctx = await lock_process(session, process_id)
+async def pause(
+    session: AsyncSession, director: Director, process_id: uuid.UUID, *, operator: str | None
+) -> ProcessRow:
+    ctx = await lock_process(session, director, process_id)
     process = ctx.process
     if process.status not in (ProcessStatus.INITIAL, ProcessStatus.RUNNING):
         raise _refuse(process, "paused", "a running")
-    _set_status(process, ProcessStatus.PAUSED)
-    add_log(session, LogLevel.NOTICE, f"process paused{_by(operator)}", process_id=process.id)
-    notify_after_commit(session, process_key(process.id))
-    await session.flush()
+    _set_status(ctx, ProcessStatus.PAUSED)
+    ctx.log(LogLevel.NOTICE, f"process paused{_by(operator)}")
+    await director.save(session, ctx)
     return process
 
 
 async def resume(
     session: AsyncSession, director: Director, process_id: uuid.UUID, *, operator: str | None
-) -> Process:
-    ctx = await lock_process(session, process_id)
+) -> ProcessRow:
+    ctx = await lock_process(session, director, process_id)
     process = ctx.process
     if process.status != ProcessStatus.PAUSED:
         raise _refuse(process, "resumed", "a paused")
-    _set_status(process, ProcessStatus.RUNNING)
-    add_log(session, LogLevel.NOTICE, f"process resumed{_by(operator)}", process_id=process.id)
+    _set_status(ctx, ProcessStatus.RUNNING)
+    ctx.log(LogLevel.NOTICE, f"process resumed{_by(operator)}")
     waiting = await session.scalars(
         sa.select(ActorRequest.actor_id)
         .where(
@@ -113,17 +107,15 @@ async def resume(
     )
     for actor_id in waiting:
         if actor_id is not None:
-            notify_after_commit(session, actor_key(actor_id))
+            ctx.notify.add(actor_key(actor_id))
     await director.settle(session, ctx)
-    notify_after_commit(session, process_key(process.id))
-    await session.flush()
     return process
 
 
 async def cancel(
     session: AsyncSession, director: Director, process_id: uuid.UUID, *, operator: str | None
-) -> Process:
-    ctx = await lock_process(session, process_id)
+) -> ProcessRow:
+    ctx = await lock_process(session, director, process_id)
     process = ctx.process
     if process.status not in ACTIVE:
         raise _refuse(process, "canceled", "a running or paused")
@@ -148,7 +140,7 @@ async def cancel_stalled(
     """Cancel a process that waits on an envelope upload that stalled (the supervision duty).
     False when the process already ended."""
     try:
-        ctx = await lock_process(session, process_id)
+        ctx = await lock_process(session, director, process_id)
     except NotFound:
         return False
     if ctx.process.status not in ACTIVE:
@@ -171,7 +163,7 @@ async def replay(
     *,
     pipeline: ReplayPipeline,
     operator: str | None,
-) -> Process:
+) -> ProcessRow:
     original = (
         await session.execute(
             sa.select(Process)

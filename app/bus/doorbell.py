@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 
 from app.bus.notify import Notifier
 from app.nats import NatsConnection
@@ -21,13 +22,19 @@ async def doorbell(nats: NatsConnection, notifier: Notifier) -> None:
     client = nats.client
     assert client is not None
 
+    # The first line names the ringing replica: it woke its own waiters already, so it skips
+    # its own ring (no echo: a commit wakes each waiter once).
+    origin = uuid.uuid4().hex
+
     async def ring(keys: list[str]) -> None:
         if client.is_connected:
-            await client.publish(SUBJECT, "\n".join(keys).encode())
+            await client.publish(SUBJECT, "\n".join([origin, *keys]).encode())
 
     async def on_ring(msg: object) -> None:
         data: bytes = msg.data  # type: ignore[attr-defined]
-        notifier.wake_local(data.decode().split("\n"))
+        sender, *keys = data.decode().split("\n")
+        if sender != origin:
+            notifier.wake_local(keys)
 
     subscription = await client.subscribe(SUBJECT, cb=on_ring)
     notifier.remote = ring

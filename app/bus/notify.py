@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,11 @@ _PENDING = "xbus_notify"
 _CALLBACKS = "xbus_on_commit"
 
 
-ANY = "*"  # wait(ANY) wakes on every key: dispatchers that serve many actors
+ANY = "*"  # wait(ANY) wakes on every key
+# Requests for actors connected over NATS are due: the NATS dispatcher claims them.
+NATS_WORK = "nats.work"
+# Accounts, keys, actors or pipelines changed: caches of them are dropped (app.store.cache).
+CONFIG = "config"
 
 
 def actor_key(actor_id: uuid.UUID) -> str:
@@ -40,12 +44,16 @@ class Notifier:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.remote: Callable[[list[str]], Awaitable[None]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Raised by every committed change of accounts, actors or pipelines (CONFIG).
+        self.generation = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def wake_local(self, keys: Iterable[str]) -> None:
         keys = list(keys)
+        if CONFIG in keys:
+            self.generation += 1
         if keys:
             for waiter in self._waiters.get(ANY, ()):
                 waiter.set()
@@ -96,6 +104,31 @@ def on_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> 
     work that was rolled back)."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
     sync.info.setdefault(_CALLBACKS, []).append(callback)
+
+
+def _config_classes() -> tuple[type, ...]:
+    from app.models import Account, Actor, Pipeline, SessionToken
+
+    return (Account, Actor, Pipeline, SessionToken)
+
+
+@event.listens_for(Session, "before_flush")
+def _config_flushed(session: Session, _context: object, _instances: object) -> None:
+    """A change of an account, key, actor or pipeline drops the caches once committed."""
+    classes = _config_classes()
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, classes):
+            notify_after_commit(session, CONFIG)
+            return
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _config_statement(state: ORMExecuteState) -> None:
+    if state.is_select:
+        return
+    classes = _config_classes()
+    if any(mapper.class_ in classes for mapper in state.all_mappers):
+        notify_after_commit(state.session, CONFIG)
 
 
 @event.listens_for(Session, "after_commit")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.exceptions import Unprocessable
 from app.models import Actor, Pipeline
-from app.models.enums import ActorKind, ActorStatus
+from app.models.enums import ActorKind, ActorStatus, RequestChannel
 from app.pipelines.graph import Graph, Node
 from app.pipelines.service import PipelineRef, active_pipelines
 from app.pipelines.service import pipeline_graph as stored_graph
+from app.store.cache import Cache
 
 
 def pipeline_graph(pipeline: Pipeline) -> Graph:
@@ -24,7 +26,7 @@ def pipeline_graph(pipeline: Pipeline) -> Graph:
     return graph
 
 
-def node_refers_to(node: Node, actor: Actor) -> bool:
+def node_refers_to(node: Node, actor: Any) -> bool:
     if actor.name in node.actors or str(actor.id) in node.actors:
         return True
     return bool(set(node.roles) & set(actor.roles))
@@ -37,11 +39,13 @@ class Route:
     node: Node
 
 
-async def route_for(session: AsyncSession, emitter: Actor, event_types: list[str]) -> Route:
-    """Exactly one active pipeline must take this emitter's envelope."""
+def choose_route(
+    pipelines: list[tuple[PipelineRef, Graph]], emitter: Any, event_types: list[str]
+) -> Route:
+    """Exactly one of these active pipelines must take this emitter's envelope."""
     routes: list[Route] = []
     other_types: list[str] = []
-    for pipeline, graph in await active_pipelines(session):
+    for pipeline, graph in pipelines:
         for node in graph.emitters():
             if not node_refers_to(node, emitter):
                 continue
@@ -89,9 +93,48 @@ def _next_turn(node: Node) -> int:
     return turn
 
 
-async def node_targets(session: AsyncSession, node: Node) -> list[Actor]:
-    """The enabled actors a node dispatches to: all of them with `rolebroadcast`, else one,
-    taken round-robin."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An enabled actor a node dispatches to, and the channel that reaches it."""
+
+    id: uuid.UUID
+    name: str
+    channel: RequestChannel
+
+
+def channel_for(config: dict[str, str], online: bool) -> RequestChannel:
+    if config.get("http.webhook.url"):
+        return RequestChannel.WEBHOOK
+    if online:
+        return RequestChannel.NATS
+    return RequestChannel.POLL
+
+
+class Targets:
+    """What routing reads on every emission and dispatch, cached: the active pipelines with
+    their graphs, and each node's enabled actors. Both are dropped on any change of actors,
+    accounts or pipelines (`Cache`: on this replica at once, on the others through the
+    doorbell) and after a few seconds at most."""
+
+    def __init__(self, cache: Cache | None = None) -> None:
+        self.cache = cache or Cache(None)
+
+    async def pipelines(self, session: AsyncSession) -> list[tuple[PipelineRef, Graph]]:
+        return await self.cache.get(("pipelines",), lambda: active_pipelines(session))
+
+    async def of_node(self, session: AsyncSession, node: Node) -> list[Target]:
+        key = ("targets", node.type, node.actors, node.roles, node.rolebroadcast)
+        return await self.cache.get(key, lambda: _enabled_actors(session, node))
+
+
+async def route_for(
+    session: AsyncSession, emitter: Any, event_types: list[str], targets: Targets
+) -> Route:
+    """Exactly one active pipeline must take this emitter's envelope."""
+    return choose_route(await targets.pipelines(session), emitter, event_types)
+
+
+async def _enabled_actors(session: AsyncSession, node: Node) -> list[Target]:
     ids = []
     names = []
     for ref in node.actors:
@@ -102,12 +145,23 @@ async def node_targets(session: AsyncSession, node: Node) -> list[Actor]:
     refers = [Actor.name.in_(names), Actor.id.in_(ids)]
     if node.roles:
         refers.append(Actor.roles.overlap(list(node.roles)))
-    query = sa.select(Actor).where(
-        Actor.status == ActorStatus.ENABLED, Actor.kind == ActorKind(node.type), sa.or_(*refers)
+    query = (
+        sa.select(Actor.id, Actor.name, Actor.config, Actor.online)
+        .where(
+            Actor.status == ActorStatus.ENABLED,
+            Actor.kind == ActorKind(node.type),
+            sa.or_(*refers),
+        )
+        .order_by(Actor.name if node.rolebroadcast else Actor.id)
     )
-    if node.rolebroadcast:
-        return list((await session.execute(query.order_by(Actor.name))).scalars())
-    candidates = list((await session.execute(query.order_by(Actor.id))).scalars())
-    if len(candidates) <= 1:
+    rows = await session.execute(query)
+    return [Target(i, name, channel_for(config or {}, online)) for i, name, config, online in rows]
+
+
+async def node_targets(session: AsyncSession, node: Node, targets: Targets) -> list[Target]:
+    """The enabled actors a node dispatches to: all of them with `rolebroadcast`, else one,
+    taken round-robin."""
+    candidates = await targets.of_node(session, node)
+    if node.rolebroadcast or len(candidates) <= 1:
         return candidates
     return [candidates[_next_turn(node) % len(candidates)]]

@@ -80,11 +80,24 @@ def _presented_key(request: Request) -> str | None:
     return key.strip() if key else None
 
 
-async def authenticate(request: Request, session: Session) -> Principal:
-    """Any valid key: 401 when missing, unknown or expired."""
+async def authenticate(request: Request, session: Session, state: State) -> Principal:
+    """Any valid key: 401 when missing, unknown or expired. Keys found are cached (dropped
+    on any change of accounts or keys)."""
     key = _presented_key(request)
     if not key:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or Xbus-Api-Key)")
+    digest = keys.digest(key)
+    found = await state.cache.get(("principal", digest.hash), lambda: _principal(session, key))
+    if found is None:
+        raise Unauthorized("the API key is not valid")
+    principal, expires_at = found
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise Unauthorized("the API key has expired")
+    return principal
+
+
+async def _principal(session: AsyncSession, key: str) -> tuple[Principal, datetime | None] | None:
+    """The account a key (or a session token) acts for, and when it expires."""
     digest = keys.digest(key)
     account = (
         await session.execute(sa.select(Account).where(Account.api_key_lookup == digest.lookup))
@@ -98,14 +111,13 @@ async def authenticate(request: Request, session: Session) -> Principal:
             )
         ).scalar_one_or_none()
         if token is None or not keys.matches(key, token.hash):
-            raise Unauthorized("the API key is not valid")
+            return None
         account = await session.get(Account, token.account_id)
         if account is None:
-            raise Unauthorized("the API key is not valid")
+            return None
         expires_at = token.expires_at
-    if expires_at is not None and expires_at <= datetime.now(UTC):
-        raise Unauthorized("the API key has expired")
-    return Principal(account.id, account.name, account.type, account.status, account.is_admin)
+    principal = Principal(account.id, account.name, account.type, account.status, account.is_admin)
+    return principal, expires_at
 
 
 AnyKey = Annotated[Principal, Depends(authenticate)]

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.exceptions import (
@@ -77,6 +79,17 @@ def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    ConnectionError,
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_xbus_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, XbusError)
@@ -124,7 +137,20 @@ def install_error_handlers(app: FastAPI) -> None:
             500, "internal error; the server log has the details", instance=request.url.path
         )
 
+    async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            503,
+            "the database is not reachable; retry shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
     app.add_exception_handler(XbusError, on_xbus_error)
+    # A lost connection (the database restarting, a connection killed) is met when it is
+    # used: no ping before each checkout. The pool drops the broken connection.
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, on_database_unavailable)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

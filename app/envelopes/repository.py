@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.exceptions import Conflict
 from app.envelopes.codec import EnvelopeData, EventData
 from app.models import Envelope, Event, Item
-from app.models.enums import EnvelopeStatus
+from app.store.connection import driver_connection
 
 _COPY_THRESHOLD = 200
 _BATCH = 2000
@@ -50,6 +49,24 @@ async def insert_items(session: AsyncSession, rows: Sequence[tuple[uuid.UUID, in
     )
 
 
+# A complete envelope, its events and (below the COPY threshold) its items, in one statement.
+_STORE = """
+WITH envelope AS (
+    INSERT INTO envelopes (id, emitter_id, process_id, node_id, output, status, event_count,
+        item_count, size_bytes, created_at, last_fragment_at, completed_at)
+    VALUES ($1, $2, $3, $4, $5, 'complete', $6, $7, $8, $9, $9, $9)
+),
+events AS (
+    INSERT INTO events (id, envelope_id, position, type, encoding, next_index, items_received,
+        item_count, complete, size_bytes)
+    SELECT u.id, $1, u.position, u.type, u.encoding, 2, u.n, u.n, true, u.size
+    FROM unnest($10::uuid[], $11::int[], $12::text[], $13::text[], $14::bigint[], $15::bigint[])
+        AS u(id, position, type, encoding, n, size)
+)
+INSERT INTO items (event_id, position, data)
+SELECT * FROM unnest($16::uuid[], $17::bigint[], $18::bytea[])"""
+
+
 async def store_envelope(
     session: AsyncSession,
     env: EnvelopeData,
@@ -60,55 +77,46 @@ async def store_envelope(
     output: str | None = None,
 ) -> uuid.UUID:
     """Store a complete envelope; returns its id (the client's, or a new one)."""
+    conn = await driver_connection(session)
     envelope_id = env.id or uuid.uuid4()
     # Every check before the first write: a conflict leaves nothing behind.
-    if env.id is not None and await session.get(Envelope, env.id) is not None:
+    if env.id is not None and await conn.fetchval("SELECT 1 FROM envelopes WHERE id = $1", env.id):
         raise Conflict(f"envelope {env.id} already exists")
     declared = [event.id for event in env.events if event.id is not None]
-    if declared:
-        existing = await session.scalar(sa.select(sa.func.count()).where(Event.id.in_(declared)))
-        if existing:
-            raise Conflict("an event id of this envelope already exists in another envelope")
-    now = datetime.now(UTC)
-    await session.execute(
-        sa.insert(Envelope).values(
-            id=envelope_id,
-            emitter_id=emitter_id,
-            process_id=process_id,
-            node_id=node_id,
-            output=output,
-            status=EnvelopeStatus.COMPLETE,
-            declared_event_ids=None,
-            event_count=len(env.events),
-            item_count=env.item_count,
-            size_bytes=env.byte_size,
-            created_at=now,
-            last_fragment_at=now,
-            completed_at=now,
-        )
+    if declared and await conn.fetchval(
+        "SELECT 1 FROM events WHERE id = ANY($1::uuid[]) LIMIT 1", declared
+    ):
+        raise Conflict("an event id of this envelope already exists in another envelope")
+    event_ids = [event.id or uuid.uuid4() for event in env.events]
+    items = [
+        (event_id, n, data)
+        for event_id, event in zip(event_ids, env.events, strict=True)
+        for n, data in enumerate(event.items)
+    ]
+    inline = items if len(items) < _COPY_THRESHOLD else []
+    await conn.execute(
+        _STORE,
+        envelope_id,
+        emitter_id,
+        process_id,
+        node_id,
+        output,
+        len(env.events),
+        env.item_count,
+        env.byte_size,
+        datetime.now(UTC),
+        event_ids,
+        list(range(len(env.events))),
+        [event.type for event in env.events],
+        [event.encoding for event in env.events],
+        [len(event.items) for event in env.events],
+        [sum(len(i) for i in event.items) for event in env.events],
+        [e for e, _, _ in inline],
+        [n for _, n, _ in inline],
+        [d for _, _, d in inline],
     )
-    event_rows: list[dict[str, Any]] = []
-    items: list[tuple[uuid.UUID, int, bytes]] = []
-    for position, event in enumerate(env.events):
-        event_id = event.id or uuid.uuid4()
-        event_rows.append(
-            {
-                "id": event_id,
-                "envelope_id": envelope_id,
-                "position": position,
-                "type": event.type,
-                "encoding": event.encoding,
-                "next_index": 2,
-                "items_received": len(event.items),
-                "item_count": len(event.items),
-                "complete": True,
-                "size_bytes": sum(len(i) for i in event.items),
-            }
-        )
-        items.extend((event_id, n, data) for n, data in enumerate(event.items))
-    if event_rows:
-        await session.execute(sa.insert(Event), event_rows)
-    await insert_items(session, items)
+    if not inline:
+        await insert_items(session, items)
     return envelope_id
 
 

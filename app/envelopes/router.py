@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
-from app.actors.access import load_owned_actor
+from app.actors.access import load_owned_actor, owned_actor_info
 from app.bus.notify import on_commit
-from app.core.deps import Caller, DirectorDep, Session, SettingsDep
+from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
 from app.core.errors import Problem
 from app.core.exceptions import (
     NotFound,
@@ -134,9 +134,10 @@ async def output(
     caller: Caller,
     director: DirectorDep,
     settings: SettingsDep,
+    state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
-    actor = await load_owned_actor(session, caller, emitter)
+    actor = await owned_actor_info(session, state.cache, caller, emitter)
     body = await request.body()
     media = _media_type(request)
     transport = "http-protobuf" if media == PROTOBUF else "http"

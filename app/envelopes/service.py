@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.director import Director
+from app.bus.director import Director, Emitter
 from app.config import Settings
 from app.core.exceptions import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from app.envelopes import repository
@@ -30,7 +30,7 @@ def body_hash(content_type: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def check_emitter(actor: Actor) -> None:
+def check_emitter(actor: Emitter) -> None:
     if actor.kind != ActorKind.EMITTER:
         raise Unprocessable(
             f"actor {actor.name!r} is a {actor.kind.value}; only emitters emit envelopes"
@@ -80,13 +80,15 @@ async def record_idempotent_answer(
 
 
 async def emit(
-    session: AsyncSession, director: Director, emitter: Actor, envelope: EnvelopeData
+    session: AsyncSession, director: Director, emitter: Emitter, envelope: EnvelopeData
 ) -> EmissionRead:
     """Store a complete envelope and start its process, in the caller's transaction."""
     check_emitter(emitter)
-    envelope_id = await repository.store_envelope(session, envelope, emitter_id=emitter.id)
     types = list(dict.fromkeys(e.type for e in envelope.events))
-    process = await director.start_process(session, emitter, envelope_id, types)
+    # Routed first: an envelope that no pipeline takes is refused before a byte is written.
+    route = await director.route(session, emitter, types)
+    envelope_id = await repository.store_envelope(session, envelope, emitter_id=emitter.id)
+    process = await director.start_process(session, emitter, envelope_id, types, route=route)
     return EmissionRead(envelope_id=envelope_id, process_id=process.id, status=process.status)
 
 
@@ -232,8 +234,8 @@ async def close_upload(
     envelope.completed_at = now
     await session.flush()
     types = await repository.event_types(session, envelope_id)
-    process = await director.start_process(session, emitter, envelope_id, types)
-    return EmissionRead(envelope_id=envelope_id, process_id=process.id, status=process.status)
+    started = await director.start_process(session, emitter, envelope_id, types)
+    return EmissionRead(envelope_id=envelope_id, process_id=started.id, status=started.status)
 
 
 async def mark_stalled(session: AsyncSession, stall_timeout: float) -> int:

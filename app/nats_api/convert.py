@@ -16,6 +16,7 @@ from app.models.enums import (
     LogLevel,
     ProcessStatus,
 )
+from app.store.processes import ProcessRow
 
 pb: Any = xbus_pb2
 
@@ -83,7 +84,7 @@ def actor_pb(actor: Actor) -> Any:
     return message
 
 
-def process_pb(process: Process) -> Any:
+def process_pb(process: Process | ProcessRow) -> Any:
     message = pb.Process(
         id=process.id.bytes,
         status=PROCESS_STATUS[process.status],

@@ -19,8 +19,8 @@ from nats.aio.client import Client
 from xbus import conn as xbus_conn  # type: ignore[import-untyped, unused-ignore]
 from xbus import xbus_pb2
 
-from app.bus.director import Director, Message, add_log, lease_due
-from app.bus.notify import ANY
+from app.bus.director import Director, Message, add_log
+from app.bus.notify import NATS_WORK
 from app.core.exceptions import XbusError
 from app.models import Actor, ActorRequest
 from app.models.enums import LogLevel, RequestChannel, RequestStatus
@@ -68,7 +68,9 @@ class NatsDispatcher:
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
             if len(claimed) < _BATCH:
-                await self.state.notifier.wait(ANY, 0.5)
+                # Woken when requests for NATS actors are dispatched (on any replica); the
+                # timeout catches the rest (an actor that came back, a retry now due).
+                await self.state.notifier.wait(NATS_WORK, 0.5)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -82,20 +84,16 @@ class NatsDispatcher:
                 await task
 
     async def _claim(self) -> list[uuid.UUID]:
-        online = sa.select(Actor.id).where(Actor.online.is_(True))
-        statement = lease_due(
-            [
-                ActorRequest.channel.in_((RequestChannel.NATS, RequestChannel.POLL)),
-                ActorRequest.actor_id.in_(online.scalar_subquery()),
-            ],
-            limit=_BATCH,
-            holder=self.holder,
-            lease=timedelta(seconds=self.state.settings.request_lease),
-            channel=RequestChannel.NATS,
-        )
         async with self.state.db.session() as session:
-            result = await session.execute(statement.returning(ActorRequest.id))
-            return list(result.scalars())
+            leased = await self.director.lease(
+                session,
+                None,
+                self.holder,
+                limit=_BATCH,
+                moved_to=RequestChannel.NATS,
+                lease=timedelta(seconds=self.state.settings.request_lease),
+            )
+        return [request.id for request in leased]
 
     async def _deliver(self, request_id: uuid.UUID) -> None:
         async with self.state.db.session() as session:

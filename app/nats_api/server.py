@@ -14,13 +14,14 @@ from typing import Any
 from nats.aio.client import Client
 from xbus import xbus_nrpc, xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from app.models import Process
+from app.models.enums import ProcessStatus
 from app.nats_api import auth, services
 from app.nats_api.convert import process_pb
 from app.nats_api.dispatcher import NatsDispatcher
 from app.nats_api.nrpc_server import Service
 from app.nats_api.registration import RegistrationServer
 from app.state import AppState
+from app.store.processes import ProcessRow
 from app.version import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -103,17 +104,19 @@ class NatsApi:
             task.cancel()
 
     # ------------------------------------------------------------------ published states
-    def _process_ended(self, process: Process) -> None:
-        asyncio.get_running_loop().create_task(self._publish_end(process.id))
+    def _process_ended(self, process: ProcessRow) -> None:
+        asyncio.get_running_loop().create_task(self._publish_end(process))
 
-    async def _publish_end(self, process_id: Any) -> None:
+    async def _publish_end(self, process: ProcessRow) -> None:
+        """ProcessState.EnvelopeStates for the emitter and the CoreEvent, from the process as
+        the director left it: only a process in error reads its error lines back."""
         try:
-            async with self.state.db.session() as session:
-                process = await session.get(Process, process_id)
-                if process is None:
-                    return
-                state = await services.envelope_state(session, process)
-                event = pb.CoreEvent(name="process.ended", process=process_pb(process))
+            errors = []
+            if process.status == ProcessStatus.ERROR:
+                async with self.state.db.session() as session:
+                    errors = await services.error_lines(session, process.id)
+            state = services.envelope_state_of(process, errors)
+            event = pb.CoreEvent(name="process.ended", process=process_pb(process))
             if process.emitter_id and process.trigger_envelope_id:
                 subject = ".".join(
                     [
@@ -125,7 +128,7 @@ class NatsApi:
                 await self.client.publish(subject, state.SerializeToString())
             await self.client.publish("xbus.default.core.events.process", event.SerializeToString())
         except Exception:
-            log.exception("publishing the end of process %s failed", process_id)
+            log.exception("publishing the end of process %s failed", process.id)
 
     # ------------------------------------------------------------------ survey
     async def survey_loop(self) -> None:

@@ -32,6 +32,7 @@ from app.nats_api.convert import (
 from app.nats_api.dispatcher import messages_of
 from app.nats_api.payload import fragments_after, fragments_of, position_after, process_request
 from app.state import AppState
+from app.store.processes import ProcessRow
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -295,15 +296,26 @@ class DirectorServer(Base):
             yield message
 
 
-async def envelope_state(session: Any, process: Process) -> Any:
-    errors = (
-        await session.execute(
-            sa.select(LogEntry)
-            .where(LogEntry.process_id == process.id, LogEntry.level == LogLevel.ERROR)
-            .order_by(LogEntry.id)
-            .limit(20)
-        )
-    ).scalars()
+async def envelope_state(session: Any, process: Process | ProcessRow) -> Any:
+    errors = await error_lines(session, process.id)
+    return envelope_state_of(process, errors)
+
+
+async def error_lines(session: Any, process_id: uuid.UUID) -> list[LogEntry]:
+    """The first error lines of a process (what EmitterEnvelopeState tells the emitter)."""
+    return list(
+        (
+            await session.execute(
+                sa.select(LogEntry)
+                .where(LogEntry.process_id == process_id, LogEntry.level == LogLevel.ERROR)
+                .order_by(LogEntry.id)
+                .limit(20)
+            )
+        ).scalars()
+    )
+
+
+def envelope_state_of(process: Process | ProcessRow, errors: list[LogEntry]) -> Any:
     state = pb.EmitterEnvelopeState(
         processID=process.id.bytes, status=PROCESS_STATUS[process.status]
     )

@@ -11,10 +11,9 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bus import control
-from app.bus.director import Director
+from app.bus.director import Director, ProcessRow
 from app.core.exceptions import Conflict, XbusError
 from app.db import Database
-from app.models import Process
 from app.ops import repository, selection
 from app.ops.progress import Step
 from app.ops.schemas import BatchError, BatchResult, ProcessBatch, ReplayBatch
@@ -34,10 +33,10 @@ async def apply(
     *,
     operator: str | None,
     pipeline: control.ReplayPipeline = control.ReplayPipeline.SAME,
-) -> Process:
+) -> ProcessRow:
     """One process; for a replay, the new process."""
     if action == "pause":
-        return await control.pause(session, process_id, operator=operator)
+        return await control.pause(session, director, process_id, operator=operator)
     if action == "resume":
         return await control.resume(session, director, process_id, operator=operator)
     if action == "cancel":

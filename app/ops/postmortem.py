@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.director import lock_process_row
 from app.core.exceptions import BadRequest, Conflict, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models import LogEntry, Process
@@ -85,7 +84,14 @@ async def list_postmortems(
 async def update_postmortem(
     session: AsyncSession, process_id: uuid.UUID, data: PostmortemUpdate
 ) -> ProcessRead:
-    process = await lock_process_row(session, process_id)
+    process = (
+        await session.execute(
+            sa.select(Process)
+            .where(Process.id == process_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
     if process is None:
         raise NotFound(f"no process {process_id}")
     if process.pm_level is None:

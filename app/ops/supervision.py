@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actors.access import ActorInfo
 from app.bus import control
 from app.bus.director import Director, add_log, utcnow
 from app.db import Database
@@ -62,7 +63,7 @@ async def mark_unresponsive_actors(db: Database, after: float) -> int:
     return len(marked)
 
 
-async def record_poll(session: AsyncSession, actor: Actor) -> None:
+async def record_poll(session: AsyncSession, actor: Actor | ActorInfo) -> None:
     """An actor polls for requests: it is alive."""
     now = utcnow()
     if actor.unresponsive:

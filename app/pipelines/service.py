@@ -460,3 +460,17 @@ async def active_pipelines(session: AsyncSession) -> list[tuple[PipelineRef, Gra
         if graph is not None:
             result.append((ref, graph))
     return result
+
+
+async def graph_of(
+    session: AsyncSession, pipeline_id: uuid.UUID, updated_at: datetime
+) -> Graph | None:
+    """The graph of this version of a pipeline (its last change at `updated_at`), from the
+    cache, or read once."""
+    graph = _cached(pipeline_id, updated_at)
+    if graph is not None:
+        return graph
+    stored = await repository.graphs(session, [pipeline_id])
+    if pipeline_id not in stored:
+        return None
+    return _remember(pipeline_id, *stored[pipeline_id])

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.actors.access import load_owned_actor
+from app.actors.access import owned_actor_info
 from app.bus.director import Message
 from app.bus.notify import actor_key
 from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
@@ -50,16 +50,16 @@ async def lease_request(
     state: State,
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a request")] = 0,
 ) -> Any:
-    target = await load_owned_actor(session, caller, actor)
+    target = await owned_actor_info(session, state.cache, caller, actor)
     if target.status != ActorStatus.ENABLED:
         raise Forbidden(f"actor {target.name!r} is {target.status.value}")
     await record_poll(session, target)  # alive: last_seen, and no longer unresponsive
     deadline = time.monotonic() + min(wait, settings.long_poll_max)
     holder = f"http:{caller.name}"
     while True:
-        request = await director.lease_next(session, target, holder)
-        if request is not None:
-            return await request_payload(session, request, settings.inline_envelope_max_bytes)
+        leased = await director.lease(session, target.id, holder)
+        if leased:
+            return await request_payload(session, leased[0], settings.inline_envelope_max_bytes)
         await session.commit()  # hold no connection while waiting
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -4,28 +4,55 @@ and webhooks."""
 from __future__ import annotations
 
 import uuid
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.envelopes import repository
-from app.envelopes.codec import envelope_to_json
-from app.models import ActorRequest
+from app.envelopes.codec import EnvelopeData, EventData, envelope_to_json
 from app.requests.schemas import ActorRequestRead, RequestInput
+from app.store.connection import driver_connection
+from app.store.processes import ENVELOPES
+
+
+class HandedOut(Protocol):
+    """What the payload needs of a request (an ORM row or a leased one)."""
+
+    id: uuid.UUID
+    process_id: uuid.UUID
+    node_id: str
+    actor_id: uuid.UUID | None
+    attempts: int
+    inputs: list[Any]
+
+    @property
+    def lease_expires_at(self) -> Any: ...
 
 
 async def request_payload(
-    session: AsyncSession, request: ActorRequest, inline_max: int
+    session: AsyncSession, request: HandedOut, inline_max: int
 ) -> ActorRequestRead:
+    ids = [uuid.UUID(entry["envelope_id"]) for entry in request.inputs]
+    # One statement for every input: sizes, and the events and items of the small ones.
+    conn = await driver_connection(session, begin=False)
+    found: dict[uuid.UUID, tuple[int, int, EnvelopeData | None]] = {}
+    for envelope_id, size, count, event_id, type_, encoding, data in await conn.fetch(
+        ENVELOPES, ids, inline_max
+    ):
+        if envelope_id not in found:
+            inline = EnvelopeData([], envelope_id) if size <= inline_max else None
+            found[envelope_id] = (size, count, inline)
+        envelope = found[envelope_id][2]
+        if envelope is None or event_id is None:
+            continue
+        events = envelope.events
+        if not events or events[-1].id != event_id:
+            events.append(EventData(type_, encoding, [], event_id))
+        if data is not None:
+            events[-1].items.append(data)
     inputs = []
-    for entry in request.inputs:
-        envelope_id = uuid.UUID(entry["envelope_id"])
-        envelope = await repository.get_envelope(session, envelope_id)
-        size = envelope.size_bytes if envelope else 0
-        count = envelope.item_count if envelope else 0
-        body = None
-        if envelope is not None and size <= inline_max:
-            data = await repository.load_envelope(session, envelope_id)
-            body = envelope_to_json(data) if data is not None else None
+    for entry, envelope_id in zip(request.inputs, ids, strict=True):
+        size, count, data = found.get(envelope_id, (0, 0, None))
+        body = envelope_to_json(data) if data is not None else None
         inputs.append(
             RequestInput(
                 name=entry["name"],

@@ -1,0 +1,416 @@
+"""The statements of a process's life: load and lock it, write what the director decided,
+lease due requests, read the envelopes a request hands out.
+
+Each is one fixed SQL text run on asyncpg (prepared once per connection by its statement
+cache), with arrays for the rows of a batch, so a state change of a process costs two
+round trips (read under lock, write) whatever it touches: nodes, new requests, the
+request it ends, the open ones it cancels, its log lines."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.models.enums import (
+    LogLevel,
+    NodeStatus,
+    PostmortemStatus,
+    ProcessStatus,
+    RequestChannel,
+    RequestStatus,
+)
+
+OPEN_REQUEST = (RequestStatus.PENDING, RequestStatus.LEASED, RequestStatus.RUNNING)
+_OPEN_SQL = "('pending', 'leased', 'running')"
+
+
+@dataclass(slots=True)
+class ProcessRow:
+    id: uuid.UUID
+    pipeline_id: uuid.UUID | None
+    trigger_envelope_id: uuid.UUID | None
+    emitter_id: uuid.UUID | None
+    status: ProcessStatus
+    created_at: datetime
+    group_id: uuid.UUID | None = None
+    replay_of: uuid.UUID | None = None
+    status_reason: str | None = None
+    status_changed_at: datetime | None = None
+    nodes_state_changed_at: datetime | None = None
+    ended_at: datetime | None = None
+    pm_level: LogLevel | None = None
+    pm_status: PostmortemStatus | None = None
+    pm_changed_at: datetime | None = None
+    # Warnings logged for the process so far (a process done with warnings has a postmortem).
+    warnings: int = 0
+    # The pipeline's last change, to find its graph in the cache.
+    pipeline_updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class NodeRow:
+    node_id: str
+    status: NodeStatus
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class RequestRow:
+    id: uuid.UUID
+    process_id: uuid.UUID
+    node_id: str
+    actor_id: uuid.UUID | None
+    channel: RequestChannel
+    status: RequestStatus
+    inputs: list[Any]
+    outputs: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    available_at: datetime
+    lease_expires_at: datetime | None
+    leased_by: str | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    time: datetime
+    level: LogLevel
+    text: str
+    process_id: uuid.UUID | None
+    node_id: str | None = None
+    actor_id: uuid.UUID | None = None
+    envelope_id: uuid.UUID | None = None
+    request_id: uuid.UUID | None = None
+    processing_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    id: uuid.UUID
+    node_id: str
+    actor_id: uuid.UUID
+    channel: RequestChannel
+    inputs: list[dict[str, str]]
+
+
+@dataclass(slots=True)
+class Changes:
+    """What one decision writes, in one statement."""
+
+    new_process: bool = False
+    process: bool = False
+    nodes: set[str] = field(default_factory=set)
+    requests: list[NewRequest] = field(default_factory=list)
+    # The request this change moves (reported, expired), written as it stands.
+    request: RequestRow | None = None
+    cancel_open: bool = False
+    logs: list[LogRow] = field(default_factory=list)
+    # The trigger envelope joins the new process.
+    envelope: tuple[uuid.UUID, str] | None = None
+
+
+def clean_text(text: str) -> str:
+    # Log text is stored as valid UTF-8 whatever the actor sent (the original crashed on it).
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+_PROCESS_COLUMNS = """p.id, p.pipeline_id, p.trigger_envelope_id, p.emitter_id, p.status,
+    p.created_at, p.group_id, p.replay_of, p.status_reason, p.status_changed_at,
+    p.nodes_state_changed_at, p.ended_at, p.pm_level, p.pm_status, p.pm_changed_at"""
+
+_NODES_AND_WARNINGS = """
+    (SELECT coalesce(json_agg(json_build_array(n.node_id, n.status, n.inputs, n.outputs,
+                                               n.started_at, n.ended_at)), '[]')
+       FROM process_nodes n WHERE n.process_id = p.id) AS nodes,
+    (SELECT count(*) FROM log_entries l
+      WHERE l.process_id = p.id AND l.level = 'warning') AS warnings,
+    pl.updated_at AS pipeline_updated_at"""
+
+# The process row, locked (every change of a process is made under this lock: process
+# first, then its requests), with its nodes and its warning count.
+LOCK_PROCESS = f"""
+SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}
+FROM processes p LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
+WHERE p.id = $1
+FOR UPDATE OF p"""
+
+LOCK_PROCESS_SKIP = LOCK_PROCESS + " SKIP LOCKED"
+
+# The process of a request, locked, with who owns the request's actor (an account answers
+# only for its own actors).
+LOCK_PROCESS_OF_REQUEST = f"""
+WITH r AS (
+    SELECT r.process_id, a.account_id, a.name AS actor_name
+    FROM requests r LEFT JOIN actors a ON a.id = r.actor_id
+    WHERE r.id = $1
+)
+SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}, r.account_id, r.actor_name
+FROM r JOIN processes p ON p.id = r.process_id LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
+FOR UPDATE OF p"""
+
+_REQUEST_COLUMNS = """r.id, r.process_id, r.node_id, r.actor_id, r.channel, r.status, r.inputs,
+    r.outputs, r.attempts, r.max_attempts, r.available_at, r.lease_expires_at, r.leased_by,
+    r.last_error, r.created_at, r.updated_at, r.ended_at"""
+
+# A request, locked, with the open requests of its process by node (itself left out).
+LOCK_REQUEST = f"""
+SELECT {_REQUEST_COLUMNS},
+    (SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
+        SELECT node_id, count(*) AS n FROM requests
+        WHERE process_id = r.process_id AND status IN {_OPEN_SQL} AND id <> r.id
+        GROUP BY node_id) o) AS open_left
+FROM requests r WHERE r.id = $1
+FOR UPDATE OF r"""
+
+LOCK_REQUEST_SKIP = LOCK_REQUEST + " SKIP LOCKED"
+
+OPEN_BY_NODE = f"""
+SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
+    SELECT node_id, count(*) AS n FROM requests
+    WHERE process_id = $1 AND status IN {_OPEN_SQL} GROUP BY node_id) o"""
+
+# Everything a decision writes, in one statement. The parts run on one snapshot and the
+# foreign keys are checked at its end, so a new process, its nodes, requests and log lines
+# go in together; a part with nothing to do (empty arrays, a false flag) writes nothing.
+SAVE = f"""
+WITH
+process_new AS (
+    INSERT INTO processes (id, pipeline_id, trigger_envelope_id, emitter_id, group_id,
+        replay_of, status, status_reason, created_at, status_changed_at,
+        nodes_state_changed_at, ended_at, result_acked, pm_level, pm_status, pm_changed_at)
+    SELECT $1::uuid, $2::uuid, $3::uuid, $4::uuid, $5::uuid, $6::uuid, $7::text, $8::text,
+        $9::timestamptz, $10::timestamptz, $11::timestamptz, $12::timestamptz, false,
+        $13::text, $14::text, $15::timestamptz
+    WHERE $16::bool
+),
+process_changed AS (
+    UPDATE processes SET status = $7, status_reason = $8, status_changed_at = $10,
+        nodes_state_changed_at = $11, ended_at = $12, pm_level = $13, pm_status = $14,
+        pm_changed_at = $15
+    WHERE id = $1 AND $17::bool AND NOT $16::bool
+),
+nodes AS (
+    INSERT INTO process_nodes AS n (process_id, node_id, status, inputs, outputs, created_at,
+        started_at, ended_at)
+    SELECT $1, u.node_id, u.status, u.inputs::jsonb, u.outputs::jsonb, $18::timestamptz,
+        u.started_at,
+        u.ended_at
+    FROM unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],
+                $24::timestamptz[]) AS u(node_id, status, inputs, outputs, started_at, ended_at)
+    ON CONFLICT (process_id, node_id) DO UPDATE SET status = excluded.status,
+        inputs = excluded.inputs, outputs = excluded.outputs,
+        started_at = excluded.started_at, ended_at = excluded.ended_at
+),
+new_requests AS (
+    INSERT INTO requests (id, process_id, node_id, actor_id, channel, status, inputs, outputs,
+        attempts, max_attempts, available_at, created_at, updated_at)
+    SELECT u.id, $1, u.node_id, u.actor_id, u.channel, 'pending', u.inputs::jsonb, '{{}}',
+        0, $25::int, $18, $18, $18
+    FROM unnest($26::uuid[], $27::text[], $28::uuid[], $29::text[], $30::text[])
+        AS u(id, node_id, actor_id, channel, inputs)
+),
+request_changed AS (
+    UPDATE requests SET status = $32, attempts = $33, available_at = $34,
+        lease_expires_at = $35, leased_by = $36, last_error = $37, ended_at = $38,
+        updated_at = $18
+    WHERE id = $31
+),
+canceled AS (
+    UPDATE requests SET status = 'canceled', ended_at = $18, lease_expires_at = NULL,
+        updated_at = $18
+    WHERE $39::bool AND process_id = $1 AND status IN {_OPEN_SQL}
+        AND id IS DISTINCT FROM $31
+    RETURNING channel
+),
+logs AS (
+    INSERT INTO log_entries (time, level, text, process_id, node_id, actor_id, envelope_id,
+        request_id, processing_error)
+    SELECT * FROM unnest($40::timestamptz[], $41::text[], $42::text[], $43::uuid[],
+        $44::text[], $45::uuid[], $46::uuid[], $47::uuid[], $48::bool[])
+),
+envelope AS (
+    UPDATE envelopes SET process_id = $1, node_id = $50
+    WHERE id = $49 AND process_id IS NULL
+)
+SELECT coalesce(array_agg(channel), '{{}}') FROM canceled"""
+
+# Up to $n due requests (pending, available, of a running process) matching the filter,
+# oldest first, skipping rows another transaction holds: any number of replicas claim side
+# by side and never get the same request. The scan starts from the due requests (the
+# partial index of pending ones), whatever the statistics say of running processes: a
+# process's status is checked per candidate, not joined from the processes' side.
+_LEASE = f"""
+WITH due AS (
+    SELECT r.id FROM requests r
+    WHERE r.status = 'pending' AND r.available_at <= $2 AND {{where}}
+      AND (SELECT p.status FROM processes p WHERE p.id = r.process_id) = 'running'
+    ORDER BY r.available_at, r.created_at
+    LIMIT $3
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE requests r SET status = 'leased', attempts = r.attempts + 1,
+    lease_expires_at = $4, leased_by = $5, updated_at = $2, channel = coalesce($6, r.channel)
+FROM due WHERE r.id = due.id
+RETURNING {_REQUEST_COLUMNS}"""
+
+# One actor's requests of these channels (HTTP polling).
+LEASE_FOR_ACTOR = _LEASE.format(where="r.actor_id = $1 AND r.channel = ANY($7::text[])")
+# Requests of the actors connected over NATS (the NATS dispatcher; $1 unused).
+LEASE_FOR_NATS = _LEASE.format(
+    where="""r.channel IN ('nats', 'poll') AND $1::uuid IS NULL
+      AND r.actor_id IN (SELECT a.id FROM actors a WHERE a.online)"""
+)
+
+# The envelopes a request hands out: size and count, and the events and items of those
+# small enough to inline.
+ENVELOPES = """
+SELECT e.id, e.size_bytes, e.item_count, ev.id, ev.type, ev.encoding, i.data
+FROM envelopes e
+LEFT JOIN events ev ON ev.envelope_id = e.id AND e.size_bytes <= $2
+LEFT JOIN items i ON i.event_id = ev.id
+WHERE e.id = ANY($1::uuid[])
+ORDER BY e.id, ev.position, i.position"""
+
+
+def process_of(row: Any) -> tuple[ProcessRow, dict[str, NodeRow]]:
+    process = ProcessRow(
+        id=row[0],
+        pipeline_id=row[1],
+        trigger_envelope_id=row[2],
+        emitter_id=row[3],
+        status=ProcessStatus(row[4]),
+        created_at=row[5],
+        group_id=row[6],
+        replay_of=row[7],
+        status_reason=row[8],
+        status_changed_at=row[9],
+        nodes_state_changed_at=row[10],
+        ended_at=row[11],
+        pm_level=LogLevel(row[12]) if row[12] else None,
+        pm_status=PostmortemStatus(row[13]) if row[13] else None,
+        pm_changed_at=row[14],
+        warnings=int(row["warnings"]),
+        pipeline_updated_at=row["pipeline_updated_at"],
+    )
+    nodes = {}
+    for node_id, status, inputs, outputs, started, ended in _json(row["nodes"]):
+        nodes[node_id] = NodeRow(
+            node_id,
+            NodeStatus(status),
+            inputs or {},
+            outputs or {},
+            datetime.fromisoformat(started) if started else None,
+            datetime.fromisoformat(ended) if ended else None,
+        )
+    return process, nodes
+
+
+def request_of(row: Any) -> RequestRow:
+    return RequestRow(
+        id=row[0],
+        process_id=row[1],
+        node_id=row[2],
+        actor_id=row[3],
+        channel=RequestChannel(row[4]),
+        status=RequestStatus(row[5]),
+        inputs=_json(row[6]),
+        outputs=_json(row[7]),
+        attempts=row[8],
+        max_attempts=row[9],
+        available_at=row[10],
+        lease_expires_at=row[11],
+        leased_by=row[12],
+        last_error=row[13],
+        created_at=row[14],
+        updated_at=row[15],
+        ended_at=row[16],
+    )
+
+
+def open_counts(raw: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (_json(raw) or {}).items()}
+
+
+def _json(value: Any) -> Any:
+    # The session's connection decodes JSON itself (SQLAlchemy's codec); a bare one does not.
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+async def save(
+    conn: Any,
+    process: ProcessRow,
+    nodes: dict[str, NodeRow],
+    changes: Changes,
+    *,
+    now: datetime,
+    max_attempts: int,
+) -> list[str]:
+    """Write the changes; returns the channels of the requests it canceled."""
+    changed_nodes = [nodes[n] for n in sorted(changes.nodes)]
+    request = changes.request
+    logs = changes.logs
+    envelope_id, envelope_node = changes.envelope or (None, None)
+    result = await conn.fetchval(
+        SAVE,
+        process.id,
+        process.pipeline_id,
+        process.trigger_envelope_id,
+        process.emitter_id,
+        process.group_id,
+        process.replay_of,
+        process.status.value,
+        process.status_reason,
+        process.created_at,
+        process.status_changed_at or process.created_at,
+        process.nodes_state_changed_at,
+        process.ended_at,
+        process.pm_level.value if process.pm_level else None,
+        process.pm_status.value if process.pm_status else None,
+        process.pm_changed_at,
+        changes.new_process,
+        changes.process,
+        now,
+        [n.node_id for n in changed_nodes],
+        [n.status.value for n in changed_nodes],
+        [json.dumps(n.inputs) for n in changed_nodes],
+        [json.dumps(n.outputs) for n in changed_nodes],
+        [n.started_at for n in changed_nodes],
+        [n.ended_at for n in changed_nodes],
+        max_attempts,
+        [r.id for r in changes.requests],
+        [r.node_id for r in changes.requests],
+        [r.actor_id for r in changes.requests],
+        [r.channel.value for r in changes.requests],
+        [json.dumps(r.inputs) for r in changes.requests],
+        request.id if request else None,
+        request.status.value if request else None,
+        request.attempts if request else None,
+        request.available_at if request else None,
+        request.lease_expires_at if request else None,
+        request.leased_by if request else None,
+        request.last_error if request else None,
+        request.ended_at if request else None,
+        changes.cancel_open,
+        [entry.time for entry in logs],
+        [entry.level.value for entry in logs],
+        [entry.text for entry in logs],
+        [entry.process_id for entry in logs],
+        [entry.node_id for entry in logs],
+        [entry.actor_id for entry in logs],
+        [entry.envelope_id for entry in logs],
+        [entry.request_id for entry in logs],
+        [entry.processing_error for entry in logs],
+        envelope_id,
+        envelope_node,
+    )
+    return list(result or [])
