@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # --- envelopes
     envelope_max_items: int = Field(100_000, ge=1, description="Most items in one envelope.")
     envelope_max_bytes: int = Field(256 * MiB, ge=1, description="Largest envelope (item bytes).")
+    emission_batch_max: int = Field(
+        10_000, ge=1, description="Most envelopes in one `POST .../outputs` batch."
+    )
     envelope_stall_timeout: float = Field(
         30.0, gt=0, description="An envelope with no new fragment for this long is stalled (s)."
     )

@@ -23,7 +23,7 @@ from app.bus.notify import NATS_WORK, actor_key, notify_after_commit, on_commit,
 from app.bus.routing import Route, Targets, node_targets, route_for
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
-from app.envelopes.repository import store_envelope
+from app.envelopes.repository import STORE_PARTS, EnvelopeRows, insert_items, store_envelope
 from app.models import LogEntry
 from app.models.enums import (
     ActorKind,
@@ -35,6 +35,7 @@ from app.models.enums import (
     RequestChannel,
     RequestStatus,
 )
+from app.models.ids import new_id
 from app.pipelines.graph import Graph
 from app.pipelines.service import graph_of
 from app.store import processes as store
@@ -183,7 +184,13 @@ class Director:
         self.process_end_listeners: list[Callable[[ProcessRow], None]] = []
 
     # ------------------------------------------------------------------ writing
-    async def _save(self, session: AsyncSession, conn: Any, ctx: ProcessContext) -> list[str]:
+    async def _save(
+        self,
+        session: AsyncSession,
+        conn: Any,
+        ctx: ProcessContext,
+        joined: store.Joined | None = None,
+    ) -> list[str]:
         """Write what was decided; what it tells (wake-ups, metrics, end listeners) goes out
         once the transaction commits. Returns the channels of the requests it canceled."""
         canceled = await store.save(
@@ -193,6 +200,7 @@ class Director:
             ctx.changes,
             now=utcnow(),
             max_attempts=self.limits.max_attempts,
+            joined=joined,
         )
         ended = ctx.ended + [(channel, RequestStatus.CANCELED.value) for channel in canceled]
         metrics.requests_ended(session, ended)
@@ -221,17 +229,23 @@ class Director:
         replay_of: uuid.UUID | None = None,
         group_id: uuid.UUID | None = None,
         route: Route | None = None,
+        envelope: EnvelopeRows | None = None,
     ) -> ProcessRow:
         """Start a process for this envelope, on `route` when given (a replay on the pipeline
-        of the original process), else on the one active pipeline that takes it."""
+        of the original process), else on the one active pipeline that takes it.
+
+        With `envelope` (its rows, not stored yet), the envelope is written by the same
+        statement as its process: when the session has nothing else open, that statement is
+        the whole transaction (one round trip for an emission)."""
         if route is None:
             route = await self.route(session, emitter, event_types)
         else:
             check_emitter(emitter)
-        conn = await driver_connection(session)
+        alone = envelope is not None and not envelope.copied
+        conn = await driver_connection(session, begin=not alone)
         now = utcnow()
         process = ProcessRow(
-            id=uuid.uuid4(),
+            id=new_id(),
             pipeline_id=route.pipeline.id,
             trigger_envelope_id=envelope_id,
             emitter_id=emitter.id,
@@ -263,7 +277,16 @@ class Director:
         await self._propagate(session, ctx, route.node.id, port, envelope_id)
         self._settle(ctx, {})
         ctx.notify.add(process_key(process.id))
-        await self._save(session, conn, ctx)
+        joined = None
+        if envelope is not None:
+            # Stored with its process: it belongs to it from the start.
+            joined = store.Joined(
+                STORE_PARTS,
+                (*envelope.parameters[:2], process.id, route.node.id, *envelope.parameters[4:]),
+            )
+        await self._save(session, conn, ctx, joined)
+        if envelope is not None and envelope.copied:
+            await insert_items(session, envelope.copied)
         return process
 
     async def route(self, session: AsyncSession, emitter: Emitter, event_types: list[str]) -> Route:
@@ -301,7 +324,7 @@ class Director:
         inputs = [{"name": name, "envelope_id": env} for name, env in sorted(pn.inputs.items())]
         for actor in actors:
             ctx.changes.requests.append(
-                NewRequest(uuid.uuid4(), node_id, actor.id, actor.channel, inputs)
+                NewRequest(new_id(), node_id, actor.id, actor.channel, inputs)
             )
             ctx.notify.add(actor_key(actor.id))
             if actor.channel == RequestChannel.NATS:

@@ -57,6 +57,26 @@ def problem(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    body = problem_body(status, detail, title=title, code=code, instance=instance, extra=extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_body(exc: XbusError, instance: str | None = None) -> dict[str, Any]:
+    """The problem document of an error, for one entry of a batch answer."""
+    return problem_body(
+        exc.status, exc.detail, title=exc.title, code=exc.code, instance=instance, extra=exc.extra
+    )
+
+
+def problem_body(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    code: str | None = None,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body: dict[str, Any] = {
         "type": TYPE_BASE + (code or phrase.lower().replace(" ", "-")),
@@ -68,7 +88,7 @@ def problem(
         body["instance"] = instance
     if extra:
         body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return body
 
 
 def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.exceptions import Conflict
 from app.envelopes.codec import EnvelopeData, EventData
 from app.models import Envelope, Event, Item
+from app.models.ids import new_id
 from app.store.connection import driver_connection
 
 _COPY_THRESHOLD = 200
@@ -49,53 +51,74 @@ async def insert_items(session: AsyncSession, rows: Sequence[tuple[uuid.UUID, in
     )
 
 
-# A complete envelope, its events and (below the COPY threshold) its items, in one statement.
-_STORE = """
-WITH envelope AS (
+# A complete envelope, its events and (below the COPY threshold) its items: the parts of one
+# statement, which the director also joins to the statement that starts the envelope's
+# process (one round trip for a whole emission).
+STORE_PARTS = """
+stored_envelope AS (
     INSERT INTO envelopes (id, emitter_id, process_id, node_id, output, status, event_count,
         item_count, size_bytes, created_at, last_fragment_at, completed_at)
-    VALUES ($1, $2, $3, $4, $5, 'complete', $6, $7, $8, $9, $9, $9)
+    VALUES ($1::uuid, $2::uuid, $3::uuid, $4::text, $5::text, 'complete', $6::int,
+        $7::bigint, $8::bigint, $9::timestamptz, $9::timestamptz, $9::timestamptz)
 ),
-events AS (
+stored_events AS (
     INSERT INTO events (id, envelope_id, position, type, encoding, next_index, items_received,
         item_count, complete, size_bytes)
-    SELECT u.id, $1, u.position, u.type, u.encoding, 2, u.n, u.n, true, u.size
+    SELECT u.id, $1::uuid, u.position, u.type, u.encoding, 2, u.n, u.n, true, u.size
     FROM unnest($10::uuid[], $11::int[], $12::text[], $13::text[], $14::bigint[], $15::bigint[])
         AS u(id, position, type, encoding, n, size)
-)
-INSERT INTO items (event_id, position, data)
-SELECT * FROM unnest($16::uuid[], $17::bigint[], $18::bytea[])"""
+),
+stored_items AS (
+    INSERT INTO items (event_id, position, data)
+    SELECT * FROM unnest($16::uuid[], $17::bigint[], $18::bytea[])
+)"""
+STORE_PARAMETERS = 18
+
+_STORE = f"WITH {STORE_PARTS} SELECT 1"
 
 
-async def store_envelope(
-    session: AsyncSession,
+@dataclass(frozen=True, slots=True)
+class EnvelopeRows:
+    """An envelope as the rows it is stored in: the parameters of STORE_PARTS, and the items
+    left for COPY (a large envelope's)."""
+
+    id: uuid.UUID
+    parameters: tuple[Any, ...]
+    copied: list[tuple[uuid.UUID, int, bytes]]
+
+
+async def check_new_envelope(session: AsyncSession, env: EnvelopeData) -> None:
+    """Every check before the first write: ids the client chose must be free (a conflict
+    leaves nothing behind)."""
+    declared = [event.id for event in env.events if event.id is not None]
+    if env.id is None and not declared:
+        return
+    conn = await driver_connection(session, begin=False)
+    if env.id is not None and await conn.fetchval("SELECT 1 FROM envelopes WHERE id = $1", env.id):
+        raise Conflict(f"envelope {env.id} already exists")
+    if declared and await conn.fetchval(
+        "SELECT 1 FROM events WHERE id = ANY($1::uuid[]) LIMIT 1", declared
+    ):
+        raise Conflict("an event id of this envelope already exists in another envelope")
+
+
+def envelope_rows(
     env: EnvelopeData,
     *,
     emitter_id: uuid.UUID | None,
     process_id: uuid.UUID | None = None,
     node_id: str | None = None,
     output: str | None = None,
-) -> uuid.UUID:
-    """Store a complete envelope; returns its id (the client's, or a new one)."""
-    conn = await driver_connection(session)
-    envelope_id = env.id or uuid.uuid4()
-    # Every check before the first write: a conflict leaves nothing behind.
-    if env.id is not None and await conn.fetchval("SELECT 1 FROM envelopes WHERE id = $1", env.id):
-        raise Conflict(f"envelope {env.id} already exists")
-    declared = [event.id for event in env.events if event.id is not None]
-    if declared and await conn.fetchval(
-        "SELECT 1 FROM events WHERE id = ANY($1::uuid[]) LIMIT 1", declared
-    ):
-        raise Conflict("an event id of this envelope already exists in another envelope")
-    event_ids = [event.id or uuid.uuid4() for event in env.events]
+) -> EnvelopeRows:
+    envelope_id = env.id or new_id()
+    event_ids = [event.id or new_id() for event in env.events]
     items = [
         (event_id, n, data)
         for event_id, event in zip(event_ids, env.events, strict=True)
         for n, data in enumerate(event.items)
     ]
     inline = items if len(items) < _COPY_THRESHOLD else []
-    await conn.execute(
-        _STORE,
+    parameters = (
         envelope_id,
         emitter_id,
         process_id,
@@ -115,9 +138,27 @@ async def store_envelope(
         [n for _, n, _ in inline],
         [d for _, _, d in inline],
     )
-    if not inline:
-        await insert_items(session, items)
-    return envelope_id
+    return EnvelopeRows(envelope_id, parameters, [] if inline else items)
+
+
+async def store_envelope(
+    session: AsyncSession,
+    env: EnvelopeData,
+    *,
+    emitter_id: uuid.UUID | None,
+    process_id: uuid.UUID | None = None,
+    node_id: str | None = None,
+    output: str | None = None,
+) -> uuid.UUID:
+    """Store a complete envelope; returns its id (the client's, or a new one)."""
+    await check_new_envelope(session, env)
+    rows = envelope_rows(
+        env, emitter_id=emitter_id, process_id=process_id, node_id=node_id, output=output
+    )
+    conn = await driver_connection(session)
+    await conn.execute(_STORE, *rows.parameters)
+    await insert_items(session, rows.copied)
+    return rows.id
 
 
 async def get_envelope(session: AsyncSession, envelope_id: uuid.UUID) -> Envelope | None:

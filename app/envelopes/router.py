@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
-from app.actors.access import load_owned_actor, owned_actor_info
+from app.actors.access import ActorInfo, load_owned_actor, owned_actor_info
 from app.bus.notify import on_commit
 from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
-from app.core.errors import Problem
+from app.core.errors import Problem, error_body
 from app.core.exceptions import (
     NotFound,
     PayloadTooLarge,
@@ -35,7 +35,9 @@ from app.envelopes.codec import (
 )
 from app.envelopes.schemas import (
     AppendRead,
+    EmissionBatchRead,
     EmissionRead,
+    EmissionResult,
     EnvelopeRead,
     EventRead,
     ItemPage,
@@ -164,6 +166,135 @@ async def output(
         )
     on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(transport).inc())
     return emission
+
+
+NDJSON = "application/x-ndjson"
+BATCH = "http-batch"
+
+_OUTPUTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {
+                        "allOf": [{"$ref": "#/components/schemas/EnvelopeIn"}],
+                        "description": "an envelope, with an optional `idempotency_key` field",
+                    },
+                }
+            },
+            NDJSON: {
+                "schema": {"type": "string", "description": "one envelope JSON object per line"}
+            },
+        },
+    }
+}
+
+
+def _batch(media: str, body: bytes, most: int) -> list[Any]:
+    """The envelopes of a batch body, as parsed JSON values; a line of NDJSON that is not
+    JSON stays as the error it raised, for that entry alone."""
+    if media == NDJSON:
+        entries: list[Any] = []
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except (ValueError, UnicodeDecodeError) as exc:
+                entries.append(Unprocessable(f"the line is not valid JSON: {exc}"))
+    elif media in ("application/json", ""):
+        try:
+            entries = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Unprocessable(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(entries, list):
+            raise Unprocessable("the body must be a JSON array of envelopes")
+    else:
+        raise UnsupportedMediaType(f"send application/json or {NDJSON}, not {media}")
+    if len(entries) > most:
+        raise PayloadTooLarge(f"a batch holds at most {most} envelopes, not {len(entries)}")
+    return entries
+
+
+@router.post(
+    "/actors/{emitter}/outputs",
+    summary="Emit many envelopes at once: each stored and routed, with one result each",
+    response_model=EmissionBatchRead,
+    responses=Problem.of(401, 403, 404, 413, 415, 422),
+    openapi_extra=_OUTPUTS_BODY,
+)
+async def outputs(
+    emitter: str,
+    request: Request,
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+    state: State,
+) -> EmissionBatchRead:
+    """A JSON array of envelopes, or NDJSON (one envelope per line). Each is taken as `POST
+    .../output` takes one, in one transaction for the whole batch: an envelope refused (bad
+    JSON, no pipeline, an id taken) answers its problem in its place and stores nothing; the
+    others are stored and routed. An `idempotency_key` field in an envelope works as the
+    `Idempotency-Key` header does for one emission."""
+    actor = await owned_actor_info(session, state.cache, caller, emitter)
+    entries = _batch(_media_type(request), await request.body(), settings.emission_batch_max)
+    results = []
+    for index, entry in enumerate(entries):
+        metrics.ENVELOPES_RECEIVED.labels(BATCH).inc()
+        try:
+            result = await _emit_entry(session, director, settings, actor, index, entry)
+        except XbusError as exc:
+            metrics.ENVELOPES_REJECTED.labels(BATCH, exc.code).inc()
+            result = EmissionResult(index=index, status=exc.status, problem=error_body(exc))
+        results.append(result)
+    accepted = sum(1 for r in results if r.status == 202 and not r.replayed)
+    on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(BATCH).inc(accepted))
+    return EmissionBatchRead(results=results)
+
+
+async def _emit_entry(
+    session: Session,
+    director: DirectorDep,
+    settings: SettingsDep,
+    actor: ActorInfo,
+    index: int,
+    entry: Any,
+) -> EmissionResult:
+    if isinstance(entry, XbusError):
+        raise entry
+    key = entry.pop("idempotency_key", None) if isinstance(entry, dict) else None
+    if key is not None and not isinstance(key, str):
+        raise Unprocessable("idempotency_key must be a string")
+    try:
+        envelope = parse_envelope_json(
+            entry, max_items=settings.envelope_max_items, max_bytes=settings.envelope_max_bytes
+        )
+    except EnvelopeTooLargeError as exc:
+        raise PayloadTooLarge(str(exc)) from None
+    except EnvelopeFormatError as exc:
+        raise Unprocessable(exc.detail, extra={"pointer": exc.pointer}) from None
+    if key is None:
+        emission = await service.emit(session, director, actor, envelope)
+        return EmissionResult(index=index, status=202, emission=emission)
+    digest = service.body_hash("application/json", json.dumps(entry, sort_keys=True).encode())
+    stored = await service.claim_idempotency_key(session, actor.id, key, digest)
+    if stored is not None:
+        status_code, answer = stored
+        return EmissionResult(
+            index=index, status=status_code, emission=EmissionRead(**answer), replayed=True
+        )
+    try:
+        emission = await service.emit(session, director, actor, envelope)
+    except XbusError:
+        await service.release_idempotency_key(session, actor.id, key)
+        raise
+    await service.record_idempotent_answer(
+        session, actor.id, key, 202, emission.model_dump(mode="json")
+    )
+    return EmissionResult(index=index, status=202, emission=emission)
 
 
 def _events(envelope: Envelope, summaries: list[repository.EventSummary]) -> list[EventRead]:

@@ -87,3 +87,20 @@ class ItemPage(BaseModel):
     encoding: str
     items: list[Any]
     next_cursor: str | None
+
+
+class EmissionResult(BaseModel):
+    """One envelope of a batch: `status` 202 with its `emission`, or the `problem` (RFC 9457)
+    that refused it (nothing of it is stored; the others are not affected)."""
+
+    index: int = Field(description="the envelope's place in the batch, from 0")
+    status: int
+    emission: EmissionRead | None = None
+    problem: dict[str, Any] | None = None
+    replayed: bool = Field(
+        False, description="answered from an earlier emission with the same idempotency_key"
+    )
+
+
+class EmissionBatchRead(BaseModel):
+    results: list[EmissionResult]

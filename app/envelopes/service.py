@@ -20,6 +20,7 @@ from app.envelopes.codec import EnvelopeData, EnvelopeFormatError, decode_item
 from app.envelopes.schemas import EmissionRead, EventDeclaration
 from app.models import Actor, Envelope, Event, IdempotencyKey, Process
 from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
+from app.models.ids import new_id
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -69,6 +70,18 @@ async def claim_idempotency_key(
     return stored.status_code, stored.response
 
 
+async def release_idempotency_key(session: AsyncSession, emitter_id: uuid.UUID, key: str) -> None:
+    """An emission refused after its key was claimed: the key is free again (as a refused
+    single emission leaves it, its transaction rolled back)."""
+    await session.execute(
+        sa.delete(IdempotencyKey).where(
+            IdempotencyKey.emitter_id == emitter_id,
+            IdempotencyKey.key == key,
+            IdempotencyKey.status_code == 0,
+        )
+    )
+
+
 async def record_idempotent_answer(
     session: AsyncSession, emitter_id: uuid.UUID, key: str, status_code: int, body: dict[str, Any]
 ) -> None:
@@ -87,9 +100,12 @@ async def emit(
     types = list(dict.fromkeys(e.type for e in envelope.events))
     # Routed first: an envelope that no pipeline takes is refused before a byte is written.
     route = await director.route(session, emitter, types)
-    envelope_id = await repository.store_envelope(session, envelope, emitter_id=emitter.id)
-    process = await director.start_process(session, emitter, envelope_id, types, route=route)
-    return EmissionRead(envelope_id=envelope_id, process_id=process.id, status=process.status)
+    await repository.check_new_envelope(session, envelope)
+    rows = repository.envelope_rows(envelope, emitter_id=emitter.id)
+    process = await director.start_process(
+        session, emitter, rows.id, types, route=route, envelope=rows
+    )
+    return EmissionRead(envelope_id=rows.id, process_id=process.id, status=process.status)
 
 
 # ---------------------------------------------------------------------------- uploads
@@ -113,7 +129,7 @@ async def open_upload(
         raise Conflict("an event id is already used by another envelope")
     now = datetime.now(UTC)
     envelope = Envelope(
-        id=envelope_id or uuid.uuid4(),
+        id=envelope_id or new_id(),
         emitter_id=emitter.id,
         status=EnvelopeStatus.RECEIVING,
         event_count=len(events),
@@ -125,7 +141,7 @@ async def open_upload(
     for position, declared in enumerate(events):
         session.add(
             Event(
-                id=declared.id or uuid.uuid4(),
+                id=declared.id or new_id(),
                 envelope_id=envelope.id,
                 position=position,
                 type=declared.type,

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.models.ids import new_id
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -45,7 +47,7 @@ def str_enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
 
 
 def uuid_pk() -> Mapped[uuid.UUID]:
-    return mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    return mapped_column(sa.Uuid, primary_key=True, default=new_id)
 
 
 def now_column() -> Mapped[datetime]:

@@ -23,6 +23,7 @@ from app.core.exceptions import BadRequest, Conflict, NotFound, Unprocessable, X
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models import Pipeline
 from app.models.enums import PipelineStatus
+from app.models.ids import new_id
 from app.pipelines import repository
 from app.pipelines.graph import Graph, Node, ValidationMessage, check_graph, parse_graph
 from app.pipelines.resolver import DbActorResolver, load_resolver
@@ -205,7 +206,7 @@ async def create_pipeline(session: AsyncSession, data: PipelineCreate) -> Pipeli
     check = await check_graph_input(session, data.graph)
     now = _utcnow()
     pipeline = Pipeline(
-        id=uuid.uuid4(),
+        id=new_id(),
         name=data.name,
         version=data.version,
         description=data.description or "",

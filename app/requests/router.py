@@ -12,8 +12,8 @@ from app.actors.access import owned_actor_info
 from app.bus.director import Message
 from app.bus.notify import actor_key
 from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
-from app.core.errors import Problem
-from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable
+from app.core.errors import Problem, error_body
+from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (
     EnvelopeData,
     EnvelopeFormatError,
@@ -22,8 +22,16 @@ from app.envelopes.codec import (
 )
 from app.models.enums import ActorStatus, RequestStatus
 from app.ops.supervision import record_poll
-from app.requests.schemas import ActorRequestRead, RequestStateIn, RequestStateRead
-from app.requests.service import request_payload
+from app.requests.schemas import (
+    ActorRequestBatch,
+    ActorRequestRead,
+    RequestStateIn,
+    RequestStateRead,
+    RequestStateResult,
+    RequestStatesIn,
+    RequestStatesRead,
+)
+from app.requests.service import request_payloads
 
 router = APIRouter(prefix="/api/v1", tags=["requests"])
 
@@ -34,8 +42,12 @@ _RECHECK = 1.0
 @router.get(
     "/actors/{actor}/requests",
     summary="Lease the next request of a polling actor (long-poll with ?wait=N)",
-    response_model=ActorRequestRead,
+    response_model=ActorRequestRead | ActorRequestBatch,
     responses={
+        200: {
+            "description": "The request leased (without `max`), or up to `max` requests "
+            'leased at once, oldest first (`{"requests": [...]}`)'
+        },
         204: {"description": "No request came within the wait"},
         **Problem.of(401, 403, 404, 422),
     },
@@ -49,6 +61,15 @@ async def lease_request(
     settings: SettingsDep,
     state: State,
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a request")] = 0,
+    batch: Annotated[
+        int | None,
+        Query(
+            alias="max",
+            ge=1,
+            le=1000,
+            description="lease up to this many requests at once; the answer is then a batch",
+        ),
+    ] = None,
 ) -> Any:
     target = await owned_actor_info(session, state.cache, caller, actor)
     if target.status != ActorStatus.ENABLED:
@@ -57,9 +78,10 @@ async def lease_request(
     deadline = time.monotonic() + min(wait, settings.long_poll_max)
     holder = f"http:{caller.name}"
     while True:
-        leased = await director.lease(session, target.id, holder)
+        leased = await director.lease(session, target.id, holder, limit=batch or 1)
         if leased:
-            return await request_payload(session, leased[0], settings.inline_envelope_max_bytes)
+            payloads = await request_payloads(session, leased, settings.inline_envelope_max_bytes)
+            return payloads[0] if batch is None else ActorRequestBatch(requests=payloads)
         await session.commit()  # hold no connection while waiting
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -83,6 +105,50 @@ async def report_state(
     caller: Caller,
     director: DirectorDep,
     settings: SettingsDep,
+) -> RequestStateRead:
+    return await _report(session, caller, director, settings, request_id, body)
+
+
+@router.post(
+    "/requests/states",
+    summary="Report the states of many requests at once",
+    response_model=RequestStatesRead,
+    responses=Problem.of(401, 403, 422),
+)
+async def report_states(
+    body: RequestStatesIn,
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+) -> RequestStatesRead:
+    """Each state as `POST /requests/{id}/state` would take it, in one transaction: one that
+    is refused (unknown request, already ended, bad outputs) changes nothing and answers its
+    problem in its place; the others are recorded."""
+    results = []
+    for item in body.states:
+        try:
+            state = await _report(session, caller, director, settings, item.request_id, item)
+        except XbusError as exc:
+            results.append(
+                RequestStateResult(
+                    request_id=item.request_id,
+                    status=exc.status,
+                    problem=error_body(exc, f"/api/v1/requests/{item.request_id}/state"),
+                )
+            )
+            continue
+        results.append(RequestStateResult(request_id=item.request_id, status=200, state=state))
+    return RequestStatesRead(results=results)
+
+
+async def _report(
+    session: Session,
+    caller: Caller,
+    director: DirectorDep,
+    settings: SettingsDep,
+    request_id: uuid.UUID,
+    body: RequestStateIn,
 ) -> RequestStateRead:
     outputs: dict[str, EnvelopeData] = {}
     for name, raw in body.outputs.items():

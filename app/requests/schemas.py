@@ -68,3 +68,31 @@ class RequestSummary(BaseModel):
     created_at: datetime
     ended_at: datetime | None
     last_error: str | None
+
+
+class ActorRequestBatch(BaseModel):
+    """Requests leased at once (`?max=M`), oldest first."""
+
+    requests: list[ActorRequestRead]
+
+
+class RequestStateItem(RequestStateIn):
+    request_id: uuid.UUID
+
+
+class RequestStatesIn(BaseModel):
+    states: list[RequestStateItem] = Field(max_length=1000)
+
+
+class RequestStateResult(BaseModel):
+    """One state of a batch: its answer (`status` 200, `state`) or its problem (`status`
+    4xx, `problem`, RFC 9457); a refused state changes nothing and sinks no other."""
+
+    request_id: uuid.UUID
+    status: int
+    state: RequestStateRead | None = None
+    problem: dict[str, Any] | None = None
+
+
+class RequestStatesRead(BaseModel):
+    results: list[RequestStateResult]

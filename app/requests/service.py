@@ -4,6 +4,7 @@ and webhooks."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +32,15 @@ class HandedOut(Protocol):
 async def request_payload(
     session: AsyncSession, request: HandedOut, inline_max: int
 ) -> ActorRequestRead:
-    ids = [uuid.UUID(entry["envelope_id"]) for entry in request.inputs]
+    return (await request_payloads(session, [request], inline_max))[0]
+
+
+async def request_payloads(
+    session: AsyncSession, requests: Sequence[HandedOut], inline_max: int
+) -> list[ActorRequestRead]:
+    ids = list(
+        dict.fromkeys(uuid.UUID(entry["envelope_id"]) for r in requests for entry in r.inputs)
+    )
     # One statement for every input: sizes, and the events and items of the small ones.
     conn = await driver_connection(session, begin=False)
     found: dict[uuid.UUID, tuple[int, int, EnvelopeData | None]] = {}
@@ -49,8 +58,15 @@ async def request_payload(
             events.append(EventData(type_, encoding, [], event_id))
         if data is not None:
             events[-1].items.append(data)
+    return [_payload(request, found) for request in requests]
+
+
+def _payload(
+    request: HandedOut, found: dict[uuid.UUID, tuple[int, int, EnvelopeData | None]]
+) -> ActorRequestRead:
     inputs = []
-    for entry, envelope_id in zip(request.inputs, ids, strict=True):
+    for entry in request.inputs:
+        envelope_id = uuid.UUID(entry["envelope_id"])
         size, count, data = found.get(envelope_id, (0, 0, None))
         body = envelope_to_json(data) if data is not None else None
         inputs.append(

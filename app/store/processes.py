@@ -8,7 +8,9 @@ request it ends, the open ones it cancels, its log lines."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,8 +184,7 @@ SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
 # Everything a decision writes, in one statement. The parts run on one snapshot and the
 # foreign keys are checked at its end, so a new process, its nodes, requests and log lines
 # go in together; a part with nothing to do (empty arrays, a false flag) writes nothing.
-SAVE = f"""
-WITH
+_SAVE_PARTS = f"""
 process_new AS (
     INSERT INTO processes (id, pipeline_id, trigger_envelope_id, emitter_id, group_id,
         replay_of, status, status_reason, created_at, status_changed_at,
@@ -241,8 +242,27 @@ logs AS (
 envelope AS (
     UPDATE envelopes SET process_id = $1, node_id = $50
     WHERE id = $49 AND process_id IS NULL
-)
-SELECT coalesce(array_agg(channel), '{{}}') FROM canceled"""
+)"""
+_SAVE_PARAMETERS = 50
+_SAVE_RESULT = "SELECT coalesce(array_agg(channel), '{}') FROM canceled"
+SAVE = f"WITH {_SAVE_PARTS} {_SAVE_RESULT}"
+
+
+@functools.cache
+def save_with(parts: str) -> str:
+    """SAVE joined with more parts (CTEs whose parameters start at $1), renumbered after
+    SAVE's own: written by the same statement."""
+    shifted = re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + _SAVE_PARAMETERS}", parts)
+    return f"WITH {_SAVE_PARTS}, {shifted} {_SAVE_RESULT}"
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Rows written with a decision (a new envelope with the process it starts)."""
+
+    parts: str
+    parameters: tuple[Any, ...]
+
 
 # Up to $n due requests (pending, available, of a running process) matching the filter,
 # oldest first, skipping rows another transaction holds: any number of replicas claim side
@@ -354,14 +374,16 @@ async def save(
     *,
     now: datetime,
     max_attempts: int,
+    joined: Joined | None = None,
 ) -> list[str]:
-    """Write the changes; returns the channels of the requests it canceled."""
+    """Write the changes (and `joined`); returns the channels of the requests it canceled."""
     changed_nodes = [nodes[n] for n in sorted(changes.nodes)]
     request = changes.request
     logs = changes.logs
     envelope_id, envelope_node = changes.envelope or (None, None)
+    statement, more = (SAVE, ()) if joined is None else (save_with(joined.parts), joined.parameters)
     result = await conn.fetchval(
-        SAVE,
+        statement,
         process.id,
         process.pipeline_id,
         process.trigger_envelope_id,
@@ -412,5 +434,6 @@ async def save(
         [entry.processing_error for entry in logs],
         envelope_id,
         envelope_node,
+        *more,
     )
     return list(result or [])

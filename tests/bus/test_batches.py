@@ -1,0 +1,144 @@
+"""Batches: many envelopes in one POST, many requests leased at once, many states in one
+POST. Each entry is taken or refused on its own; a refused one stores nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from tests.bus.conftest import ENVELOPE, Bus, chain
+from tests.conftest import row_counts
+
+
+def envelope(n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "events": [{"type": "order.created", "encoding": "json", "items": [{"n": n}]}],
+        **extra,
+    }
+
+
+async def test_batch_emission_json_and_ndjson(bus: Bus, db: asyncpg.Connection) -> None:
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    co = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", co["name"])))
+    url = f"/api/v1/actors/{em['name']}/outputs"
+
+    bad_type = {"events": [{"type": "other.type", "items": ["x"]}]}
+    r = await acct.http.post(url, json=[envelope(0), bad_type, {"events": []}, envelope(3)])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [0, 1, 2, 3]
+    assert [x["status"] for x in results] == [202, 422, 422, 202]
+    assert "no active pipeline takes event types [other.type]" in results[1]["problem"]["detail"]
+    assert results[2]["problem"]["pointer"] == "/events"
+    accepted = [x["emission"] for x in results if x["status"] == 202]
+    stored = await db.fetch(
+        "SELECT trigger_envelope_id FROM processes WHERE emitter_id = $1", em["id"]
+    )
+    assert {str(r["trigger_envelope_id"]) for r in stored} == {
+        a["envelope_id"] for a in accepted
+    }
+
+    lines = "\n".join([json.dumps(envelope(10)), "{not json", "", json.dumps(envelope(11))])
+    r = await acct.http.post(
+        url, content=lines.encode(), headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert r.status_code == 200, r.text
+    assert [x["status"] for x in r.json()["results"]] == [202, 422, 202]
+
+    # Every accepted envelope reaches the consumer, oldest first, in one batch lease.
+    r = await acct.http.get(f"/api/v1/actors/{co['name']}/requests", params={"max": 10})
+    assert r.status_code == 200, r.text
+    leased = r.json()["requests"]
+    assert len(leased) == 4
+    items = [x["inputs"][0]["envelope"]["events"][0]["items"][0]["n"] for x in leased]
+    assert items == [0, 3, 10, 11]
+
+
+async def test_batch_emission_refuses_whole_bodies_it_cannot_read(bus: Bus) -> None:
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    url = f"/api/v1/actors/{em['name']}/outputs"
+    r = await acct.http.post(url, json=ENVELOPE)  # an object, not an array
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    r = await acct.http.post(url, content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = await acct.http.post("/api/v1/actors/nobody-at-all/outputs", json=[ENVELOPE])
+    assert r.status_code == 404
+
+
+async def test_batch_emission_idempotency_per_envelope(bus: Bus, db: asyncpg.Connection) -> None:
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    co = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", co["name"])))
+    url = f"/api/v1/actors/{em['name']}/outputs"
+    refused = {"events": [{"type": "other.type", "items": ["x"]}], "idempotency_key": "k-bad"}
+    r = await acct.http.post(url, json=[envelope(1, idempotency_key="k1"), refused])
+    first = r.json()["results"]
+    assert [x["status"] for x in first] == [202, 422]
+
+    before = await row_counts(db)
+    r = await acct.http.post(
+        url,
+        json=[
+            envelope(1, idempotency_key="k1"),  # the same: answered as before
+            envelope(2, idempotency_key="k1"),  # another body with that key: 409
+        ],
+    )
+    again = r.json()["results"]
+    assert again[0]["status"] == 202 and again[0]["replayed"] is True
+    assert again[0]["emission"] == first[0]["emission"]
+    assert again[1]["status"] == 409
+    assert await row_counts(db) == before
+
+    # The refused envelope's key was released: it can be used for a good one.
+    good = envelope(3, idempotency_key="k-bad")
+    r = await acct.http.post(url, json=[good])
+    assert r.json()["results"][0]["status"] == 202
+
+
+async def test_batch_states(bus: Bus) -> None:
+    acct = await bus.account()
+    other = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    co = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", co["name"])))
+    emissions = []
+    for _ in range(3):
+        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+        emissions.append(r.json())
+    r = await acct.http.get(f"/api/v1/actors/{co['name']}/requests", params={"max": 3})
+    ids = [x["request_id"] for x in r.json()["requests"]]
+    assert len(ids) == 3
+
+    # Another account cannot report them (404 each, nothing changes).
+    r = await other.http.post(
+        "/api/v1/requests/states",
+        json={"states": [{"request_id": i, "status": "success"} for i in ids]},
+    )
+    assert [x["status"] for x in r.json()["results"]] == [404, 404, 404]
+
+    states = [
+        {"request_id": ids[0], "status": "success"},
+        {"request_id": ids[1], "status": "error", "messages": [{"level": "error", "text": "no"}]},
+        {"request_id": ids[0], "status": "success"},  # already ended above: 409
+        {"request_id": ids[2], "status": "running"},
+    ]
+    r = await acct.http.post("/api/v1/requests/states", json={"states": states})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [200, 200, 409, 200]
+    assert results[0]["state"]["status"] == "success"
+    assert results[2]["problem"]["status"] == 409
+    assert results[3]["state"]["lease_expires_at"] is not None
+
+    statuses = []
+    for emission in emissions:
+        r = await acct.http.get(f"/api/v1/processes/{emission['process_id']}")
+        statuses.append(r.json()["status"])
+    assert statuses == ["done", "error", "running"]
