@@ -7,6 +7,11 @@ request ids rewritten where JSON columns mention them, and every timestamp moved
 `spacing` per copy (the newest copy just before the template, the oldest N x spacing earlier).
 Each batch is one `INSERT ... SELECT` per table over `generate_series`, one transaction.
 Column lists come from `information_schema`, so a column added later is copied as well.
+
+For speed, the seeding session commits with `synchronous_commit = off`, skips the per-row
+foreign-key triggers (`session_replication_role = replica`: the copies are consistent by
+construction), and from 100,000 copies drops the seeded tables' secondary indexes and builds
+them again at the end (so they are freshly built, denser than a live bus's would be).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ async def _columns(conn: Any, table: str) -> list[tuple[str, str]]:
     return [(r["column_name"], r["data_type"]) for r in rows]
 
 
-def _expressions(table: str, columns: list[tuple[str, str]]) -> list[str]:
+def _expressions(table: str, columns: list[tuple[str, str]], rewrite: str) -> list[str]:
     """What each column of a copy holds. In scope: t (the template row), s (the copy's ids:
     g, process, delta), env (old -> new envelope ids of copy g), ev (events), rq (requests)."""
     ids = {
@@ -69,7 +74,7 @@ def _expressions(table: str, columns: list[tuple[str, str]]) -> list[str]:
             out.append(f"t.{name} - s.delta")
         elif data_type == "jsonb":
             # Envelope ids appear in node inputs/outputs and request inputs.
-            out.append(f"pg_temp.seed_rewrite(t.{name}, s.g::int)")
+            out.append(rewrite.format(column=f"t.{name}"))
         else:
             out.append(f"t.{name}")
     return out
@@ -92,58 +97,72 @@ def _joins(table: str) -> str:
     }[table]
 
 
-# Replace every template envelope/request id inside a jsonb value by copy g's.
-_REWRITE_FN = """
-CREATE OR REPLACE FUNCTION pg_temp.seed_rewrite(v jsonb, copy int) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    txt text := v::text;
-    m record;
-BEGIN
-    IF v IS NULL OR v = '{}'::jsonb OR v = '[]'::jsonb THEN
-        RETURN v;
-    END IF;
-    FOR m IN
-        SELECT old::text AS o, new::text AS n FROM seed_envelopes WHERE g = copy
-        UNION ALL SELECT old::text, new::text FROM seed_requests WHERE g = copy
-    LOOP
-        txt := replace(txt, m.o, m.n);
-    END LOOP;
-    RETURN txt::jsonb;
-END $$;
-"""
-
-
 async def clone_process(
     conn: Any,
     template: uuid.UUID,
     count: int,
     spacing_s: float = 1.0,
     progress: Callable[[int], None] | None = None,
-) -> None:
-    """`count` copies of process `template` and everything of it (see the module doc)."""
+) -> dict[str, float]:
+    """`count` copies of process `template` and everything of it (see the module doc);
+    returns the seconds spent inserting into each table."""
     trigger = await conn.fetchval(
         "SELECT trigger_envelope_id FROM processes WHERE id = $1", template
     )
     if trigger is None:
         raise RuntimeError(f"process {template} not found or without a trigger envelope")
+    envelopes = [
+        r["id"]
+        for r in await conn.fetch(
+            "SELECT id FROM envelopes WHERE id = $2 OR process_id = $1 ORDER BY id",
+            template,
+            trigger,
+        )
+    ]
+    requests = [
+        r["id"]
+        for r in await conn.fetch(
+            "SELECT id FROM requests WHERE process_id = $1 ORDER BY id", template
+        )
+    ]
+    # Each copy's new ids: columns env_0.., req_0.. of seed_ids; the template's ids in JSON
+    # values are replaced by plain replace() calls, one per id.
+    rewrite = "{column}::text"
+    for i, old in enumerate(envelopes):
+        rewrite = f"replace({rewrite}, '{old}', s.env_{i}::text)"
+    for i, old in enumerate(requests):
+        rewrite = f"replace({rewrite}, '{old}', s.req_{i}::text)"
+    rewrite = f"({rewrite})::jsonb"
+    new_ids = "".join(
+        [f", gen_random_uuid() AS env_{i}" for i in range(len(envelopes))]
+        + [f", gen_random_uuid() AS req_{i}" for i in range(len(requests))]
+    )
+
+    def unpivot(prefix: str, count: int) -> str:
+        array = ", ".join(f"s.{prefix}_{i}" for i in range(count)) or "NULL::uuid"
+        return (
+            f"SELECT s.g, o.old, (ARRAY[{array}])[o.i] AS new FROM seed_ids s "
+            "CROSS JOIN unnest($1::uuid[]) WITH ORDINALITY o(old, i)"
+        )
+
     statements = {}
     for table in _TEMPLATE_ROWS:
         columns = await _columns(conn, table)
         names = ", ".join(name for name, _ in columns)
-        exprs = ", ".join(_expressions(table, columns))
+        exprs = ", ".join(_expressions(table, columns, rewrite))
         statements[table] = (
             f"INSERT INTO {table} ({names}) SELECT {exprs} FROM {table} t {_joins(table)} "
             f"WHERE {_TEMPLATE_ROWS[table]}"
         )
+    timings: dict[str, float] = {}
     done = 0
     while done < count:
         n = min(BATCH, count - done)
         async with conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE seed_ids ON COMMIT DROP AS SELECT g, gen_random_uuid() AS "
-                "process, make_interval(secs => ($3::bigint - g + 1) * $4::float8) AS delta "
-                "FROM generate_series($1::bigint + 1, $1::bigint + $2::bigint) g",
+                f"CREATE TEMP TABLE seed_ids ON COMMIT DROP AS SELECT g, gen_random_uuid() AS "
+                f"process{new_ids}, make_interval(secs => ($3::bigint - g + 1) * $4::float8) "
+                "AS delta FROM generate_series($1::bigint + 1, $1::bigint + $2::bigint) g",
                 done,
                 n,
                 count,
@@ -151,51 +170,84 @@ async def clone_process(
             )
             await conn.execute("CREATE UNIQUE INDEX ON seed_ids (g)")
             await conn.execute(
-                "CREATE TEMP TABLE seed_envelopes ON COMMIT DROP AS SELECT s.g, e.id AS old, "
-                "gen_random_uuid() AS new FROM seed_ids s CROSS JOIN envelopes e "
-                "WHERE e.id = $2 OR e.process_id = $1",
-                template,
-                trigger,
+                "CREATE TEMP TABLE seed_envelopes ON COMMIT DROP AS "
+                + unpivot("env", len(envelopes)),
+                envelopes,
+            )
+            await conn.execute(
+                "CREATE TEMP TABLE seed_requests ON COMMIT DROP AS "
+                + unpivot("req", len(requests)),
+                requests,
             )
             await conn.execute(
                 "CREATE TEMP TABLE seed_events ON COMMIT DROP AS SELECT s.g, v.id AS old, "
                 "gen_random_uuid() AS new FROM seed_ids s CROSS JOIN events v "
-                "WHERE v.envelope_id IN "
-                "(SELECT id FROM envelopes WHERE id = $2 OR process_id = $1)",
-                template,
-                trigger,
-            )
-            await conn.execute(
-                "CREATE TEMP TABLE seed_requests ON COMMIT DROP AS SELECT s.g, r.id AS old, "
-                "gen_random_uuid() AS new FROM seed_ids s CROSS JOIN requests r "
-                "WHERE r.process_id = $1",
-                template,
+                "WHERE v.envelope_id = ANY($1::uuid[])",
+                envelopes,
             )
             for name in ("seed_envelopes", "seed_events", "seed_requests"):
                 await conn.execute(f"CREATE INDEX ON {name} (g, old)")
                 await conn.execute(f"ANALYZE {name}")
             await conn.execute("ANALYZE seed_ids")
-            await conn.execute(_REWRITE_FN)
-            for sql in statements.values():
+            for table, sql in statements.items():
                 args = [template, trigger][: 2 if "$2" in sql else 1 if "$1" in sql else 0]
+                t0 = time.perf_counter()
                 await conn.execute(sql, *args)
+                timings[table] = timings.get(table, 0.0) + time.perf_counter() - t0
         done += n
         if progress is not None:
             progress(done)
+    return {table: round(seconds, 1) for table, seconds in timings.items()}
+
+
+# Above this many copies, the tables' secondary indexes are dropped first and built again
+# after (one sort per index instead of a million insertions into each).
+REBUILD_INDEXES_FROM = 100_000
+
+
+async def _secondary_indexes(conn: Any) -> list[tuple[str, str]]:
+    """(name, definition) of the seeded tables' indexes that back no constraint."""
+    rows = await conn.fetch(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+        "JOIN pg_class c ON c.relname = i.indexname "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = i.schemaname "
+        "WHERE i.schemaname = 'public' AND i.tablename = ANY($1::text[]) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid)",
+        list(_TEMPLATE_ROWS),
+    )
+    return [(r["indexname"], r["indexdef"]) for r in rows]
 
 
 async def seed(
     conn: Any, template: uuid.UUID, count: int, label: str, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Clone `template` `count` times, then ANALYZE; the time it took and the database size."""
+    """Clone `template` `count` times, then ANALYZE; the time it took and the database size.
+    The copies are committed with synchronous_commit off (this session only); with many
+    copies, the secondary indexes are dropped and built again once the rows are in."""
     t0 = time.perf_counter()
 
     def progress(done: int) -> None:
         log(f"  {label}: {done:,}/{count:,} processes, {time.perf_counter() - t0:.0f} s")
 
-    await clone_process(conn, template, count, progress=progress)
+    await conn.execute("SET synchronous_commit = off")
+    # The copies are consistent by construction (copied from rows that passed the foreign
+    # keys): no per-row foreign-key trigger for them (superuser only; the embedded one is).
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute("SET maintenance_work_mem = '256MB'")
+    indexes = await _secondary_indexes(conn) if count >= REBUILD_INDEXES_FROM else []
+    for name, _ in indexes:
+        await conn.execute(f'DROP INDEX "{name}"')
+    try:
+        timings = await clone_process(conn, template, count, progress=progress)
+    finally:
+        if indexes:
+            log(f"  {label}: building {len(indexes)} indexes again ...")
+        for _, definition in indexes:
+            await conn.execute(definition)
     seeded = time.perf_counter() - t0
     await conn.execute("ANALYZE")
+    await conn.execute("RESET synchronous_commit")
+    await conn.execute("RESET session_replication_role")
     total = time.perf_counter() - t0
     size = await conn.fetchval("SELECT pg_database_size(current_database())")
     return {
@@ -203,4 +255,6 @@ async def seed(
         "insert_s": round(seeded, 1),
         "with_analyze_s": round(total, 1),
         "database_bytes": size,
+        "indexes_rebuilt": len(indexes),
+        "insert_s_by_table": timings,
     }
