@@ -1,7 +1,8 @@
 """End-to-end HTTP throughput of the bus against a bare FastAPI + asyncpg baseline.
 
     uv run python -m bench.http_bus [--envelopes N] [--concurrency C] [--consumers K]
-                                    [--seconds-max S] [--json FILE]
+                                    [--seconds-max S] [--rate R] [--workers X]
+                                    [--history H] [--backlog M] [--json FILE]
 
 One command, everything local (127.0.0.1 and Unix sockets only):
 
@@ -9,18 +10,19 @@ One command, everything local (127.0.0.1 and Unix sockets only):
    (`app.runtime.EmbeddedRuntime`);
 2. baseline: serves `bench.baseline_app` (one uvicorn worker; POST /ingest = one SELECT + one
    INSERT through an asyncpg pool of 10, in a scratch database of the same PostgreSQL) and
-   drives it for --baseline-seconds with C clients posting ~300-byte JSON bodies, once with
-   httpx clients (the generator the bus gets) and once with a raw asyncio HTTP/1.1 client
-   (how fast the server goes when the generator costs next to nothing);
-3. bus: runs `xbusd serve` against the same PostgreSQL and nats-server, creates an account,
-   an emitter, K consumers sharing a role and an active pipeline emitter -> consumer (role,
-   spread); then C emitter clients POST N envelopes while K consumer loops long-poll their
-   actor's requests and report success; the round ends when every accepted envelope's
-   process is done, or at --seconds-max;
-4. prints requests/s and latencies of both, the ratios, and the CPU used by each process.
+   drives it for --baseline-seconds with C raw HTTP/1.1 clients (`bench.rawhttp`) posting
+   ~300-byte JSON bodies;
+3. bus: runs `xbusd serve` (with `--workers X` when given) against the same PostgreSQL and
+   nats-server, creates (httpx, setup only) an account, an emitter, K consumers sharing a
+   role and an active pipeline emitter -> consumer (role, spread); with --history/--backlog,
+   seeds the database by SQL (`bench.seed`); then C emitter clients POST N envelopes while K
+   consumer loops long-poll their actor's requests and report success, all on the same raw
+   client as the baseline; the round ends when every accepted envelope's process is done,
+   or at --seconds-max;
+4. prints requests/s and latencies of both, the ratios bus/baseline, and the CPU used by
+   each process (xbusd with all its descendants; PostgreSQL and nats-server apart).
 
-Each HTTP client task has its own `httpx.AsyncClient` (a shared one is slow: see
-PERF-NOTES). The load generator runs in this process, on the same cores as the servers.
+The load generator runs in this process, on the same cores as the servers.
 Servers are stopped by pid at the end, also on errors and Ctrl-C.
 """
 
