@@ -1,7 +1,8 @@
 """End-to-end HTTP throughput of the bus against a bare FastAPI + asyncpg baseline.
 
     uv run python -m bench.http_bus [--envelopes N] [--concurrency C] [--consumers K]
-                                    [--seconds-max S] [--json FILE]
+                                    [--seconds-max S] [--rate R] [--workers X]
+                                    [--history H] [--backlog M] [--json FILE]
 
 One command, everything local (127.0.0.1 and Unix sockets only):
 
@@ -9,18 +10,19 @@ One command, everything local (127.0.0.1 and Unix sockets only):
    (`app.runtime.EmbeddedRuntime`);
 2. baseline: serves `bench.baseline_app` (one uvicorn worker; POST /ingest = one SELECT + one
    INSERT through an asyncpg pool of 10, in a scratch database of the same PostgreSQL) and
-   drives it for --baseline-seconds with C clients posting ~300-byte JSON bodies, once with
-   httpx clients (the generator the bus gets) and once with a raw asyncio HTTP/1.1 client
-   (how fast the server goes when the generator costs next to nothing);
-3. bus: runs `xbusd serve` against the same PostgreSQL and nats-server, creates an account,
-   an emitter, K consumers sharing a role and an active pipeline emitter -> consumer (role,
-   spread); then C emitter clients POST N envelopes while K consumer loops long-poll their
-   actor's requests and report success; the round ends when every accepted envelope's
-   process is done, or at --seconds-max;
-4. prints requests/s and latencies of both, the ratios, and the CPU used by each process.
+   drives it for --baseline-seconds with C raw HTTP/1.1 clients (`bench.rawhttp`) posting
+   ~300-byte JSON bodies;
+3. bus: runs `xbusd serve` (with `--workers X` when given) against the same PostgreSQL and
+   nats-server, creates (httpx, setup only) an account, an emitter, K consumers sharing a
+   role and an active pipeline emitter -> consumer (role, spread); with --history/--backlog,
+   seeds the database by SQL (`bench.seed`); then C emitter clients POST N envelopes while K
+   consumer loops long-poll their actor's requests and report success, all on the same raw
+   client as the baseline; the round ends when every accepted envelope's process is done,
+   or at --seconds-max;
+4. prints requests/s and latencies of both, the ratios bus/baseline, and the CPU used by
+   each process (xbusd with all its descendants; PostgreSQL and nats-server apart).
 
-Each HTTP client task has its own `httpx.AsyncClient` (a shared one is slow: see
-PERF-NOTES). The load generator runs in this process, on the same cores as the servers.
+The load generator runs in this process, on the same cores as the servers.
 Servers are stopped by pid at the end, also on errors and Ctrl-C.
 """
 
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -56,6 +59,8 @@ from sqlalchemy.engine import make_url
 from app.config import Settings, load_settings
 from app.runtime import children
 from app.runtime.embedded import EmbeddedRuntime
+from bench import seed
+from bench.rawhttp import TRANSPORT_ERRORS, RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -64,6 +69,8 @@ SCRATCH_DB = "bench_scratch"
 EVENT_TYPE = "order.created"
 ROLE = "bench-sink"
 HTTP_TIMEOUT = 30.0
+SUCCESS = b'{"status":"success"}'
+JSON_HEADERS = {"content-type": "application/json"}
 
 T = TypeVar("T")
 
@@ -83,6 +90,9 @@ class Options:
     rate: float | None
     json_file: Path | None
     keep: bool
+    workers: int | None = None
+    history: int = 0
+    backlog: int = 0
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -134,9 +144,32 @@ def parse_args(argv: list[str] | None) -> Options:
         "scheduled send time) [no limit: C clients back to back]",
     )
     p.add_argument("--poll-wait", type=float, default=5.0, help="consumers' ?wait= (s) [5]")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run `xbusd serve --workers N` [not passed: xbusd's default]",
+    )
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="seed this many done processes by SQL before the measured round [0]",
+    )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="seed this many running processes, each with a request pending on a consumer "
+        "nobody polls, before the measured round [0]",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs")
     a = p.parse_args(argv)
+    if a.workers is not None and a.workers < 1:
+        p.error("--workers must be at least 1")
+    if a.history < 0 or a.backlog < 0:
+        p.error("--history and --backlog must not be negative")
     for name in ("envelopes", "concurrency", "consumers"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -158,6 +191,9 @@ def parse_args(argv: list[str] | None) -> Options:
         rate=a.rate,
         json_file=a.json,
         keep=a.keep,
+        workers=a.workers,
+        history=a.history,
+        backlog=a.backlog,
     )
 
 
@@ -200,6 +236,11 @@ def latency_ms(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def per_item(cpu_s: float, count: int) -> float | None:
+    """CPU ms per item."""
+    return round(cpu_s * 1000 / count, 2) if count else None
+
+
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
@@ -217,8 +258,10 @@ def new_client(base_url: str, headers: dict[str, str] | None = None) -> httpx.As
 LOADGEN = -1  # this process, without its children (the servers)
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """CPU time of a process, its live descendants and the children it has reaped."""
+def cpu_seconds(pid: int | None, exclude: frozenset[int] = frozenset()) -> float:
+    """CPU time of a process, its live descendants (all of them: uvicorn workers with
+    `--workers`, anything they start) and the children it has reaped; descendants in
+    `exclude` (PostgreSQL, nats-server: counted apart) and theirs are left out."""
     if pid is None:
         return 0.0
     if pid == LOADGEN:
@@ -228,8 +271,12 @@ def cpu_seconds(pid: int | None) -> float:
         proc = psutil.Process(pid)
         t = proc.cpu_times()
         total = t.user + t.system + t.children_user + t.children_system
+        skip = set(exclude)
         for child in proc.children(recursive=True):
             with contextlib.suppress(psutil.Error):
+                if child.pid in skip or child.ppid() in skip:
+                    skip.add(child.pid)
+                    continue
                 c = child.cpu_times()
                 total += c.user + c.system
         return total
@@ -253,21 +300,28 @@ class CpuMeter:
     """CPU seconds used by named processes between `start()` and `stop()`, and by everything
     else on the machine ("others": other people's work disturbs the figures)."""
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+    def __init__(
+        self, pids: dict[str, int | None], exclude: dict[str, int | None] | None = None
+    ) -> None:
         self.pids = pids
+        self.exclude = frozenset(p for p in (exclude or {}).values() if p is not None)
         self.before: dict[str, float] = {}
         self.used: dict[str, float] = {}
         self.machine_before = 0.0
         self.wall_before = 0.0
 
+    def _cpu(self, name: str, pid: int | None) -> float:
+        return cpu_seconds(pid, self.exclude if name == "server" else frozenset())
+
     def start(self) -> None:
-        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.before = {name: self._cpu(name, pid) for name, pid in self.pids.items()}
         self.machine_before = machine_busy_seconds()
         self.wall_before = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
         self.used = {
-            name: round(cpu_seconds(pid) - self.before[name], 2) for name, pid in self.pids.items()
+            name: round(self._cpu(name, pid) - self.before[name], 2)
+            for name, pid in self.pids.items()
         }
         busy = machine_busy_seconds() - self.machine_before
         self.used["others"] = round(max(0.0, busy - sum(self.used.values())), 2)
@@ -348,64 +402,6 @@ class LoadResult:
         return dict(sorted(Counter(str(s.status) for s in self.samples).items()))
 
 
-class RawClient:
-    """A minimal HTTP/1.1 keep-alive client (POST only, Content-Length bodies): a check of how
-    much of a result is the load generator's own cost (httpx spends ~1 ms of CPU a request)."""
-
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
-        url = httpx.URL(base_url)
-        self.host = url.host
-        self.port = url.port or 80
-        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def __aenter__(self) -> RawClient:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        assert self.reader is not None
-        assert self.writer is not None
-        self.writer.write(
-            f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{self.head}"
-            f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        status = int((await self.reader.readuntil(b"\r\n")).split()[1])
-        length = 0
-        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                raise RuntimeError("RawClient does not read chunked responses")
-        return status, await self.reader.readexactly(length)
-
-
-class HttpxPoster:
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
-        self.client = new_client(base_url, headers)
-
-    async def __aenter__(self) -> HttpxPoster:
-        await self.client.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        r = await self.client.post(path, content=body)
-        return r.status_code, r.content
-
-
 async def post_load(
     base_url: str,
     path: str,
@@ -414,7 +410,6 @@ async def post_load(
     concurrency: int,
     deadline: float,
     on_sample: Callable[[Sample], None] | None = None,
-    client: str = "httpx",
     rate: float | None = None,
 ) -> LoadResult:
     """`concurrency` clients, each with its own connection, POST ~300-byte bodies to `path`:
@@ -431,8 +426,7 @@ async def post_load(
 
     async def worker() -> None:
         nonlocal next_seq
-        poster = RawClient(base_url, headers) if client == "raw" else HttpxPoster(base_url, headers)
-        async with poster:
+        async with RawClient(base_url, headers, HTTP_TIMEOUT) as poster:
             while (n is None or next_seq < n) and time.perf_counter() < deadline:
                 seq = next_seq
                 next_seq += 1
@@ -445,9 +439,9 @@ async def post_load(
                         await asyncio.sleep(due - start)
                     start = due
                 try:
-                    status, content = await poster.post(path, bodies[seq % len(bodies)])
-                    sample = Sample(start, time.perf_counter(), status, content)
-                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
+                    r = await poster.post(path, bodies[seq % len(bodies)])
+                    sample = Sample(start, time.perf_counter(), r.status, r.body)
+                except TRANSPORT_ERRORS as exc:
                     errors[type(exc).__name__] += 1
                     sample = Sample(start, time.perf_counter(), 0, b"")
                 samples.append(sample)
@@ -478,7 +472,7 @@ async def ensure_scratch_db(database_url: str) -> str:
     return asyncpg_dsn(database_url, SCRATCH_DB)
 
 
-async def baseline_round(base_url: str, opts: Options, client: str, meter: CpuMeter) -> LoadResult:
+async def baseline_round(base_url: str, opts: Options, meter: CpuMeter) -> LoadResult:
     if opts.warmup:
         await post_load(
             base_url,
@@ -487,7 +481,6 @@ async def baseline_round(base_url: str, opts: Options, client: str, meter: CpuMe
             opts.warmup,
             opts.concurrency,
             time.perf_counter() + opts.baseline_seconds,
-            client=client,
         )
     meter.start()
     result = await post_load(
@@ -497,7 +490,6 @@ async def baseline_round(base_url: str, opts: Options, client: str, meter: CpuMe
         None,
         opts.concurrency,
         time.perf_counter() + opts.baseline_seconds,
-        client=client,
     )
     meter.stop()
     return result
@@ -522,8 +514,7 @@ def baseline_figures(result: LoadResult, cpu: dict[str, float]) -> dict[str, Any
 def run_baseline(
     opts: Options, kids: Children, workdir: Path, database_url: str, pids: dict[str, int | None]
 ) -> dict[str, Any]:
-    """The baseline app driven twice: by the httpx generator (the one the bus gets) and by
-    the raw client (how fast the server goes when the generator costs little)."""
+    """The baseline app driven by the raw client, as the bus is: C clients for B seconds."""
     dsn = asyncio.run(ensure_scratch_db(database_url))
     port = children.free_port(HOST)
     log_file = workdir / "baseline.log"
@@ -543,16 +534,14 @@ def run_baseline(
     ]
     proc = kids.spawn("baseline", args, log_file, env)
     base_url = f"http://{HOST}:{port}"
-    figures: dict[str, Any] = {}
     try:
         wait_ready(f"{base_url}/readyz", proc, log_file, 60)
-        for client in ("httpx", "raw"):
-            meter = CpuMeter({"server": proc.pid, **pids, "loadgen": LOADGEN})
-            result = run_async(baseline_round(base_url, opts, client, meter))
-            figures[client] = baseline_figures(result, meter.used)
+        meter = CpuMeter({"server": proc.pid, **pids, "loadgen": LOADGEN}, exclude=pids)
+        result = run_async(baseline_round(base_url, opts, meter))
+        figures = baseline_figures(result, meter.used)
     finally:
         kids.stop(proc)
-    figures["httpx"]["log_problems"] = log_problems(log_file)
+    figures["log_problems"] = log_problems(log_file)
     return figures
 
 
@@ -658,36 +647,40 @@ class Consumers:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _loop(self, actor: str) -> None:
-        async with new_client(self.base_url, {"Authorization": f"Bearer {self.key}"}) as client:
-            path = f"/api/v1/actors/{actor}/requests"
-            params = {"wait": str(self.wait)}
+        auth = {"Authorization": f"Bearer {self.key}"}
+        # The long-poll may last `wait` s: the client's timeout must outlast it.
+        async with RawClient(self.base_url, auth, HTTP_TIMEOUT + self.wait) as client:
+            path = f"/api/v1/actors/{actor}/requests?wait={self.wait:g}"
             while True:
                 try:
                     t0 = time.perf_counter()
-                    r = await client.get(path, params=params)
+                    r = await client.get(path)
                     # Look the stats up after each await: a long-poll started in the warm-up
                     # may hand out a job of the measured round.
-                    self.stats.poll_statuses[str(r.status_code)] += 1
-                    if r.status_code == 204:
+                    self.stats.poll_statuses[str(r.status)] += 1
+                    if r.status == 204:
                         continue
-                    if r.status_code != 200:
-                        self.stats.problem(f"GET requests {r.status_code}: {r.text}")
+                    if r.status != 200:
+                        self.stats.problem(f"GET requests {r.status}: {r.text}")
                         await asyncio.sleep(0.1)
                         continue
                     t1 = time.perf_counter()
                     self.stats.lease_latency.append(t1 - t0)
                     job = r.json()
-                    s = await client.post(
-                        f"/api/v1/requests/{job['request_id']}/state", json={"status": "success"}
+                    s = await client.request(
+                        "POST",
+                        f"/api/v1/requests/{job['request_id']}/state",
+                        SUCCESS,
+                        JSON_HEADERS,
                     )
                     t2 = time.perf_counter()
-                    self.stats.state_statuses[str(s.status_code)] += 1
-                    if s.status_code == 200:
+                    self.stats.state_statuses[str(s.status)] += 1
+                    if s.status == 200:
                         self.stats.state_latency.append(t2 - t1)
                         self.done[job["process_id"]] = t2
                     else:
-                        self.stats.problem(f"POST state {s.status_code}: {s.text}")
-                except httpx.HTTPError as exc:
+                        self.stats.problem(f"POST state {s.status}: {s.text}")
+                except TRANSPORT_ERRORS as exc:
                     self.stats.errors[type(exc).__name__] += 1
                     self.stats.problem(f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.1)
@@ -737,43 +730,96 @@ async def bus_round(
 
 
 async def bus_session(
-    base_url: str, admin_key: str, opts: Options, meter: CpuMeter
-) -> tuple[BusRun, dict[str, int]]:
+    base_url: str, admin_key: str, dsn: str, opts: Options, meter: CpuMeter
+) -> tuple[BusRun, dict[str, int], dict[str, Any]]:
     topo = await create_topology(base_url, admin_key, opts.consumers)
     consumers = Consumers(base_url, topo.emitter_key, topo.consumers, opts.poll_wait)
     consumers.start()
+    seeded: dict[str, Any] = {}
     try:
-        if opts.warmup:
-            warm = await bus_round(topo, consumers, opts, opts.warmup)
-            if warm.timed_out:
-                raise RuntimeError("the bus warm-up did not finish within --seconds-max")
+        warm = await bus_round(topo, consumers, opts, max(opts.warmup, 1 if opts.history else 0))
+        if warm.timed_out:
+            raise RuntimeError("the bus warm-up did not finish within --seconds-max")
+        if opts.history or opts.backlog:
+            seeded = await seed_database(base_url, admin_key, dsn, opts, warm)
         meter.start()
         run = await bus_round(topo, consumers, opts, opts.envelopes, opts.rate)
         meter.stop()
     finally:
         await consumers.stop()
-    return run, await count_processes(base_url, admin_key, topo.emitter)
+    return run, await count_processes(dsn, list(run.started)), seeded
 
 
-async def count_processes(base_url: str, admin_key: str, emitter: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def seed_database(
+    base_url: str, admin_key: str, dsn: str, opts: Options, warm: BusRun
+) -> dict[str, Any]:
+    """--history: copies of a done process of the warm-up; --backlog: copies of a process
+    waiting for an idle consumer (nobody polls it), emitted by an emitter of its own."""
+    conn: Any = await asyncpg.connect(dsn)
+    out: dict[str, Any] = {}
+    try:
+        if opts.history:
+            template = uuid.UUID(next(iter(warm.done)))
+            say(f"seeding {opts.history:,} done processes ...")
+            out["history"] = await seed.seed(conn, template, opts.history, "history", say)
+        if opts.backlog:
+            template = await backlog_template(base_url, admin_key, conn)
+            say(f"seeding a backlog of {opts.backlog:,} processes ...")
+            out["backlog"] = await seed.seed(conn, template, opts.backlog, "backlog", say)
+        for name, figures in out.items():
+            say(
+                f"{name}: {figures['processes']:,} processes in {figures['insert_s']} s "
+                f"({figures['with_analyze_s']} s with ANALYZE); database now "
+                f"{figures['database_bytes'] / 2**20:,.0f} MiB"
+            )
+    finally:
+        await conn.close()
+    return out
+
+
+async def backlog_template(base_url: str, admin_key: str, conn: Any) -> uuid.UUID:
+    """An emitter and a consumer nobody polls, in a pipeline of their own; one envelope
+    emitted: its process, running with a pending request, is the template of the backlog."""
+    tag = secrets.token_hex(3)
     async with new_client(base_url, {"Authorization": f"Bearer {admin_key}"}) as admin:
-        for status in ("initial", "running", "paused", "done", "error"):
-            total = 0
-            cursor: str | None = None
-            while True:
-                params = {"status": status, "emitter": emitter, "limit": "1000"}
-                if cursor:
-                    params["cursor"] = cursor
-                r = await admin.get("/api/v1/processes", params=params)
-                r.raise_for_status()
-                page = r.json()
-                total += len(page["items"])
-                cursor = page.get("next_cursor")
-                if not cursor:
-                    break
-            counts[status] = total
-    return counts
+        account, emitter = await bench_emitter(admin, tag)
+        idle = f"bench-idle-{tag}"
+        body = {"name": idle, "kind": "consumer", "account_id": account["id"]}
+        await post_json(admin, "/api/v1/actors", body)
+        await activate_hop(admin, tag, emitter, {"actors": [idle]})
+    auth = {"Authorization": f"Bearer {account['api_key']}"}
+    async with RawClient(base_url, auth) as client:
+        r = await client.request(
+            "POST", f"/api/v1/actors/{emitter}/output", make_body(0), JSON_HEADERS
+        )
+        if r.status != 202:
+            raise RuntimeError(f"backlog template: {r.status} {r.text}")
+        process = uuid.UUID(r.json()["process_id"])
+    for _ in range(100):
+        if await conn.fetchval(
+            "SELECT count(*) FROM requests WHERE process_id = $1 AND status = 'pending'", process
+        ):
+            return process
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"backlog template {process}: no pending request after 10 s")
+
+
+async def count_processes(dsn: str, ids: list[str]) -> dict[str, int]:
+    """The server's own view of the measured round's processes, by status."""
+    conn: Any = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT status, count(*) AS n FROM processes WHERE id = ANY($1::uuid[]) "
+            "GROUP BY status ORDER BY status",
+            ids,
+        )
+    finally:
+        await conn.close()
+    return {row["status"]: row["n"] for row in rows}
 
 
 def runtime_env(before: Settings, after: Settings) -> dict[str, str]:
@@ -799,9 +845,12 @@ class Xbusd:
     log_file: Path
 
 
-def start_xbusd(kids: Children, workdir: Path, env: dict[str, str]) -> Xbusd:
+def start_xbusd(
+    kids: Children, workdir: Path, env: dict[str, str], workers: int | None = None
+) -> Xbusd:
     """`xbusd serve` on a free port of 127.0.0.1 with a fresh admin key, against the servers
-    `env` names (see `runtime_env`); returns once it is ready."""
+    `env` names (see `runtime_env`), with `--workers N` when `workers` is given; returns
+    once it is ready."""
     port = children.free_port(HOST)
     admin_key = "xbk_bench_" + secrets.token_urlsafe(24)
     log_file = workdir / "xbusd.log"
@@ -817,6 +866,8 @@ def start_xbusd(kids: Children, workdir: Path, env: dict[str, str]) -> Xbusd:
         "--data-dir",
         str(workdir / "xbusd-data"),
     ]
+    if workers is not None:
+        args += ["--workers", str(workers)]
     proc = kids.spawn("xbusd", args, log_file, {**env, "XBUS_ADMIN_API_KEY": admin_key})
     base_url = f"http://{HOST}:{port}"
     wait_ready(f"{base_url}/readyz", proc, log_file, 120)
@@ -829,12 +880,14 @@ def run_bus(
     workdir: Path,
     runtime: dict[str, str],
     pids: dict[str, int | None],
+    database_url: str,
 ) -> dict[str, Any]:
-    xbusd = start_xbusd(kids, workdir, {**os.environ, **runtime})
+    xbusd = start_xbusd(kids, workdir, {**os.environ, **runtime}, opts.workers)
     base_url, admin_key, log_file = xbusd.base_url, xbusd.admin_key, xbusd.log_file
+    dsn = asyncpg_dsn(database_url, make_url(database_url).database or "xbus")
     try:
-        meter = CpuMeter({"server": xbusd.proc.pid, **pids, "loadgen": LOADGEN})
-        run, server_counts = run_async(bus_session(base_url, admin_key, opts, meter))
+        meter = CpuMeter({"server": xbusd.proc.pid, **pids, "loadgen": LOADGEN}, exclude=pids)
+        run, server_counts, seeded = run_async(bus_session(base_url, admin_key, dsn, opts, meter))
         cpu = meter.used
     finally:
         kids.stop(xbusd.proc)
@@ -871,9 +924,12 @@ def run_bus(
             for s in emission.samples
             if s.status not in (0, 202)
         ][:10],
-        "processes_by_status_incl_warmup": server_counts,
+        "processes_by_status": server_counts,
+        "seeded": seeded,
         "cpu_s": cpu,
-        "server_cpu_ms_per_process": round(cpu["server"] * 1000 / len(done), 2) if done else None,
+        "server_cpu_ms_per_process": per_item(cpu["server"], len(done)),
+        "postgres_cpu_ms_per_process": per_item(cpu["postgres"], len(done)),
+        "loadgen_cpu_ms_per_process": per_item(cpu["loadgen"], len(done)),
         "log_problems": log_problems(log_file),
     }
 
@@ -924,8 +980,7 @@ def fmt(value: Any) -> str:
 
 
 def report(figures: dict[str, Any]) -> str:
-    b = figures["baseline"]["httpx"]
-    raw = figures["baseline"]["raw"]
+    b = figures["baseline"]
     u = figures["bus"]
     r = figures["ratios"]
     o = figures["options"]
@@ -935,18 +990,7 @@ def report(figures: dict[str, Any]) -> str:
         return d["p50"], d["p95"], d["p99"]
 
     rows: list[tuple[str, Any, str, tuple[Any, Any, Any]]] = [
-        (
-            "baseline POST /ingest, httpx clients",
-            b["requests_per_s"],
-            "req/s",
-            lat(b["latency_ms"]),
-        ),
-        (
-            "baseline POST /ingest, raw clients",
-            raw["requests_per_s"],
-            "req/s",
-            lat(raw["latency_ms"]),
-        ),
+        ("baseline POST /ingest", b["requests_per_s"], "req/s", lat(b["latency_ms"])),
         (
             "bus: envelopes accepted (202)",
             u["accepted_per_s"],
@@ -961,8 +1005,9 @@ def report(figures: dict[str, Any]) -> str:
     out = [
         f"bench.http_bus: N={o['envelopes']} C={o['concurrency']} K={o['consumers']} "
         f"warm-up={o['warmup']} baseline={o['baseline_seconds']:g}s body={o['body_bytes']}B "
-        f"rate={o['rate'] or 'unlimited'}; "
-        f"{m['nproc']} CPUs, Python {m['python']}",
+        f"rate={o['rate'] or 'unlimited'} workers={o['workers'] or 'default'} "
+        f"history={o['history']} backlog={o['backlog']}; "
+        f"{m['nproc']} CPUs, Python {m['python']}; raw HTTP/1.1 clients for both",
         "",
         f"{'what':<40} {'rate':>10} {'unit':<7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
         "-" * width,
@@ -975,32 +1020,31 @@ def report(figures: dict[str, Any]) -> str:
         "-" * width,
         "latency: baseline = one request; accepted = POST -> 202; completed = POST start ->",
         "         the consumer's success answered (the end of the process)",
-        f"bus/baseline (httpx): accepted {r['accepted_vs_baseline']:.3f}, "
+        f"bus/baseline: accepted {r['accepted_vs_baseline']:.3f}, "
         f"completed {r['completed_vs_baseline']:.3f}",
-        f"bus/baseline (raw):   accepted {r['accepted_vs_raw_baseline']:.3f}, "
-        f"completed {r['completed_vs_raw_baseline']:.3f}",
         "",
-        f"baseline httpx: {b['ok']}/{b['requests']} ok in {b['wall_s']} s, "
+        f"baseline: {b['ok']}/{b['requests']} ok in {b['wall_s']} s, "
         f"transport errors {b['transport_errors'] or 'none'}; CPU s {b['cpu_s']}; server "
         f"{b['server_cpu_ms_per_request']} ms, generator {b['loadgen_cpu_ms_per_request']} ms "
         "per request",
-        f"baseline raw:   {raw['ok']}/{raw['requests']} ok in {raw['wall_s']} s, "
-        f"transport errors {raw['transport_errors'] or 'none'}; CPU s {raw['cpu_s']}; server "
-        f"{raw['server_cpu_ms_per_request']} ms, generator {raw['loadgen_cpu_ms_per_request']} "
-        "ms per request",
         f"bus: {u['accepted']}/{u['envelopes_sent']} accepted in {u['emission_wall_s']} s, "
         f"{u['completed']} completed in {u['completion_wall_s']} s"
         f"{' (TIMED OUT: ' + str(u['not_completed']) + ' not done)' if u['timed_out'] else ''}",
         f"     emission statuses {u['emission_statuses']}, polls {u['poll_statuses']}, "
         f"states {u['state_statuses']}, transport errors "
         f"{u['emission_transport_errors'] or u['consumer_transport_errors'] or 'none'}",
-        f"     CPU s {u['cpu_s']}; server {u['server_cpu_ms_per_process']} ms per process",
+        f"     server's count of the round's processes: {u['processes_by_status']}",
+        f"     CPU s {u['cpu_s']}; xbusd (all its processes) {u['server_cpu_ms_per_process']} "
+        f"ms, PostgreSQL {u['postgres_cpu_ms_per_process']} ms, generator "
+        f"{u['loadgen_cpu_ms_per_process']} ms per process",
     ]
-    for phase, cpu in (
-        ("baseline httpx", b["cpu_s"]),
-        ("baseline raw", raw["cpu_s"]),
-        ("bus", u["cpu_s"]),
-    ):
+    for name, seeded in u["seeded"].items():
+        out.append(
+            f"     seeded {name}: {seeded['processes']:,} processes in {seeded['insert_s']} s "
+            f"({seeded['with_analyze_s']} s with ANALYZE), database "
+            f"{seeded['database_bytes'] / 2**20:,.0f} MiB"
+        )
+    for phase, cpu in (("baseline", b["cpu_s"]), ("bus", u["cpu_s"])):
         share = cpu["others"] / (cpu["wall"] * (m["nproc"] or 1)) if cpu["wall"] else 0.0
         if share > 0.05:
             out.append(
@@ -1073,15 +1117,21 @@ def main(argv: list[str] | None = None) -> int:
                 print("baseline ...", file=sys.stderr, flush=True)
                 baseline = run_baseline(opts, kids, workdir, effective.database_url, pids)
                 print("bus ...", file=sys.stderr, flush=True)
-                bus = run_bus(opts, kids, workdir, runtime_env(settings, effective), pids)
+                bus = run_bus(
+                    opts,
+                    kids,
+                    workdir,
+                    runtime_env(settings, effective),
+                    pids,
+                    effective.database_url,
+                )
         finally:
             kids.stop_all()
 
     def ratio(value: float, base: float) -> float:
         return round(value / base, 3) if base else 0.0
 
-    base_rate = baseline["httpx"]["requests_per_s"]
-    raw_rate = baseline["raw"]["requests_per_s"]
+    base_rate = baseline["requests_per_s"]
     figures: dict[str, Any] = {
         "command": command,
         "machine": machine(),
@@ -1094,6 +1144,10 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": opts.warmup,
             "poll_wait": opts.poll_wait,
             "rate": opts.rate,
+            "workers": opts.workers,
+            "history": opts.history,
+            "backlog": opts.backlog,
+            "client": "raw HTTP/1.1 (bench/rawhttp.py)",
             "body_bytes": len(make_body(0)),
         },
         "baseline": baseline,
@@ -1101,8 +1155,6 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {
             "accepted_vs_baseline": ratio(bus["accepted_per_s"], base_rate),
             "completed_vs_baseline": ratio(bus["completed_per_s"], base_rate),
-            "accepted_vs_raw_baseline": ratio(bus["accepted_per_s"], raw_rate),
-            "completed_vs_raw_baseline": ratio(bus["completed_per_s"], raw_rate),
         },
     }
     print(report(figures))

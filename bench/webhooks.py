@@ -1,21 +1,26 @@
 """Webhook delivery throughput and latency, beside a baseline in the same run.
 
-    uv run python -m bench.webhooks [--envelopes N] [--concurrency C] [--json FILE]
+    uv run python -m bench.webhooks [--envelopes N] [--concurrency C] [--baseline-seconds B]
+                                    [--workers W] [--json FILE]
 
 Everything local (127.0.0.1):
 
 1. starts PostgreSQL and nats-server from the embedded packages (`EmbeddedRuntime`), and a
    webhook receiver (`receiver_app` below, one uvicorn worker in a process of its own) that
    notes when each request arrives (`time.monotonic()`, one clock for every process here);
-2. baseline: C tasks, each with its own httpx client, POST N webhook-shaped bodies (the JSON a
-   webhook carries, signed as the bus signs it) straight to the receiver; then the same with
-   the bus's own webhook client (app/webhooks/client.py), which is how the client was chosen;
+2. baselines, every client the raw HTTP/1.1 one of `bench.rawhttp` (as for the bus's
+   emitters): `bench.baseline_app` (FastAPI + asyncpg, one SELECT and one INSERT a request)
+   driven as `bench.http_bus` drives it, for B seconds: THE reference of the ratios; then C
+   tasks POST N webhook-shaped bodies (the JSON a webhook carries, signed as the bus signs
+   it) straight to the receiver, with that raw client and with the bus's own webhook client
+   (app/webhooks/client.py): what the receiver and the sending client cost alone;
 3. bus: `xbusd serve` on the same servers; an emitter and a webhook consumer (concurrency C,
    a signing secret) in an active pipeline; C emitter clients POST N envelopes; the round
    ends when the receiver has seen every accepted envelope's process;
    then the same N queued while the webhook is disabled and delivered once it is enabled
    (delivery alone), then a light load (`--pace` envelopes/s) for latency without queueing;
-4. prints requests/s and p50/p99 from POST to receipt for each, and the ratios.
+4. prints requests/s and p50/p99 from POST to receipt for each, the ratios, and the CPU of
+   xbusd (all its processes, `--workers` included), PostgreSQL, nats-server and the generator.
 
 The load generator runs in this process, on the same 2 cores as the servers.
 """
@@ -35,8 +40,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from app.config import load_settings
 from app.runtime import children
 from app.runtime.embedded import EmbeddedRuntime
@@ -47,6 +50,7 @@ from bench.http_bus import (
     LOADGEN,
     Children,
     CpuMeter,
+    Options,
     Sample,
     activate_hop,
     bench_emitter,
@@ -60,11 +64,13 @@ from bench.http_bus import (
     post_load,
     rate,
     run_async,
+    run_baseline,
     runtime_env,
     start_xbusd,
     wait_ready,
     workspace,
 )
+from bench.rawhttp import TRANSPORT_ERRORS, RawClient
 
 SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-0123456789").decode()
 
@@ -102,15 +108,18 @@ async def receiver_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def arrivals(base_url: str) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=base_url, trust_env=False) as client:
+    async with RawClient(base_url) as client:
         r = await client.get("/arrivals")
-        r.raise_for_status()
+        if r.status != 200:
+            raise RuntimeError(f"GET /arrivals: {r.status} {r.text}")
         return dict(r.json())
 
 
 async def reset(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url, trust_env=False) as client:
-        (await client.post("/reset")).raise_for_status()
+    async with RawClient(base_url) as client:
+        r = await client.post("/reset")
+        if r.status != 204:
+            raise RuntimeError(f"POST /reset: {r.status} {r.text}")
 
 
 # ---------------------------------------------------------------------------- options
@@ -119,8 +128,8 @@ async def reset(base_url: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.webhooks",
-        description="Webhook delivery (emit -> webhook consumer) against httpx posting the "
-        "same bodies straight to the receiver.",
+        description="Webhook delivery (emit -> webhook consumer) against the same raw HTTP "
+        "client posting to a FastAPI+asyncpg ingest endpoint and straight to the receiver.",
     )
     p.add_argument("--envelopes", "-n", type=int, default=2000, help="envelopes [2000]")
     p.add_argument(
@@ -132,11 +141,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pace", type=float, default=10.0, help="envelopes/s of the light-load round [10]"
     )
     p.add_argument("--paced", type=int, default=100, help="envelopes of that round [100]")
+    p.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=10.0,
+        help="length of the FastAPI+asyncpg baseline run (as bench.http_bus) [10]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run `xbusd serve --workers N` [not passed: xbusd's default]",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     a = p.parse_args(argv)
     if a.envelopes < 1 or a.concurrency < 1 or a.paced < 1 or a.warmup < 0 or a.pace <= 0:
         p.error("--envelopes, --concurrency, --paced must be at least 1, --pace positive")
+    if a.baseline_seconds <= 0 or (a.workers is not None and a.workers < 1):
+        p.error("--baseline-seconds must be positive, --workers at least 1")
     return a
 
 
@@ -183,17 +206,17 @@ async def direct_round(base_url: str, n: int, concurrency: int, client: str) -> 
         msg_id = json.loads(body)["request_id"]
         return [("content-type", "application/json"), *signature_headers([key], msg_id, body)]
 
-    async def with_httpx() -> None:
+    async def with_raw() -> None:
         nonlocal next_seq, errors
-        async with new_client(base_url) as http:
+        async with RawClient(base_url) as http:
             while next_seq < n:
                 body = bodies[next_seq]
                 next_seq += 1
                 starts[json.loads(body)["process_id"]] = time.monotonic()
                 try:
-                    r = await http.post("/hook", content=body, headers=headers(body))
-                    errors += r.status_code != 204
-                except httpx.HTTPError:
+                    r = await http.post("/hook", body, headers(body))
+                    errors += r.status != 204
+                except TRANSPORT_ERRORS:
                     errors += 1
 
     pool = ConnectionPool(Target.of(base_url + "/hook").origin, concurrency)
@@ -214,7 +237,7 @@ async def direct_round(base_url: str, n: int, concurrency: int, client: str) -> 
     await reset(base_url)
     meter = CpuMeter({"loadgen": LOADGEN})
     meter.start()
-    worker = with_httpx if client == "httpx" else with_bus_client
+    worker = with_raw if client == "raw" else with_bus_client
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu = meter.stop()
     pool.close()
@@ -371,8 +394,17 @@ async def bus_session(
 
 
 def report(fig: dict[str, Any]) -> str:
+    ingest = fig["baseline"]["ingest"]
+    ingest_row = {
+        "per_s": ingest["requests_per_s"],
+        "latency_ms": ingest["latency_ms"],
+        "received": ingest["ok"],
+        "sent": ingest["requests"],
+        "server_cpu_ms_per_envelope": ingest["server_cpu_ms_per_request"],
+    }
     rows = [
-        ("baseline: httpx -> receiver", fig["baseline"]["httpx"]),
+        ("baseline: POST /ingest (FastAPI+asyncpg)", ingest_row),
+        ("baseline: raw client -> receiver", fig["baseline"]["raw"]),
         ("baseline: bus client -> receiver", fig["baseline"]["bus_client"]),
         ("bus: POST envelope -> webhook received", fig["bus"]),
         ("bus: queued requests delivered (drain)", fig["bus"]["drain"]),
@@ -380,8 +412,10 @@ def report(fig: dict[str, Any]) -> str:
     ]
     o = fig["options"]
     lines = [
-        f"bench.webhooks: N={o['envelopes']} C={o['concurrency']} warm-up={o['warmup']}; "
-        f"{fig['machine']['nproc']} CPUs, Python {fig['machine']['python']}",
+        f"bench.webhooks: N={o['envelopes']} C={o['concurrency']} warm-up={o['warmup']} "
+        f"baseline={o['baseline_seconds']:g}s workers={o['workers'] or 'default'}; "
+        f"{fig['machine']['nproc']} CPUs, Python {fig['machine']['python']}; "
+        "raw HTTP/1.1 clients",
         "",
         f"{'what':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'got':>11} {'cpu ms/req':>10}",
         "-" * 92,
@@ -397,12 +431,30 @@ def report(fig: dict[str, Any]) -> str:
         "-" * 92,
         "latency: from the POST's start (emission, or the direct post) to the receiver's "
         "arrival time",
-        "cpu ms/req: the load generator's CPU per request (baselines), xbusd's per envelope (bus)",
+        "cpu ms/req: the ingest server's CPU per request; the generator's per request (direct "
+        "posts);",
+        "            xbusd's (all its processes) per envelope (bus)",
         "drain: requests queued while the webhook was disabled, from enable to the last arrival",
-        f"ratio bus/baseline(httpx): {fig['ratios']['vs_httpx']:.3f}, "
-        f"drain/baseline(httpx): {fig['ratios']['drain_vs_httpx']:.3f}, "
-        f"bus/baseline(bus client): {fig['ratios']['vs_bus_client']:.3f}",
+        f"bus/baseline (ingest): {fig['ratios']['vs_ingest']:.3f}, "
+        f"drain/baseline (ingest): {fig['ratios']['drain_vs_ingest']:.3f}; "
+        f"bus/direct raw posts: {fig['ratios']['vs_direct']:.3f}, "
+        f"bus/direct bus client: {fig['ratios']['vs_bus_client']:.3f}",
+        f"CPU s: ingest baseline {ingest['cpu_s']}",
+        f"       bus {fig['bus']['cpu_s']}",
+        f"       drain {fig['bus']['drain']['cpu_s']}",
     ]
+    for phase, cpu in (
+        ("ingest baseline", ingest["cpu_s"]),
+        ("bus", fig["bus"]["cpu_s"]),
+        ("drain", fig["bus"]["drain"]["cpu_s"]),
+    ):
+        nproc = fig["machine"]["nproc"] or 1
+        share = cpu["others"] / (cpu["wall"] * nproc) if cpu["wall"] else 0.0
+        if share > 0.05:
+            lines.append(
+                f"WARNING: other processes used {share:.0%} of the machine during the {phase} "
+                "run: its figures are disturbed"
+            )
     if fig["bus"].get("log_problems"):
         lines += ["", "problems in the xbusd log:", *fig["bus"]["log_problems"]]
     return "\n".join(lines)
@@ -446,18 +498,49 @@ def main(argv: list[str] | None = None) -> int:
                     base_env,
                 )
                 wait_ready(receiver_url + "/arrivals", receiver, recv_log, 30)
+                pids: dict[str, int | None] = {
+                    "postgres": runtime.postgres.process.pid
+                    if runtime.postgres and runtime.postgres.process
+                    else None,
+                    "nats": runtime.nats.process.pid
+                    if runtime.nats and runtime.nats.process
+                    else None,
+                }
                 print("baseline ...", file=sys.stderr, flush=True)
-                run_async(direct_round(receiver_url, opts.warmup or 1, opts.concurrency, "httpx"))
-                baseline = {
+                assert effective.database_url is not None
+                ingest_opts = Options(
+                    envelopes=opts.envelopes,
+                    concurrency=opts.concurrency,
+                    consumers=1,
+                    seconds_max=opts.seconds_max,
+                    baseline_seconds=opts.baseline_seconds,
+                    warmup=opts.warmup,
+                    poll_wait=0,
+                    rate=None,
+                    json_file=None,
+                    keep=False,
+                )
+                ingest = run_baseline(ingest_opts, kids, workdir, effective.database_url, pids)
+                run_async(direct_round(receiver_url, opts.warmup or 1, opts.concurrency, "raw"))
+                baseline: dict[str, Any] = {
                     client: run_async(
                         direct_round(receiver_url, opts.envelopes, opts.concurrency, client)
                     )
-                    for client in ("httpx", "bus_client")
+                    for client in ("raw", "bus_client")
                 }
+                baseline["ingest"] = ingest
                 print("bus ...", file=sys.stderr, flush=True)
                 env = {**base_env, "XBUS_WEBHOOK_ALLOW_PRIVATE": "true"}
-                xbusd = start_xbusd(kids, workdir, env)
-                meter = CpuMeter({"server": xbusd.proc.pid, "loadgen": LOADGEN})
+                xbusd = start_xbusd(kids, workdir, env, opts.workers)
+                meter = CpuMeter(
+                    {
+                        "server": xbusd.proc.pid,
+                        **pids,
+                        "receiver": receiver.pid,
+                        "loadgen": LOADGEN,
+                    },
+                    exclude=pids,
+                )
                 bus = run_async(
                     bus_session(xbusd.base_url, receiver_url, xbusd.admin_key, opts, meter)
                 )
@@ -476,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
             "envelopes": opts.envelopes,
             "concurrency": opts.concurrency,
             "warmup": opts.warmup,
+            "baseline_seconds": opts.baseline_seconds,
+            "workers": opts.workers,
+            "client": "raw HTTP/1.1 (bench/rawhttp.py)",
             "pace": opts.pace,
             "paced": opts.paced,
             "body_bytes": len(webhook_body(0)),
@@ -483,9 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": baseline,
         "bus": bus,
         "ratios": {
-            "vs_httpx": ratio(bus["per_s"], baseline["httpx"]["per_s"]),
+            "vs_ingest": ratio(bus["per_s"], ingest["requests_per_s"]),
+            "drain_vs_ingest": ratio(bus["drain"]["per_s"], ingest["requests_per_s"]),
+            "vs_direct": ratio(bus["per_s"], baseline["raw"]["per_s"]),
             "vs_bus_client": ratio(bus["per_s"], baseline["bus_client"]["per_s"]),
-            "drain_vs_httpx": ratio(bus["drain"]["per_s"], baseline["httpx"]["per_s"]),
         },
     }
     print(report(fig))
