@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         "to finish before they are cut (s).",
     )
     # --- database
-    db_pool_size: int = Field(10, ge=1, description="SQLAlchemy pool size per process.")
+    db_pool_size: int = Field(20, ge=1, description="SQLAlchemy pool size per process.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections over the pool size.")
     # --- envelopes
     envelope_max_items: int = Field(100_000, ge=1, description="Most items in one envelope.")

@@ -124,7 +124,7 @@ def _config_flushed(session: Session, _context: object, _instances: object) -> N
 
 @event.listens_for(Session, "do_orm_execute")
 def _config_statement(state: ORMExecuteState) -> None:
-    if state.is_select:
+    if state.is_select or state.execution_options.get("xbus_cache_neutral"):
         return
     classes = _config_classes()
     if any(mapper.class_ in classes for mapper in state.all_mappers):

@@ -428,13 +428,20 @@ async def mark_unresponsive(session: AsyncSession, cutoff: datetime) -> Rows:
 
 async def record_poll(
     session: AsyncSession, actor_id: uuid.UUID, now: datetime, stale_before: datetime
-) -> None:
+) -> bool:
     """The actor polled: note when (at most once per interval, a poll is frequent) and clear
-    `unresponsive`. `updated_at` stays: it tells when an operator changed the actor."""
-    await session.execute(
+    `unresponsive`. `updated_at` stays: it tells when an operator changed the actor. True
+    when the actor was unresponsive until now."""
+    before = (
+        sa.select(Actor.id, Actor.unresponsive)
+        .where(Actor.id == actor_id)
+        .with_for_update()
+        .subquery()
+    )
+    result = await session.execute(
         sa.update(Actor)
         .where(
-            Actor.id == actor_id,
+            Actor.id == before.c.id,
             sa.or_(
                 Actor.last_seen.is_(None),
                 Actor.last_seen < stale_before,
@@ -442,5 +449,8 @@ async def record_poll(
             ),
         )
         .values(last_seen=now, unresponsive=False, updated_at=Actor.updated_at)
-        .execution_options(synchronize_session=False)
+        .returning(before.c.unresponsive)
+        # Neither cached nor routed on: no reason to drop the caches (app/store/cache.py).
+        .execution_options(synchronize_session=False, xbus_cache_neutral=True)
     )
+    return bool(result.scalar_one_or_none())

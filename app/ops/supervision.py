@@ -7,6 +7,8 @@ statistics are kept fresh. Lease expiry stays with the supervisor of every repli
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.actors.access import ActorInfo
 from app.bus import control
 from app.bus.director import Director, add_log, utcnow
+from app.bus.notify import CONFIG, notify_after_commit
 from app.db import Database
 from app.envelopes.service import mark_stalled
 from app.models import Actor
@@ -63,10 +66,23 @@ async def mark_unresponsive_actors(db: Database, after: float) -> int:
     return len(marked)
 
 
+# When this process last wrote each actor's poll (the actor as cached may be older).
+_polls_written: dict[uuid.UUID, float] = {}
+
+
 async def record_poll(session: AsyncSession, actor: Actor | ActorInfo) -> None:
     """An actor polls for requests: it is alive."""
     now = utcnow()
-    if actor.unresponsive:
+    if not actor.unresponsive:
+        if actor.last_seen is not None and actor.last_seen >= now - _SEEN_RESOLUTION:
+            return  # seen within the resolution, as loaded: no write
+        written = _polls_written.get(actor.id)
+        if written is not None and time.monotonic() - written < _SEEN_RESOLUTION.total_seconds():
+            return
+    if len(_polls_written) > 100_000:
+        _polls_written.clear()
+    _polls_written[actor.id] = time.monotonic()
+    if await repository.record_poll(session, actor.id, now, now - _SEEN_RESOLUTION):
         add_log(
             session,
             LogLevel.NOTICE,
@@ -74,9 +90,7 @@ async def record_poll(session: AsyncSession, actor: Actor | ActorInfo) -> None:
             actor_id=actor.id,
         )
         log.info("actor %s polls again: no longer unresponsive", actor.name)
-    elif actor.last_seen is not None and actor.last_seen >= now - _SEEN_RESOLUTION:
-        return  # seen within the resolution, as just loaded: no write
-    await repository.record_poll(session, actor.id, now, now - _SEEN_RESOLUTION)
+        notify_after_commit(session, CONFIG)  # its cached state is stale
 
 
 async def refresh_storage_stats(db: Database) -> None:
