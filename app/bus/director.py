@@ -449,16 +449,15 @@ class Director:
         """An actor's state for one request: running (lease extended), success (with a
         worker's outputs) or error. `account_id` None means the admin."""
         conn = await driver_connection(session)
-        row = await conn.fetchrow(store.LOCK_PROCESS_OF_REQUEST, request_id)
-        if row is None or (account_id is not None and row["account_id"] != account_id):
+        row = await conn.fetchrow(store.LOCK_FOR_ANSWER, request_id)
+        if row is None or row["request_id"] is None:
+            raise NotFound(f"no request {request_id}")
+        if account_id is not None and row["account_id"] != account_id:
             raise NotFound(f"no request {request_id}")
         actor_name = row["actor_name"]
         ctx = await self._context(session, row)
-        locked = await conn.fetchrow(store.LOCK_REQUEST, request_id)
-        if locked is None:
-            raise NotFound(f"no request {request_id}")
-        request = store.request_of(locked)
-        open_left = store.open_counts(locked["open_left"])
+        request = store.request_of(row, store.ANSWER_REQUEST_AT)
+        open_left = store.open_counts(row["open_left"])
         if request.status.final:
             raise Conflict(f"request {request_id} already ended ({request.status.value})")
         node = ctx.graph.nodes[request.node_id]

@@ -46,6 +46,8 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Raised by every committed change of accounts, actors or pipelines (CONFIG).
         self.generation = 0
+        self._outgoing: set[str] = set()
+        self._ringing = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -62,14 +64,24 @@ class Notifier:
                 waiter.set()
 
     def publish(self, keys: list[str]) -> None:
-        """Called after a commit: wake here and on the other replicas."""
+        """Called after a commit: wake here and on the other replicas. The keys of the
+        commits of one turn of the event loop go out together, in one doorbell ring."""
         self.wake_local(keys)
-        if self.remote is not None and self._loop is not None:
-            task = self._loop.create_task(self._send_remote(keys))
+        if self.remote is None or self._loop is None:
+            return
+        self._outgoing.update(keys)
+        if not self._ringing:
+            self._ringing = True
+            task = self._loop.create_task(self._send_remote())
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _send_remote(self, keys: list[str]) -> None:
-        assert self.remote is not None
+    async def _send_remote(self) -> None:
+        await asyncio.sleep(0)  # let the other commits of this turn add their keys
+        keys = sorted(self._outgoing)
+        self._outgoing.clear()
+        self._ringing = False
+        if self.remote is None:
+            return
         try:
             await self.remote(keys)
         except Exception as exc:

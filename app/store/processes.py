@@ -148,18 +148,6 @@ FOR UPDATE OF p"""
 
 LOCK_PROCESS_SKIP = LOCK_PROCESS + " SKIP LOCKED"
 
-# The process of a request, locked, with who owns the request's actor (an account answers
-# only for its own actors).
-LOCK_PROCESS_OF_REQUEST = f"""
-WITH r AS (
-    SELECT r.process_id, a.account_id, a.name AS actor_name
-    FROM requests r LEFT JOIN actors a ON a.id = r.actor_id
-    WHERE r.id = $1
-)
-SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}, r.account_id, r.actor_name
-FROM r JOIN processes p ON p.id = r.process_id LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
-FOR UPDATE OF p"""
-
 _REQUEST_COLUMNS = """r.id, r.process_id, r.node_id, r.actor_id, r.channel, r.status, r.inputs,
     r.outputs, r.attempts, r.max_attempts, r.available_at, r.lease_expires_at, r.leased_by,
     r.last_error, r.created_at, r.updated_at, r.ended_at"""
@@ -175,6 +163,36 @@ FROM requests r WHERE r.id = $1
 FOR UPDATE OF r"""
 
 LOCK_REQUEST_SKIP = LOCK_REQUEST + " SKIP LOCKED"
+
+# Where the request's columns start in a LOCK_FOR_ANSWER row: after the process's 15, its
+# nodes, warnings and pipeline_updated_at, and the actor's account and name.
+ANSWER_REQUEST_AT = 20
+
+# A request to answer, in one round trip: the process locked first (the LATERAL part runs for
+# the process row it got), then the request, with who owns the request's actor (an account
+# answers only for its own actors) and the open requests of the process by node.
+LOCK_FOR_ANSWER = f"""
+WITH asked AS (
+    SELECT r.process_id, a.account_id, a.name AS actor_name
+    FROM requests r LEFT JOIN actors a ON a.id = r.actor_id
+    WHERE r.id = $1
+), p AS MATERIALIZED (
+    SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}
+    FROM asked JOIN processes p ON p.id = asked.process_id
+    LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
+    FOR UPDATE OF p
+)
+SELECT p.*, asked.account_id, asked.actor_name, q.*
+FROM p CROSS JOIN asked
+LEFT JOIN LATERAL (
+    SELECT {_REQUEST_COLUMNS.replace("r.id,", "r.id AS request_id,")},
+        (SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
+            SELECT node_id, count(*) AS n FROM requests
+            WHERE process_id = r.process_id AND status IN {_OPEN_SQL} AND id <> r.id
+            GROUP BY node_id) o) AS open_left
+    FROM requests r WHERE r.id = $1 AND r.process_id = p.id
+    FOR UPDATE OF r
+) q ON true"""
 
 OPEN_BY_NODE = f"""
 SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
@@ -335,25 +353,26 @@ def process_of(row: Any) -> tuple[ProcessRow, dict[str, NodeRow]]:
     return process, nodes
 
 
-def request_of(row: Any) -> RequestRow:
+def request_of(row: Any, at: int = 0) -> RequestRow:
+    """The request in `row`, its columns from position `at` on."""
     return RequestRow(
-        id=row[0],
-        process_id=row[1],
-        node_id=row[2],
-        actor_id=row[3],
-        channel=RequestChannel(row[4]),
-        status=RequestStatus(row[5]),
-        inputs=_json(row[6]),
-        outputs=_json(row[7]),
-        attempts=row[8],
-        max_attempts=row[9],
-        available_at=row[10],
-        lease_expires_at=row[11],
-        leased_by=row[12],
-        last_error=row[13],
-        created_at=row[14],
-        updated_at=row[15],
-        ended_at=row[16],
+        id=row[at],
+        process_id=row[at + 1],
+        node_id=row[at + 2],
+        actor_id=row[at + 3],
+        channel=RequestChannel(row[at + 4]),
+        status=RequestStatus(row[at + 5]),
+        inputs=_json(row[at + 6]),
+        outputs=_json(row[at + 7]),
+        attempts=row[at + 8],
+        max_attempts=row[at + 9],
+        available_at=row[at + 10],
+        lease_expires_at=row[at + 11],
+        leased_by=row[at + 12],
+        last_error=row[at + 13],
+        created_at=row[at + 14],
+        updated_at=row[at + 15],
+        ended_at=row[at + 16],
     )
 
 
