@@ -5,6 +5,7 @@ by both workers, a long-poll on one worker wakes when an envelope is emitted on 
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import threading
@@ -188,3 +189,22 @@ def test_kill_9_of_the_supervisor_leaves_no_worker(server: Server) -> None:
     server.stop(signal.SIGKILL)
     # Workers and embedded servers all have a parent-death signal.
     assert _gone(everything, 30), [p.cmdline() for p in everything if p.is_running()]
+
+
+def test_workers_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import load_settings
+    from app.runtime.embedded import EmbeddedRuntime
+
+    monkeypatch.delenv("XBUS_WORKERS", raising=False)
+    assert load_settings(None).serve_workers == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("XBUS_WORKERS", "3")
+    settings = load_settings(None, db_pool_size=4, db_max_overflow=1)
+    assert settings.serve_workers == 3
+    # The embedded PostgreSQL has room for every worker's pool and overflow.
+    assert EmbeddedRuntime(settings).connections_needed() == 3 * (4 + 1) + 20
+    config = tmp_path / "xbus.yaml"
+    config.write_text("workers: 2\n")
+    monkeypatch.delenv("XBUS_WORKERS")
+    assert load_settings(config).serve_workers == 2
+    with pytest.raises(ValueError, match="workers"):
+        load_settings(None, workers=0)
