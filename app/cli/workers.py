@@ -22,19 +22,22 @@ import logging
 import os
 import signal
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
-from fastapi import FastAPI
 
 from app.config import Settings
 from app.logs import setup_logging_for, stop_logging
 from app.runtime import children
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 log = logging.getLogger("xbusd")
 
 # PostgreSQL keeps a few connections for superusers: a pool that would need them fails.
 _RESERVED_CONNECTIONS = 3
+_HEALTHCHECK_TIMEOUT = 30
 
 
 def worker_app(settings: Settings) -> FastAPI:
@@ -146,6 +149,10 @@ def serve_workers(settings: Settings) -> bool:
         timeout_graceful_shutdown=settings.http_shutdown_grace,
         server_header=False,
         proxy_headers=True,
+        # A worker answers the supervisor's pings once it has imported enough to start its
+        # server: on a busy machine that takes longer than uvicorn's 5 s, and a worker
+        # that does not answer in time is killed and started again.
+        timeout_worker_healthcheck=_HEALTHCHECK_TIMEOUT,
     )
     sock = config.bind_socket()
     log.info(
