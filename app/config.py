@@ -5,6 +5,7 @@ Command-line flags (`xbusd serve --host ...`) are passed as init values and win 
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("xbus-data"), description="Embedded servers' data, admin.key, CA.")
     host: str = Field("127.0.0.1", description="HTTP listen address of `xbusd serve`.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP listen port of `xbusd serve`.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="HTTP worker processes of `xbusd serve`, each a full replica (its own "
+        "database pool, NATS connection, duties). Unset: the number of CPUs this process may "
+        "run on. 1: serve in the `xbusd` process itself.",
+    )
     database_url: str | None = Field(
         None,
         description="PostgreSQL URL (13+). Unset: embedded PostgreSQL under <data-dir>/postgres.",
@@ -247,6 +255,21 @@ class Settings(BaseSettings):
     @property
     def logger_levels(self) -> dict[str, str]:
         return parse_log_levels(self.log_levels)
+
+    @property
+    def serve_workers(self) -> int:
+        """`workers`, or the number of CPUs this process may run on (its affinity mask, which
+        `taskset` and container cpusets narrow; CPU quotas are not seen: set `workers`)."""
+        if self.workers is not None:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+
+    @property
+    def db_connections_per_worker(self) -> int:
+        return self.db_pool_size + self.db_max_overflow
 
     @property
     def admin_key_file(self) -> Path:

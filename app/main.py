@@ -87,7 +87,10 @@ async def _guarded(name: str, duty: Duty, state: AppState) -> None:
         log.exception("background duty %s stopped with an error", name)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
+    """`bootstrap_admin=False` skips ensuring the admin account at start: the workers of
+    `xbusd serve --workers N` leave it to their supervisor, which does it once for all."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
@@ -112,8 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.migrate_on_start:
                 assert settings.database_url is not None
                 await upgrade_async(settings.database_url)
-            async with state.db.session() as session:
-                await ensure_admin(session, settings)
+            if bootstrap_admin:
+                async with state.db.session() as session:
+                    await ensure_admin(session, settings)
             state.ca = CertificateAuthority.load_or_create(settings.pki_path)
             if settings.nats_url:
                 tls = tls_context(

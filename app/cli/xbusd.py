@@ -115,9 +115,18 @@ def serve(
         str | None, typer.Option(help="Root log level (debug, info, warning, error).")
     ] = None,
     log_format: Annotated[str | None, typer.Option(help="Log lines: console or json.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="HTTP worker processes, each a full replica [default: the number of CPUs]; "
+            "1 serves in this process.",
+        ),
+    ] = None,
 ) -> None:
     """Run the bus: HTTP API, background duties, and the embedded PostgreSQL and nats-server
-    when no external ones are configured."""
+    when no external ones are configured. With several workers, this process supervises
+    them over the one embedded runtime."""
     import uvicorn
 
     from app.main import create_app
@@ -131,11 +140,19 @@ def serve(
         data_dir=data_dir,
         log_level=log_level,
         log_format=log_format,
+        workers=workers,
     )
     setup_logging_for(settings)
     _Server = _server_class()
     try:
         with EmbeddedRuntime(settings) as effective:
+            if effective.serve_workers > 1:
+                from app.cli.workers import serve_workers
+
+                if not serve_workers(effective):
+                    log.error("a worker failed to start; stopped")
+                    raise typer.Exit(1)
+                return
             app = create_app(effective)
             server = _Server(
                 uvicorn.Config(
@@ -151,6 +168,8 @@ def serve(
             server.run()
             if not server.started:
                 raise typer.Exit(1)
+    except typer.Exit:
+        raise  # a RuntimeError too, but already said
     except DataDirBusyError as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None

@@ -137,7 +137,8 @@ class AuthFile:
         if self.path.exists() and self.path.read_text() == content:
             self._digest = digest
             return False
-        tmp = self.path.with_suffix(".tmp")
+        # A temporary file of this process's own: the workers of one xbusd write it too.
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(content)
         os.replace(tmp, self.path)
         self._digest = digest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -32,6 +33,14 @@ def _parent_death_signal(sig: int) -> Callable[[], None]:
             libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
     return set_it
+
+
+def die_with_parent(sig: int, parent_pid: int) -> None:
+    """For a child started by other means than `spawn` (uvicorn's worker processes): ask for
+    `sig` when the parent dies, and send it at once if the parent is already gone."""
+    _parent_death_signal(sig)()
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
 
 
 def spawn(
@@ -151,6 +160,7 @@ def cmdline_mentions(proc: psutil.Process, needle: str) -> bool:
 
 __all__ = [
     "cmdline_mentions",
+    "die_with_parent",
     "free_port",
     "port_is_free",
     "read_pid",

@@ -13,6 +13,8 @@ from app.runtime.postgres import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
+_SPARE_CONNECTIONS = 20
+
 
 class EmbeddedRuntime:
     """Context manager: on enter, lock the data dir and start the embedded PostgreSQL and/or
@@ -25,13 +27,21 @@ class EmbeddedRuntime:
         self.postgres: EmbeddedPostgres | None = None
         self.nats: EmbeddedNats | None = None
 
+    def connections_needed(self) -> int:
+        """Every worker's pool and overflow, and room for psql, the supervisor's bootstrap
+        and operators."""
+        settings = self.settings
+        return settings.serve_workers * settings.db_connections_per_worker + _SPARE_CONNECTIONS
+
     def __enter__(self) -> Settings:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
             updates: dict[str, object] = {}
             if self.settings.database_url is None:
-                self.postgres = EmbeddedPostgres(self.settings.data_dir)
+                self.postgres = EmbeddedPostgres(
+                    self.settings.data_dir, max_connections=self.connections_needed()
+                )
                 updates["database_url"] = self.postgres.start()
             if self.settings.nats_url is None and self.need_nats:
                 tls = None

@@ -25,6 +25,7 @@ SUPERUSER = "postgres"
 # PostgreSQL refuses to run as root; as root we run it as this system user.
 SYSTEM_USER = "xbus-postgres"
 _SOCKET_PATH_MAX = 100
+DEFAULT_MAX_CONNECTIONS = 200
 
 
 def _bin_dir() -> Path:
@@ -36,7 +37,8 @@ def _bin_dir() -> Path:
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self.max_connections = max(max_connections, DEFAULT_MAX_CONNECTIONS)
         self.pgdata = data_dir.resolve() / "postgres"
         self.log_file = data_dir.resolve() / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -121,7 +123,7 @@ class EmbeddedPostgres:
             "-p",
             str(self.port),
             "-c",
-            "max_connections=200",
+            f"max_connections={self.max_connections}",
         ]
         # SIGINT is PostgreSQL's "fast shutdown": roll back clients, checkpoint, exit.
         self.process = children.spawn(

@@ -52,6 +52,7 @@ class Xbusd:
             "XBUS_ADMIN_API_KEY": ADMIN_KEY,
             "XBUS_WEBHOOK_ALLOW_PRIVATE": "true",
             "XBUS_DB_POOL_SIZE": "5",
+            "XBUS_WORKERS": "1",
             **(env or {}),
         }
         self.stderr = stderr

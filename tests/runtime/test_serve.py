@@ -27,8 +27,9 @@ def _clean_env() -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *args: str) -> None:
         self.data_dir = data_dir
+        self.args = list(args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"xbusd-{data_dir.name}.log"
@@ -38,10 +39,19 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        env = {**_clean_env(), "XBUS_NATS_PORT": "0"}
+        # One process unless the test asks for workers (--workers wins over the variable).
+        env = {**_clean_env(), "XBUS_NATS_PORT": "0", "XBUS_WORKERS": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [XBUSD, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+                [
+                    XBUSD,
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
