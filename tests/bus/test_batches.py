@@ -38,9 +38,7 @@ async def test_batch_emission_json_and_ndjson(bus: Bus, db: asyncpg.Connection) 
     stored = await db.fetch(
         "SELECT trigger_envelope_id FROM processes WHERE emitter_id = $1", em["id"]
     )
-    assert {str(r["trigger_envelope_id"]) for r in stored} == {
-        a["envelope_id"] for a in accepted
-    }
+    assert {str(r["trigger_envelope_id"]) for r in stored} == {a["envelope_id"] for a in accepted}
 
     lines = "\n".join([json.dumps(envelope(10)), "{not json", "", json.dumps(envelope(11))])
     r = await acct.http.post(
@@ -91,7 +89,8 @@ async def test_batch_emission_idempotency_per_envelope(bus: Bus, db: asyncpg.Con
         ],
     )
     again = r.json()["results"]
-    assert again[0]["status"] == 202 and again[0]["replayed"] is True
+    assert again[0]["status"] == 202
+    assert again[0]["replayed"] is True
     assert again[0]["emission"] == first[0]["emission"]
     assert again[1]["status"] == 409
     assert await row_counts(db) == before
