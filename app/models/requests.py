@@ -17,11 +17,12 @@ class ActorRequest(Base):
 
     __tablename__ = "requests"
     __table_args__ = (
+        # A lease reads an actor's pending requests oldest first and stops at its limit.
         sa.Index(
             "ix_requests_due",
-            "channel",
             "actor_id",
             "available_at",
+            "created_at",
             postgresql_where=sa.text("status = 'pending'"),
         ),
         sa.Index(
