@@ -1,5 +1,5 @@
 """requests due by actor: the partial index of pending requests leads with the actor and
-keeps the lease order (available_at, created_at), so a lease reads an actor's oldest due
+keeps the lease order (available_at, created_at, id: ids are time-ordered), so a lease reads an actor's oldest due
 requests in order and stops at its limit, whatever the backlog of other actors or channels
 
 Revision ID: 0006
@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_requests_due",
         "requests",
-        ["actor_id", "available_at", "created_at"],
+        ["actor_id", "available_at", "created_at", "id"],
         postgresql_where=sa.text("status = 'pending'"),
     )
 

@@ -161,6 +161,15 @@ def add_log(
     )
 
 
+# A new envelope to start a process with: its rows, its event types, its route.
+Planned = tuple[EnvelopeRows, list[str], Route]
+
+
+def _owned(envelope: EnvelopeRows, process_id: uuid.UUID, node_id: str) -> tuple[Any, ...]:
+    """The envelope's row parameters, stored as its process's (from the start)."""
+    return (*envelope.parameters[:2], process_id, node_id, *envelope.parameters[4:])
+
+
 def check_emitter(emitter: Emitter) -> None:
     if emitter.kind != ActorKind.EMITTER:
         raise Unprocessable(
@@ -202,6 +211,12 @@ class Director:
             max_attempts=self.limits.max_attempts,
             joined=joined,
         )
+        self._told(session, ctx, canceled)
+        return canceled
+
+    def _told(self, session: AsyncSession, ctx: ProcessContext, canceled: list[str]) -> None:
+        """A decision is written: what it tells (wake-ups, metrics, end listeners) goes out
+        once the transaction commits."""
         ended = ctx.ended + [(channel, RequestStatus.CANCELED.value) for channel in canceled]
         metrics.requests_ended(session, ended)
         for key in ctx.notify:
@@ -212,7 +227,6 @@ class Director:
         ctx.notify = set()
         ctx.ended = []
         ctx.after_commit = []
-        return canceled
 
     async def save(self, session: AsyncSession, ctx: ProcessContext) -> None:
         """Write a change made to a locked context (operator control)."""
@@ -241,8 +255,58 @@ class Director:
             route = await self.route(session, emitter, event_types)
         else:
             check_emitter(emitter)
+        ctx = await self._plan_start(
+            session, emitter, envelope_id, event_types, route, replay_of, group_id
+        )
         alone = envelope is not None and not envelope.copied
         conn = await driver_connection(session, begin=not alone)
+        joined = None
+        if envelope is not None:
+            # Stored with its process: it belongs to it from the start.
+            joined = store.Joined(STORE_PARTS, _owned(envelope, ctx.process.id, route.node.id))
+        await self._save(session, conn, ctx, joined)
+        if envelope is not None and envelope.copied:
+            await insert_items(session, envelope.copied)
+        return ctx.process
+
+    async def start_many(
+        self, session: AsyncSession, emitter: Emitter, planned: list[Planned]
+    ) -> list[ProcessRow]:
+        """Start a process for each of these new envelopes (routed already), all written by
+        one statement with their envelopes: a batch of emissions costs one round trip."""
+        contexts = []
+        for envelope, types, route in planned:
+            contexts.append(
+                await self._plan_start(session, emitter, envelope.id, types, route, None, None)
+            )
+        copied = [item for envelope, _, _ in planned for item in envelope.copied]
+        conn = await driver_connection(session, begin=bool(copied))
+        await store.insert_new(
+            conn,
+            [(ctx.process, ctx.nodes, ctx.changes) for ctx in contexts],
+            [
+                _owned(envelope, ctx.process.id, route.node.id)
+                for (envelope, _, route), ctx in zip(planned, contexts, strict=True)
+            ],
+            now=utcnow(),
+            max_attempts=self.limits.max_attempts,
+        )
+        for ctx in contexts:
+            self._told(session, ctx, [])
+        await insert_items(session, copied)
+        return [ctx.process for ctx in contexts]
+
+    async def _plan_start(
+        self,
+        session: AsyncSession,
+        emitter: Emitter,
+        envelope_id: uuid.UUID,
+        event_types: list[str],
+        route: Route,
+        replay_of: uuid.UUID | None,
+        group_id: uuid.UUID | None,
+    ) -> ProcessContext:
+        """A new process on `route` with its first dispatches decided, not written yet."""
         now = utcnow()
         process = ProcessRow(
             id=new_id(),
@@ -277,17 +341,7 @@ class Director:
         await self._propagate(session, ctx, route.node.id, port, envelope_id)
         self._settle(ctx, {})
         ctx.notify.add(process_key(process.id))
-        joined = None
-        if envelope is not None:
-            # Stored with its process: it belongs to it from the start.
-            joined = store.Joined(
-                STORE_PARTS,
-                (*envelope.parameters[:2], process.id, route.node.id, *envelope.parameters[4:]),
-            )
-        await self._save(session, conn, ctx, joined)
-        if envelope is not None and envelope.copied:
-            await insert_items(session, envelope.copied)
-        return process
+        return ctx
 
     async def route(self, session: AsyncSession, emitter: Emitter, event_types: list[str]) -> Route:
         """The one active pipeline that takes this emitter's envelope (422 when none or more

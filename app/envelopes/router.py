@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
 from app.actors.access import ActorInfo, load_owned_actor, owned_actor_info
+from app.bus.director import Planned
 from app.bus.notify import on_commit
 from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
 from app.core.errors import Problem, error_body
@@ -26,6 +27,7 @@ from app.core.pagination import decode_cursor, encode_cursor
 from app.envelopes import repository, service
 from app.envelopes.access import readable_envelope
 from app.envelopes.codec import (
+    EnvelopeData,
     EnvelopeFormatError,
     EnvelopeTooLargeError,
     encode_item,
@@ -241,28 +243,51 @@ async def outputs(
     `Idempotency-Key` header does for one emission."""
     actor = await owned_actor_info(session, state.cache, caller, emitter)
     entries = _batch(_media_type(request), await request.body(), settings.emission_batch_max)
-    results = []
+    results: list[EmissionResult | None] = [None] * len(entries)
+    # Envelopes without an idempotency key or ids of their own are only routed here, then
+    # all written by one statement.
+    planned: list[tuple[int, Planned]] = []
     for index, entry in enumerate(entries):
         metrics.ENVELOPES_RECEIVED.labels(BATCH).inc()
         try:
-            result = await _emit_entry(session, director, settings, actor, index, entry)
+            parsed = _batch_entry(entry, settings)
+            envelope = parsed.envelope
+            if (
+                parsed.key is None
+                and envelope.id is None
+                and all(e.id is None for e in envelope.events)
+            ):
+                service.check_emitter(actor)
+                types = list(dict.fromkeys(e.type for e in envelope.events))
+                route = await director.route(session, actor, types)
+                rows = repository.envelope_rows(envelope, emitter_id=actor.id)
+                planned.append((index, (rows, types, route)))
+                continue
+            results[index] = await _emit_one(session, director, actor, index, parsed)
         except XbusError as exc:
             metrics.ENVELOPES_REJECTED.labels(BATCH, exc.code).inc()
-            result = EmissionResult(index=index, status=exc.status, problem=error_body(exc))
-        results.append(result)
-    accepted = sum(1 for r in results if r.status == 202 and not r.replayed)
+            results[index] = EmissionResult(index=index, status=exc.status, problem=error_body(exc))
+    if planned:
+        started = await director.start_many(session, actor, [p for _, p in planned])
+        for (index, (rows, _, _)), process in zip(planned, started, strict=True):
+            emission = EmissionRead(
+                envelope_id=rows.id, process_id=process.id, status=process.status
+            )
+            results[index] = EmissionResult(index=index, status=202, emission=emission)
+    done = [r for r in results if r is not None]
+    accepted = sum(1 for r in done if r.status == 202 and not r.replayed)
     on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(BATCH).inc(accepted))
-    return EmissionBatchRead(results=results)
+    return EmissionBatchRead(results=done)
 
 
-async def _emit_entry(
-    session: Session,
-    director: DirectorDep,
-    settings: SettingsDep,
-    actor: ActorInfo,
-    index: int,
-    entry: Any,
-) -> EmissionResult:
+class BatchEntry(NamedTuple):
+    envelope: EnvelopeData
+    key: str | None = None  # its idempotency key
+    digest: str | None = None  # the hash of its body (without the key), when it has a key
+
+
+def _batch_entry(entry: Any, settings: SettingsDep) -> BatchEntry:
+    """An envelope of a batch and its idempotency key, or the problem it has."""
     if isinstance(entry, XbusError):
         raise entry
     key = entry.pop("idempotency_key", None) if isinstance(entry, dict) else None
@@ -277,9 +302,24 @@ async def _emit_entry(
     except EnvelopeFormatError as exc:
         raise Unprocessable(exc.detail, extra={"pointer": exc.pointer}) from None
     if key is None:
+        return BatchEntry(envelope)
+    # The key's body: the envelope as sent, without the key.
+    canonical = json.dumps(entry, sort_keys=True).encode()
+    return BatchEntry(envelope, key, service.body_hash("application/json", canonical))
+
+
+async def _emit_one(
+    session: Session,
+    director: DirectorDep,
+    actor: ActorInfo,
+    index: int,
+    entry: BatchEntry,
+) -> EmissionResult:
+    """An envelope of a batch with an idempotency key or ids of its own: on its own."""
+    envelope, key, digest = entry
+    if key is None or digest is None:
         emission = await service.emit(session, director, actor, envelope)
         return EmissionResult(index=index, status=202, emission=emission)
-    digest = service.body_hash("application/json", json.dumps(entry, sort_keys=True).encode())
     stored = await service.claim_idempotency_key(session, actor.id, key, digest)
     if stored is not None:
         status_code, answer = stored

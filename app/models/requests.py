@@ -23,6 +23,7 @@ class ActorRequest(Base):
             "actor_id",
             "available_at",
             "created_at",
+            "id",
             postgresql_where=sa.text("status = 'pending'"),
         ),
         sa.Index(

@@ -292,7 +292,7 @@ WITH due AS (
     SELECT r.id FROM requests r
     WHERE r.status = 'pending' AND r.available_at <= $2 AND {{where}}
       AND (SELECT p.status FROM processes p WHERE p.id = r.process_id) = 'running'
-    ORDER BY r.available_at, r.created_at
+    ORDER BY r.available_at, r.created_at, r.id
     LIMIT $3
     FOR UPDATE OF r SKIP LOCKED
 )
@@ -456,3 +456,147 @@ async def save(
         *more,
     )
     return list(result or [])
+
+
+# New processes with their envelopes, many at once (a batch of emissions): only inserts.
+INSERT_NEW = """
+WITH
+new_processes AS (
+    INSERT INTO processes (id, pipeline_id, trigger_envelope_id, emitter_id, status,
+        status_reason, created_at, status_changed_at, nodes_state_changed_at, ended_at,
+        result_acked, pm_level, pm_status, pm_changed_at)
+    SELECT u.id, u.pipeline_id, u.envelope_id, u.emitter_id, u.status, u.reason, u.created_at,
+        u.status_changed_at, u.nodes_changed_at, u.ended_at, false, u.pm_level, u.pm_status,
+        u.pm_changed_at
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+        $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+        $11::text[], $12::text[], $13::timestamptz[])
+        AS u(id, pipeline_id, envelope_id, emitter_id, status, reason, created_at,
+             status_changed_at, nodes_changed_at, ended_at, pm_level, pm_status, pm_changed_at)
+),
+new_nodes AS (
+    INSERT INTO process_nodes (process_id, node_id, status, inputs, outputs, created_at,
+        started_at, ended_at)
+    SELECT u.process_id, u.node_id, u.status, u.inputs::jsonb, u.outputs::jsonb,
+        $14::timestamptz, u.started_at, u.ended_at
+    FROM unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::text[],
+        $20::timestamptz[], $21::timestamptz[])
+        AS u(process_id, node_id, status, inputs, outputs, started_at, ended_at)
+),
+new_requests AS (
+    INSERT INTO requests (id, process_id, node_id, actor_id, channel, status, inputs, outputs,
+        attempts, max_attempts, available_at, created_at, updated_at)
+    SELECT u.id, u.process_id, u.node_id, u.actor_id, u.channel, 'pending', u.inputs::jsonb,
+        '{}', 0, $22::int, $14, $14, $14
+    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::uuid[], $27::text[], $28::text[])
+        AS u(id, process_id, node_id, actor_id, channel, inputs)
+),
+new_logs AS (
+    INSERT INTO log_entries (time, level, text, process_id, node_id, actor_id, envelope_id,
+        request_id, processing_error)
+    SELECT * FROM unnest($29::timestamptz[], $30::text[], $31::text[], $32::uuid[],
+        $33::text[], $34::uuid[], $35::uuid[], $36::uuid[], $37::bool[])
+),
+new_envelopes AS (
+    INSERT INTO envelopes (id, emitter_id, process_id, node_id, status, event_count,
+        item_count, size_bytes, created_at, last_fragment_at, completed_at)
+    SELECT u.id, u.emitter_id, u.process_id, u.node_id, 'complete', u.events, u.items, u.size,
+        u.created_at, u.created_at, u.created_at
+    FROM unnest($38::uuid[], $39::uuid[], $40::uuid[], $41::text[], $42::int[], $43::bigint[],
+        $44::bigint[], $45::timestamptz[])
+        AS u(id, emitter_id, process_id, node_id, events, items, size, created_at)
+),
+new_events AS (
+    INSERT INTO events (id, envelope_id, position, type, encoding, next_index, items_received,
+        item_count, complete, size_bytes)
+    SELECT u.id, u.envelope_id, u.position, u.type, u.encoding, 2, u.n, u.n, true, u.size
+    FROM unnest($46::uuid[], $47::uuid[], $48::int[], $49::text[], $50::text[], $51::bigint[],
+        $52::bigint[]) AS u(id, envelope_id, position, type, encoding, n, size)
+),
+new_items AS (
+    INSERT INTO items (event_id, position, data)
+    SELECT * FROM unnest($53::uuid[], $54::bigint[], $55::bytea[])
+)
+SELECT 1"""
+
+
+async def insert_new(
+    conn: Any,
+    started: list[tuple[ProcessRow, dict[str, NodeRow], Changes]],
+    envelopes: list[tuple[Any, ...]],
+    *,
+    now: datetime,
+    max_attempts: int,
+) -> None:
+    """Write new processes (their nodes, requests and log lines, as decided) with their
+    envelopes, given as the parameters of `app.envelopes.repository.STORE_PARTS`."""
+    processes = [process for process, _, _ in started]
+    nodes = [
+        (process.id, nodes[n]) for process, nodes, changes in started for n in sorted(changes.nodes)
+    ]
+    requests = [(process.id, r) for process, _, changes in started for r in changes.requests]
+    logs = [entry for _, _, changes in started for entry in changes.logs]
+    events = [
+        (envelope[0], event_id, position, type_, encoding, n, size)
+        for envelope in envelopes
+        for event_id, position, type_, encoding, n, size in zip(*envelope[9:15], strict=True)
+    ]
+    items = [item for envelope in envelopes for item in zip(*envelope[15:18], strict=True)]
+    await conn.execute(
+        INSERT_NEW,
+        [p.id for p in processes],
+        [p.pipeline_id for p in processes],
+        [p.trigger_envelope_id for p in processes],
+        [p.emitter_id for p in processes],
+        [p.status.value for p in processes],
+        [p.status_reason for p in processes],
+        [p.created_at for p in processes],
+        [p.status_changed_at or p.created_at for p in processes],
+        [p.nodes_state_changed_at for p in processes],
+        [p.ended_at for p in processes],
+        [p.pm_level.value if p.pm_level else None for p in processes],
+        [p.pm_status.value if p.pm_status else None for p in processes],
+        [p.pm_changed_at for p in processes],
+        now,
+        [process_id for process_id, _ in nodes],
+        [n.node_id for _, n in nodes],
+        [n.status.value for _, n in nodes],
+        [json.dumps(n.inputs) for _, n in nodes],
+        [json.dumps(n.outputs) for _, n in nodes],
+        [n.started_at for _, n in nodes],
+        [n.ended_at for _, n in nodes],
+        max_attempts,
+        [r.id for _, r in requests],
+        [process_id for process_id, _ in requests],
+        [r.node_id for _, r in requests],
+        [r.actor_id for _, r in requests],
+        [r.channel.value for _, r in requests],
+        [json.dumps(r.inputs) for _, r in requests],
+        [entry.time for entry in logs],
+        [entry.level.value for entry in logs],
+        [entry.text for entry in logs],
+        [entry.process_id for entry in logs],
+        [entry.node_id for entry in logs],
+        [entry.actor_id for entry in logs],
+        [entry.envelope_id for entry in logs],
+        [entry.request_id for entry in logs],
+        [entry.processing_error for entry in logs],
+        [e[0] for e in envelopes],
+        [e[1] for e in envelopes],
+        [e[2] for e in envelopes],
+        [e[3] for e in envelopes],
+        [e[5] for e in envelopes],
+        [e[6] for e in envelopes],
+        [e[7] for e in envelopes],
+        [e[8] for e in envelopes],
+        [e[1] for e in events],
+        [e[0] for e in events],
+        [e[2] for e in events],
+        [e[3] for e in events],
+        [e[4] for e in events],
+        [e[5] for e in events],
+        [e[6] for e in events],
+        [i[0] for i in items],
+        [i[1] for i in items],
+        [i[2] for i in items],
+    )

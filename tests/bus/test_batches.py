@@ -4,6 +4,7 @@ POST. Each entry is taken or refused on its own; a refused one stores nothing.""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import asyncpg
@@ -141,3 +142,25 @@ async def test_batch_states(bus: Bus) -> None:
         r = await acct.http.get(f"/api/v1/processes/{emission['process_id']}")
         statuses.append(r.json()["status"])
     assert statuses == ["done", "error", "running"]
+
+
+async def test_batch_emission_with_a_large_envelope(bus: Bus, db: asyncpg.Connection) -> None:
+    """An envelope of many items in a batch: its items go in by COPY, in the batch's
+    transaction."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    co = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", co["name"])))
+    large = {"events": [{"type": "order.created", "items": [f"line {n}" for n in range(500)]}]}
+    r = await acct.http.post(f"/api/v1/actors/{em['name']}/outputs", json=[large, envelope(1)])
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [202, 202]
+    large_id = results[0]["emission"]["envelope_id"]
+    r = await acct.http.get(f"/api/v1/envelopes/{large_id}")
+    assert r.json()["item_count"] == 500
+    assert r.json()["process_id"] == results[0]["emission"]["process_id"]
+    stored = await db.fetchval(
+        "SELECT count(*) FROM items i JOIN events e ON e.id = i.event_id WHERE e.envelope_id = $1",
+        uuid.UUID(large_id),
+    )
+    assert stored == 500
