@@ -48,9 +48,9 @@ SENTRY_REPORTS = Counter(
 
 def requests_ended(session: AsyncSession, ended: Iterable[tuple[str, str]]) -> None:
     """Count requests that ended, as (channel, status) pairs, once the session commits."""
-    tally = Tally((str(channel), str(status)) for channel, status in ended)
-    if tally:
-        on_commit(session, lambda: _count_requests(tally))
+    pairs = [(str(channel), str(status)) for channel, status in ended]
+    if pairs:
+        on_commit(session, lambda: _count_requests(Tally(pairs)))
 
 
 def _count_requests(tally: Tally[tuple[str, str]]) -> None:

@@ -247,8 +247,8 @@ async def outputs(
     # Envelopes without an idempotency key or ids of their own are only routed here, then
     # all written by one statement.
     planned: list[tuple[int, Planned]] = []
+    metrics.ENVELOPES_RECEIVED.labels(BATCH).inc(len(entries))
     for index, entry in enumerate(entries):
-        metrics.ENVELOPES_RECEIVED.labels(BATCH).inc()
         try:
             parsed = _batch_entry(entry, settings)
             envelope = parsed.envelope
