@@ -119,10 +119,14 @@ class Targets:
     def __init__(self, cache: Cache | None = None) -> None:
         self.cache = cache or Cache(None)
 
-    async def pipelines(self, session: AsyncSession) -> list[tuple[PipelineRef, Graph]]:
-        return await self.cache.get(("pipelines",), lambda: active_pipelines(session))
+    async def pipelines(
+        self, session: AsyncSession, *, fresh: bool = False
+    ) -> list[tuple[PipelineRef, Graph]]:
+        return await self.cache.get(("pipelines",), lambda: active_pipelines(session), fresh=fresh)
 
     async def of_node(self, session: AsyncSession, node: Node) -> list[Target]:
+        """A node's enabled actors; none found is read again every time (an actor enabled a
+        moment ago on another replica is not missed)."""
         key = ("targets", node.type, node.actors, node.roles, node.rolebroadcast)
         return await self.cache.get(key, lambda: _enabled_actors(session, node))
 
@@ -130,8 +134,13 @@ class Targets:
 async def route_for(
     session: AsyncSession, emitter: Any, event_types: list[str], targets: Targets
 ) -> Route:
-    """Exactly one active pipeline must take this emitter's envelope."""
-    return choose_route(await targets.pipelines(session), emitter, event_types)
+    """Exactly one active pipeline must take this emitter's envelope. A refusal is checked
+    against the database, not the cache: a pipeline activated a moment ago on another
+    replica (its doorbell still on the way) takes the envelope."""
+    try:
+        return choose_route(await targets.pipelines(session), emitter, event_types)
+    except Unprocessable:
+        return choose_route(await targets.pipelines(session, fresh=True), emitter, event_types)
 
 
 async def _enabled_actors(session: AsyncSession, node: Node) -> list[Target]:

@@ -40,14 +40,18 @@ class Cache:
             self._expires = now + self.ttl
         return self._entries
 
-    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+    async def get(
+        self, key: Hashable, load: Callable[[], Awaitable[T]], *, fresh: bool = False
+    ) -> T:
+        """The value for `key`, loaded when not held (or with `fresh`). None and empty
+        values are not kept: what is missing now may be there at the next call."""
         entries = self._current()
-        if key in entries:
+        if key in entries and not fresh:
             return entries[key]  # type: ignore[no-any-return]
         generation = self._generation
         value = await load()
         # Not kept when a change came while it was read: it may predate that change.
-        if value is not None and generation == self._generation and entries is self._entries:
+        if value and generation == self._generation and entries is self._entries:
             if len(entries) >= _MAX_ENTRIES:
                 entries.clear()
             entries[key] = value
