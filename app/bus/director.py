@@ -482,10 +482,10 @@ class Director:
         """The process, locked, with its nodes (and its graph, unless `graph` is False:
         operator control never walks the graph, so it works on a deleted pipeline too)."""
         conn = await driver_connection(session)
-        statement = store.LOCK_PROCESS_SKIP if skip_locked else store.LOCK_PROCESS
-        row = await conn.fetchrow(statement, process_id)
-        if row is None:
+        lock = store.LOCK_PROCESS_SKIP if skip_locked else store.LOCK_PROCESS
+        if await conn.fetchval(lock, process_id) is None:
             return None
+        row = await conn.fetchrow(store.READ_PROCESS, process_id)
         return await self._context(session, row, graph=graph)
 
     # ------------------------------------------------------------------ actor answers
@@ -503,8 +503,10 @@ class Director:
         """An actor's state for one request: running (lease extended), success (with a
         worker's outputs) or error. `account_id` None means the admin."""
         conn = await driver_connection(session)
-        row = await conn.fetchrow(store.LOCK_FOR_ANSWER, request_id)
-        if row is None or row["request_id"] is None:
+        if await conn.fetchval(store.LOCK_PROCESS_OF_REQUEST, request_id) is None:
+            raise NotFound(f"no request {request_id}")
+        row = await conn.fetchrow(store.READ_FOR_ANSWER, request_id)
+        if row is None:
             raise NotFound(f"no request {request_id}")
         if account_id is not None and row["account_id"] != account_id:
             raise NotFound(f"no request {request_id}")
@@ -622,8 +624,7 @@ class Director:
         )
         handled = 0
         for request_id, process_id, actor_name in candidates:
-            row = await conn.fetchrow(store.LOCK_PROCESS_SKIP, process_id)
-            if row is None:
+            if await conn.fetchval(store.LOCK_PROCESS_SKIP, process_id) is None:
                 continue
             locked = await conn.fetchrow(store.LOCK_REQUEST_SKIP, request_id)
             if locked is None:
@@ -633,6 +634,7 @@ class Director:
                 continue
             if request.lease_expires_at is None or request.lease_expires_at >= now:
                 continue
+            row = await conn.fetchrow(store.READ_PROCESS, process_id)
             ctx = await self._context(session, row, graph=False)
             name = actor_name or "(deleted actor)"
             handled += 1

@@ -138,15 +138,23 @@ _NODES_AND_WARNINGS = """
       WHERE l.process_id = p.id AND l.level = 'warning') AS warnings,
     pl.updated_at AS pipeline_updated_at"""
 
-# The process row, locked (every change of a process is made under this lock: process
-# first, then its requests), with its nodes and its warning count.
-LOCK_PROCESS = f"""
-SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}
-FROM processes p LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
-WHERE p.id = $1
+# Locks. Every change of a process is made under the lock on its row (process first, then
+# its requests). Each lock is taken by a statement of its own: in READ COMMITTED a statement
+# reads as of its start, and a lock it waited for refreshes only the locked row, not the rest
+# of what it reads (the nodes, the other requests). The reads come in the next statement, which
+# sees what the previous holder of the lock committed.
+LOCK_PROCESS = "SELECT id FROM processes WHERE id = $1 FOR UPDATE"
+LOCK_PROCESS_SKIP = LOCK_PROCESS + " SKIP LOCKED"
+LOCK_PROCESS_OF_REQUEST = """
+SELECT p.id FROM processes p
+WHERE p.id = (SELECT r.process_id FROM requests r WHERE r.id = $1)
 FOR UPDATE OF p"""
 
-LOCK_PROCESS_SKIP = LOCK_PROCESS + " SKIP LOCKED"
+# A process (locked already) with its nodes and its warning count.
+READ_PROCESS = f"""
+SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}
+FROM processes p LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
+WHERE p.id = $1"""
 
 _REQUEST_COLUMNS = """r.id, r.process_id, r.node_id, r.actor_id, r.channel, r.status, r.inputs,
     r.outputs, r.attempts, r.max_attempts, r.available_at, r.lease_expires_at, r.leased_by,
@@ -164,35 +172,26 @@ FOR UPDATE OF r"""
 
 LOCK_REQUEST_SKIP = LOCK_REQUEST + " SKIP LOCKED"
 
-# Where the request's columns start in a LOCK_FOR_ANSWER row: after the process's 15, its
+# Where the request's columns start in a READ_FOR_ANSWER row: after the process's 15, its
 # nodes, warnings and pipeline_updated_at, and the actor's account and name.
 ANSWER_REQUEST_AT = 20
 
-# A request to answer, in one round trip: the process locked first (the LATERAL part runs for
-# the process row it got), then the request, with who owns the request's actor (an account
-# answers only for its own actors) and the open requests of the process by node.
-LOCK_FOR_ANSWER = f"""
-WITH asked AS (
-    SELECT r.process_id, a.account_id, a.name AS actor_name
-    FROM requests r LEFT JOIN actors a ON a.id = r.actor_id
-    WHERE r.id = $1
-), p AS MATERIALIZED (
-    SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}
-    FROM asked JOIN processes p ON p.id = asked.process_id
-    LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
-    FOR UPDATE OF p
-)
-SELECT p.*, asked.account_id, asked.actor_name, q.*
-FROM p CROSS JOIN asked
-LEFT JOIN LATERAL (
-    SELECT {_REQUEST_COLUMNS.replace("r.id,", "r.id AS request_id,")},
-        (SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
-            SELECT node_id, count(*) AS n FROM requests
-            WHERE process_id = r.process_id AND status IN {_OPEN_SQL} AND id <> r.id
-            GROUP BY node_id) o) AS open_left
-    FROM requests r WHERE r.id = $1 AND r.process_id = p.id
-    FOR UPDATE OF r
-) q ON true"""
+# A request to answer, its process locked already: the process, who owns the request's actor
+# (an account answers only for its own actors), the request (locked) and the open requests
+# of the process by node (the request left out).
+READ_FOR_ANSWER = f"""
+SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}, a.account_id, a.name AS actor_name,
+    {_REQUEST_COLUMNS.replace("r.id,", "r.id AS request_id,", 1)},
+    (SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
+        SELECT node_id, count(*) AS n FROM requests
+        WHERE process_id = r.process_id AND status IN {_OPEN_SQL} AND id <> r.id
+        GROUP BY node_id) o) AS open_left
+FROM requests r
+JOIN processes p ON p.id = r.process_id
+LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
+LEFT JOIN actors a ON a.id = r.actor_id
+WHERE r.id = $1
+FOR UPDATE OF r"""
 
 OPEN_BY_NODE = f"""
 SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
