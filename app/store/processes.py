@@ -384,6 +384,21 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+def _log_columns(logs: list[LogRow]) -> list[list[Any]]:
+    """Log lines as the arrays that `unnest` turns into rows of log_entries."""
+    return [
+        [entry.time for entry in logs],
+        [entry.level.value for entry in logs],
+        [entry.text for entry in logs],
+        [entry.process_id for entry in logs],
+        [entry.node_id for entry in logs],
+        [entry.actor_id for entry in logs],
+        [entry.envelope_id for entry in logs],
+        [entry.request_id for entry in logs],
+        [entry.processing_error for entry in logs],
+    ]
+
+
 async def save(
     conn: Any,
     process: ProcessRow,
@@ -441,15 +456,7 @@ async def save(
         request.last_error if request else None,
         request.ended_at if request else None,
         changes.cancel_open,
-        [entry.time for entry in logs],
-        [entry.level.value for entry in logs],
-        [entry.text for entry in logs],
-        [entry.process_id for entry in logs],
-        [entry.node_id for entry in logs],
-        [entry.actor_id for entry in logs],
-        [entry.envelope_id for entry in logs],
-        [entry.request_id for entry in logs],
-        [entry.processing_error for entry in logs],
+        *_log_columns(logs),
         envelope_id,
         envelope_node,
         *more,
@@ -571,15 +578,7 @@ async def insert_new(
         [r.actor_id for _, r in requests],
         [r.channel.value for _, r in requests],
         [json.dumps(r.inputs) for _, r in requests],
-        [entry.time for entry in logs],
-        [entry.level.value for entry in logs],
-        [entry.text for entry in logs],
-        [entry.process_id for entry in logs],
-        [entry.node_id for entry in logs],
-        [entry.actor_id for entry in logs],
-        [entry.envelope_id for entry in logs],
-        [entry.request_id for entry in logs],
-        [entry.processing_error for entry in logs],
+        *_log_columns(logs),
         [e[0] for e in envelopes],
         [e[1] for e in envelopes],
         [e[2] for e in envelopes],
