@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
 
 from app.bus.notify import Notifier
 from app.config import Settings
+from app.store.connection import drop_broken_connections, lost
 
 
 def async_url(url: str) -> str:
@@ -32,7 +33,7 @@ def async_url(url: str) -> str:
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.database_url is None:
         raise ValueError("no database URL: start the embedded runtime first")
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(settings.database_url),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -40,6 +41,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # when used is dropped by the pool, and the request answers 503 (app/core/errors.py).
         connect_args={"server_settings": {"application_name": "xbusd"}},
     )
+    drop_broken_connections(engine)
+    return engine
 
 
 class Database:
@@ -56,6 +59,7 @@ class Database:
             try:
                 yield session
                 await session.commit()
-            except BaseException:
+            except BaseException as error:
+                await lost(session, error)
                 await session.rollback()
                 raise

@@ -19,6 +19,7 @@ from app.core.errors import Forbidden, Unauthorized
 from app.models import Account, SessionToken
 from app.models.enums import AccountStatus, AccountType
 from app.state import AppState
+from app.store.connection import lost
 
 
 async def get_state(request: Request) -> AppState:
@@ -50,7 +51,8 @@ async def get_session(state: State) -> AsyncIterator[AsyncSession]:
         try:
             yield session
             await session.commit()
-        except BaseException:
+        except BaseException as error:
+            await lost(session, error)
             await session.rollback()
             raise
 

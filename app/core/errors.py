@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +25,7 @@ from app.core.exceptions import (
     UnsupportedMediaType,
     XbusError,
 )
+from app.store.connection import CONNECTION_LOST
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,7 @@ def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    ConnectionError,
-)
+DATABASE_UNAVAILABLE = (*CONNECTION_LOST, sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -171,6 +163,14 @@ def install_error_handlers(app: FastAPI) -> None:
     # used: no ping before each checkout. The pool drops the broken connection.
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, on_database_unavailable)
+
+    async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, sa_exc.DBAPIError)
+        if exc.connection_invalidated:
+            return await on_database_unavailable(request, exc)
+        return await on_unexpected(request, exc)
+
+    app.add_exception_handler(sa_exc.DBAPIError, on_database_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -9,7 +9,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+# What a connection that the database dropped (restart, pg_terminate_backend) raises.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    # The connection's protocol state is broken (it was told of its end while idle).
+    asyncpg.InternalClientError,
+    ConnectionError,
+)
+
+
+def drop_broken_connections(engine: AsyncEngine) -> None:
+    """No ping at each checkout (a round trip per request): a connection already known to
+    be closed (asyncpg saw the server go) is replaced as it leaves the pool, for free; one
+    that breaks in use fails its request, and its session is invalidated (`lost`)."""
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection._connection.is_closed():
+            raise sa_exc.DisconnectionError("the connection was closed")
+
+
+async def lost(session: AsyncSession, error: BaseException) -> None:
+    """After `error` in a unit of work: when it says the connection is gone, the session's
+    connections are invalidated (closed, not given back to the pool)."""
+    lost_connection = isinstance(error, CONNECTION_LOST) or (
+        isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+    )
+    if lost_connection:
+        await session.invalidate()
 
 
 async def driver_connection(session: AsyncSession, *, begin: bool = True) -> Any:
