@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     nats_survey_interval: float = Field(
         30.0, gt=0, description="Interval of the Sentinel survey published to NATS actors (s)."
     )
+    nats_actor_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Longest silence tolerated on an actor's ActorAgent.Process stream (s).",
+    )
     nats_detached_lease: float = Field(
         86400.0, gt=0, description="How long a NATS actor may take to end a detached job (s)."
     )

@@ -173,6 +173,8 @@ async def output(
 NDJSON = "application/x-ndjson"
 BATCH = "http-batch"
 
+# The JSON array form; NDJSON (`application/x-ndjson`, one envelope per line) is taken too,
+# and said in the operation's description: OpenAPI client generators take no NDJSON body.
 _OUTPUTS_BODY = {
     "requestBody": {
         "required": True,
@@ -185,9 +187,6 @@ _OUTPUTS_BODY = {
                         "description": "an envelope, with an optional `idempotency_key` field",
                     },
                 }
-            },
-            NDJSON: {
-                "schema": {"type": "string", "description": "one envelope JSON object per line"}
             },
         },
     }

@@ -113,7 +113,10 @@ class NatsDispatcher:
         final = False
         try:
             async for msg in nrpc.streamed_reply_request(
-                conn, subject, message.SerializeToString(), 5
+                conn,
+                subject,
+                message.SerializeToString(),
+                self.state.settings.nats_actor_timeout,
             ):
                 if not msg.data:
                     if msg.headers and msg.headers.get("Status") == "503":
