@@ -1,6 +1,7 @@
 """requests due by actor: the partial index of pending requests leads with the actor and
-keeps the lease order (available_at, created_at, id: ids are time-ordered), so a lease reads an actor's oldest due
-requests in order and stops at its limit, whatever the backlog of other actors or channels
+keeps the lease order (available_at, created_at, id: ids are time-ordered), so a lease
+reads an actor's oldest due requests in order and stops at its limit, whatever the backlog
+of other actors or channels
 
 Revision ID: 0006
 Revises: 0005
