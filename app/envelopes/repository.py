@@ -4,7 +4,7 @@ COPY; reads come back in pages, so no envelope has to fit in memory."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,6 @@ from app.models.ids import new_id
 from app.store.connection import driver_connection
 
 _COPY_THRESHOLD = 200
-_BATCH = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,19 +193,6 @@ async def item_page(
         .limit(limit)
     )
     return [(p, d) for p, d in rows]
-
-
-async def iter_items(
-    session: AsyncSession, event_id: uuid.UUID, page: int = _BATCH
-) -> AsyncIterator[bytes]:
-    after = -1
-    while True:
-        rows = await item_page(session, event_id, after, page)
-        for position, data in rows:
-            yield data
-            after = position
-        if len(rows) < page:
-            return
 
 
 async def load_envelope(session: AsyncSession, envelope_id: uuid.UUID) -> EnvelopeData | None:
