@@ -23,7 +23,13 @@ from app.bus.notify import NATS_WORK, actor_key, notify_after_commit, on_commit,
 from app.bus.routing import Route, Targets, node_targets, route_for
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
-from app.envelopes.repository import STORE_PARTS, EnvelopeRows, insert_items, store_envelope
+from app.envelopes.repository import (
+    STORE_PARTS,
+    EnvelopeRows,
+    check_new_envelope,
+    insert_items,
+    store_envelope,
+)
 from app.models import LogEntry
 from app.models.enums import (
     ActorKind,
@@ -359,6 +365,8 @@ class Director:
         envelope_id: uuid.UUID,
     ) -> None:
         for edge in ctx.graph.outgoing(node_id, port):
+            if ctx.process.status.final:
+                return  # a dispatch on the way failed the process: nothing more moves
             target = ctx.node(edge.target)
             if target.status in (NodeStatus.ERROR, NodeStatus.CANCELED):
                 continue
@@ -397,7 +405,10 @@ class Director:
 
     # ------------------------------------------------------------------ ending
     def _fail(self, ctx: ProcessContext, node_id: str | None, reason: str) -> None:
+        """End the process in error: its open requests are withdrawn, those this decision
+        dispatched already included (they are written canceled)."""
         now = utcnow()
+        ctx.ended += [(r.channel.value, RequestStatus.CANCELED.value) for r in ctx.changes.requests]
         if node_id is not None:
             pn = ctx.node(node_id)
             pn.status = NodeStatus.ERROR
@@ -532,8 +543,13 @@ class Director:
         actor_id = request.actor_id
         produced: list[tuple[str, uuid.UUID]] = list(stored_outputs.items())
         if outputs and not ctx.process.status.final:
-            # Stored before anything else changes: an output that cannot be stored (an id
-            # already taken) leaves the request as it was.
+            # Every output checked, then stored, before anything else changes: an output that
+            # cannot be stored (an id already taken) leaves the request, and all, as it was.
+            for port, envelope in outputs.items():
+                try:
+                    await check_new_envelope(session, envelope)
+                except Conflict as exc:
+                    raise OutputConflict(f"output {port}: {exc.detail}") from None
             for port, envelope in outputs.items():
                 try:
                     envelope_id = await store_envelope(

@@ -25,7 +25,7 @@ from app.core.exceptions import (
     UnsupportedMediaType,
     XbusError,
 )
-from app.store.connection import CONNECTION_LOST
+from app.store.connection import CONNECTION_LOST, RETRY_LATER, connection_lost
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-DATABASE_UNAVAILABLE = (*CONNECTION_LOST, sa_exc.OperationalError, sa_exc.InterfaceError)
+# SQLAlchemy's names for a database that cannot be reached (connect, lost, asked to retry).
+SQLA_UNAVAILABLE: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError)
+DATABASE_UNAVAILABLE = (*CONNECTION_LOST, *SQLA_UNAVAILABLE)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -150,10 +152,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if not (connection_lost(exc) or isinstance(exc, RETRY_LATER + SQLA_UNAVAILABLE)):
+            return await on_unexpected(request, exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return problem(
             503,
-            "the database is not reachable; retry shortly",
+            "the database is not reachable or asked to retry; retry shortly",
             instance=request.url.path,
             headers={"Retry-After": "1"},
         )
@@ -161,16 +165,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(XbusError, on_xbus_error)
     # A lost connection (the database restarting, a connection killed) is met when it is
     # used: no ping before each checkout. The pool drops the broken connection.
-    for error in DATABASE_UNAVAILABLE:
+    for error in (*DATABASE_UNAVAILABLE, *RETRY_LATER, sa_exc.DBAPIError):
         app.add_exception_handler(error, on_database_unavailable)
-
-    async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, sa_exc.DBAPIError)
-        if exc.connection_invalidated:
-            return await on_database_unavailable(request, exc)
-        return await on_unexpected(request, exc)
-
-    app.add_exception_handler(sa_exc.DBAPIError, on_database_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -48,6 +48,7 @@ from app.envelopes.schemas import (
     UploadRead,
 )
 from app.models import Envelope
+from app.store.connection import driver_connection
 
 router = APIRouter(prefix="/api/v1", tags=["envelopes"])
 
@@ -242,6 +243,9 @@ async def outputs(
     `Idempotency-Key` header does for one emission."""
     actor = await owned_actor_info(session, state.cache, caller, emitter)
     entries = _batch(_media_type(request), await request.body(), settings.emission_batch_max)
+    # One transaction for the whole batch: nothing of it is stored unless all of what is
+    # accepted is (a lone emission may be its own statement; a batch may not).
+    await driver_connection(session)
     results: list[EmissionResult | None] = [None] * len(entries)
     # Envelopes without an idempotency key or ids of their own are only routed here, then
     # all written by one statement.

@@ -32,6 +32,8 @@ from app.requests.schemas import (
     RequestStatesRead,
 )
 from app.requests.service import request_payloads
+from app.store.connection import driver_connection
+from app.store.processes import LOCK_PROCESSES_OF_REQUESTS
 
 router = APIRouter(prefix="/api/v1", tags=["requests"])
 
@@ -125,6 +127,10 @@ async def report_states(
     """Each state as `POST /requests/{id}/state` would take it, in one transaction: one that
     is refused (unknown request, already ended, bad outputs) changes nothing and answers its
     problem in its place; the others are recorded."""
+    # The processes of the batch locked first, in one order (their ids): two batches that
+    # share processes wait for each other instead of deadlocking.
+    conn = await driver_connection(session)
+    await conn.execute(LOCK_PROCESSES_OF_REQUESTS, [item.request_id for item in body.states])
     results = []
     for item in body.states:
         try:

@@ -14,7 +14,9 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-# What a connection that the database dropped (restart, pg_terminate_backend) raises.
+# What a connection that the database dropped (restart, pg_terminate_backend) raises; asyncpg
+# says "connection is closed" with a plain InterfaceError, the class of its client-side
+# mistakes too (bad arguments), which `connection_lost` tells apart.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -24,6 +26,19 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     ConnectionError,
 )
+_CLIENT_MISTAKES = (
+    asyncpg.exceptions._base.DataError,
+    asyncpg.exceptions._base.ClientConfigurationError,
+    asyncpg.exceptions._base.UnsupportedClientFeatureError,
+)
+# Conflicts PostgreSQL resolves by aborting one transaction: retrying it is the answer.
+RETRY_LATER: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)
+
+
+def connection_lost(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError):
+        return bool(error.connection_invalidated)
+    return isinstance(error, CONNECTION_LOST) and not isinstance(error, _CLIENT_MISTAKES)
 
 
 def drop_broken_connections(engine: AsyncEngine) -> None:
@@ -40,10 +55,7 @@ def drop_broken_connections(engine: AsyncEngine) -> None:
 async def lost(session: AsyncSession, error: BaseException) -> None:
     """After `error` in a unit of work: when it says the connection is gone, the session's
     connections are invalidated (closed, not given back to the pool)."""
-    lost_connection = isinstance(error, CONNECTION_LOST) or (
-        isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
-    )
-    if lost_connection:
+    if connection_lost(error):
         await session.invalidate()
 
 

@@ -150,6 +150,13 @@ SELECT p.id FROM processes p
 WHERE p.id = (SELECT r.process_id FROM requests r WHERE r.id = $1)
 FOR UPDATE OF p"""
 
+# The processes of many requests, locked in the order of their ids (a batch of answers).
+LOCK_PROCESSES_OF_REQUESTS = """
+SELECT p.id FROM processes p
+WHERE p.id IN (SELECT r.process_id FROM requests r WHERE r.id = ANY($1::uuid[]))
+ORDER BY p.id
+FOR UPDATE OF p"""
+
 # A process (locked already) with its nodes and its warning count.
 READ_PROCESS = f"""
 SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}
@@ -231,9 +238,11 @@ nodes AS (
 ),
 new_requests AS (
     INSERT INTO requests (id, process_id, node_id, actor_id, channel, status, inputs, outputs,
-        attempts, max_attempts, available_at, created_at, updated_at)
-    SELECT u.id, $1, u.node_id, u.actor_id, u.channel, 'pending', u.inputs::jsonb, '{{}}',
-        0, $25::int, $18, $18, $18
+        attempts, max_attempts, available_at, created_at, updated_at, ended_at)
+    SELECT u.id, $1, u.node_id, u.actor_id, u.channel,
+        -- dispatched by a decision that then failed the process: withdrawn at once
+        CASE WHEN $39::bool THEN 'canceled' ELSE 'pending' END, u.inputs::jsonb, '{{}}',
+        0, $25::int, $18, $18, $18, CASE WHEN $39::bool THEN $18 END
     FROM unnest($26::uuid[], $27::text[], $28::uuid[], $29::text[], $30::text[])
         AS u(id, node_id, actor_id, channel, inputs)
 ),
@@ -491,11 +500,12 @@ new_nodes AS (
 ),
 new_requests AS (
     INSERT INTO requests (id, process_id, node_id, actor_id, channel, status, inputs, outputs,
-        attempts, max_attempts, available_at, created_at, updated_at)
-    SELECT u.id, u.process_id, u.node_id, u.actor_id, u.channel, 'pending', u.inputs::jsonb,
-        '{}', 0, $22::int, $14, $14, $14
-    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::uuid[], $27::text[], $28::text[])
-        AS u(id, process_id, node_id, actor_id, channel, inputs)
+        attempts, max_attempts, available_at, created_at, updated_at, ended_at)
+    SELECT u.id, u.process_id, u.node_id, u.actor_id, u.channel, u.status, u.inputs::jsonb,
+        '{}', 0, $22::int, $14, $14, $14, CASE WHEN u.status = 'canceled' THEN $14 END
+    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::uuid[], $27::text[], $28::text[],
+        $56::text[])
+        AS u(id, process_id, node_id, actor_id, channel, inputs, status)
 ),
 new_logs AS (
     INSERT INTO log_entries (time, level, text, process_id, node_id, actor_id, envelope_id,
@@ -540,7 +550,11 @@ async def insert_new(
     nodes = [
         (process.id, nodes[n]) for process, nodes, changes in started for n in sorted(changes.nodes)
     ]
-    requests = [(process.id, r) for process, _, changes in started for r in changes.requests]
+    requests = [
+        (process.id, r, "canceled" if changes.cancel_open else "pending")
+        for process, _, changes in started
+        for r in changes.requests
+    ]
     logs = [entry for _, _, changes in started for entry in changes.logs]
     events = [
         (envelope[0], event_id, position, type_, encoding, n, size)
@@ -572,12 +586,12 @@ async def insert_new(
         [n.started_at for _, n in nodes],
         [n.ended_at for _, n in nodes],
         max_attempts,
-        [r.id for _, r in requests],
-        [process_id for process_id, _ in requests],
-        [r.node_id for _, r in requests],
-        [r.actor_id for _, r in requests],
-        [r.channel.value for _, r in requests],
-        [json.dumps(r.inputs) for _, r in requests],
+        [r.id for _, r, _ in requests],
+        [process_id for process_id, _, _ in requests],
+        [r.node_id for _, r, _ in requests],
+        [r.actor_id for _, r, _ in requests],
+        [r.channel.value for _, r, _ in requests],
+        [json.dumps(r.inputs) for _, r, _ in requests],
         *_log_columns(logs),
         [e[0] for e in envelopes],
         [e[1] for e in envelopes],
@@ -597,4 +611,5 @@ async def insert_new(
         [i[0] for i in items],
         [i[1] for i in items],
         [i[2] for i in items],
+        [status for _, _, status in requests],
     )
