@@ -25,23 +25,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from app.config import load_settings
-from app.runtime import children
-from app.runtime.embedded import EmbeddedRuntime
 from bench.http_bus import (
-    HOST,
     LOADGEN,
-    Children,
     CpuMeter,
     activate_hop,
     bench_emitter,
+    embedded_xbusd,
     latency_ms,
     machine,
     new_client,
     post_json,
-    runtime_env,
-    start_xbusd,
-    workspace,
 )
 from bench.rawhttp import RawClient
 
@@ -146,35 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ndjson", action="store_true", help="NDJSON bodies, not JSON arrays")
     parser.add_argument("--json", type=Path, default=None, dest="json_file")
     args = parser.parse_args(argv)
-    kids = Children()
-    with workspace(False) as workdir:
-        settings = load_settings(
-            None, data_dir=workdir / "embedded", nats_port=0, port=children.free_port(HOST)
-        )
-        runtime = EmbeddedRuntime(settings)
-        try:
-            with runtime as effective:
-                pids: dict[str, int | None] = {
-                    "postgres": runtime.postgres.process.pid
-                    if runtime.postgres and runtime.postgres.process
-                    else None,
-                    "nats": runtime.nats.process.pid
-                    if runtime.nats and runtime.nats.process
-                    else None,
-                }
-                env = {**os.environ, **runtime_env(settings, effective)}
-                xbusd = start_xbusd(kids, workdir, env, args.workers)
-                meter = CpuMeter(
-                    {"server": xbusd.proc.pid, **pids, "loadgen": LOADGEN}, exclude=pids
-                )
+    with embedded_xbusd(args.workers) as (xbusd, pids):
+        meter = CpuMeter({"server": xbusd.proc.pid, **pids, "loadgen": LOADGEN}, exclude=pids)
 
-                async def run() -> dict[str, Any]:
-                    emitter, key = await topology(xbusd.base_url, xbusd.admin_key)
-                    return await load(xbusd.base_url, key, emitter, args, meter)
+        async def run() -> dict[str, Any]:
+            emitter, key = await topology(xbusd.base_url, xbusd.admin_key)
+            return await load(xbusd.base_url, key, emitter, args, meter)
 
-                figures = asyncio.run(run())
-        finally:
-            kids.stop_all()
+        figures = asyncio.run(run())
     figures["machine"] = machine()
     figures["workers"] = args.workers
     figures["ndjson"] = args.ndjson

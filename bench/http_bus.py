@@ -874,6 +874,33 @@ def start_xbusd(
     return Xbusd(proc, base_url, admin_key, log_file)
 
 
+@contextlib.contextmanager
+def embedded_xbusd(workers: int | None) -> Iterator[tuple[Xbusd, dict[str, int | None]]]:
+    """PostgreSQL and nats-server from the embedded packages in a temporary directory, and
+    `xbusd serve` on them (`--workers` when given): yields xbusd and the servers' pids; all
+    stopped by pid on the way out."""
+    kids = Children()
+    with workspace(False) as workdir:
+        settings = load_settings(
+            None, data_dir=workdir / "embedded", nats_port=0, port=children.free_port(HOST)
+        )
+        runtime = EmbeddedRuntime(settings)
+        try:
+            with runtime as effective:
+                pids: dict[str, int | None] = {
+                    "postgres": runtime.postgres.process.pid
+                    if runtime.postgres and runtime.postgres.process
+                    else None,
+                    "nats": runtime.nats.process.pid
+                    if runtime.nats and runtime.nats.process
+                    else None,
+                }
+                env = {**os.environ, **runtime_env(settings, effective)}
+                yield start_xbusd(kids, workdir, env, workers), pids
+        finally:
+            kids.stop_all()
+
+
 def run_bus(
     opts: Options,
     kids: Children,

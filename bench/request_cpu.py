@@ -23,27 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.config import load_settings
-from app.runtime import children
-from app.runtime.embedded import EmbeddedRuntime
 from bench.http_bus import (
-    HOST,
-    Children,
     activate_hop,
     bench_emitter,
     cpu_seconds,
+    embedded_xbusd,
     make_body,
     new_client,
     post_json,
-    runtime_env,
-    start_xbusd,
-    workspace,
 )
 from bench.rawhttp import RawClient
 
@@ -135,26 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", "-r", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    kids = Children()
-    with workspace(False) as workdir:
-        settings = load_settings(
-            None, data_dir=workdir / "embedded", nats_port=0, port=children.free_port(HOST)
+    with embedded_xbusd(args.workers) as (xbusd, pids):
+        exclude = frozenset(pid for pid in pids.values() if pid is not None)
+        rows = asyncio.run(
+            run(xbusd.base_url, xbusd.admin_key, xbusd.proc.pid, exclude, args.repeat)
         )
-        runtime = EmbeddedRuntime(settings)
-        try:
-            with runtime as effective:
-                exclude = frozenset(
-                    p.process.pid
-                    for p in (runtime.postgres, runtime.nats)
-                    if p is not None and p.process is not None
-                )
-                env = {**os.environ, **runtime_env(settings, effective)}
-                xbusd = start_xbusd(kids, workdir, env, args.workers)
-                rows = asyncio.run(
-                    run(xbusd.base_url, xbusd.admin_key, xbusd.proc.pid, exclude, args.repeat)
-                )
-        finally:
-            kids.stop_all()
     print(
         f"bench.request_cpu: {args.repeat} sequential requests of each kind, workers={args.workers}"
     )
