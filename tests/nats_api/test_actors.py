@@ -76,7 +76,6 @@ async def test_large_multi_fragment_envelope(nats_bus: NatsBus) -> None:
     async def consume(apc: Any) -> None:
         received.put_nowait(await apc.read_envelope_complete("default", 90))
 
-    await client.get_actor("b.consumer").subscribe(consume)
     payload = bytes(range(256)) * (5 * 1024 * 1024 // 256)  # 5 MiB
     # No legacy event types here: open_message() creates the event (with both, python-xbus
     # would send a second, empty event that its own receiver never completes).
@@ -85,6 +84,11 @@ async def test_large_multi_fragment_envelope(nats_bus: NatsBus) -> None:
     await message.write(payload)
     await message.close()
     await writer.last_message()
+    # The consumer comes online once the emitter is done: both run on this test's event loop,
+    # with the bus, and python-xbus computes CRC-32C in pure Python (seconds for 5 MiB) on it;
+    # a consumer already reading while the emitter still computes saw its 5 s Retrieve
+    # timeout expire behind the blocked loop. (Separate processes do not share a loop.)
+    await client.get_actor("b.consumer").subscribe(consume)
     envelope = await asyncio.wait_for(received.get(), 110)
     assert b"".join(envelope.events[0].items) == payload
 
