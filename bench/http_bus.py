@@ -874,6 +874,16 @@ def start_xbusd(
     return Xbusd(proc, base_url, admin_key, log_file)
 
 
+def server_pids(runtime: EmbeddedRuntime) -> dict[str, int | None]:
+    """The pids of the embedded PostgreSQL and nats-server (their CPU is counted apart)."""
+    return {
+        "postgres": runtime.postgres.process.pid
+        if runtime.postgres and runtime.postgres.process
+        else None,
+        "nats": runtime.nats.process.pid if runtime.nats and runtime.nats.process else None,
+    }
+
+
 @contextlib.contextmanager
 def embedded_xbusd(workers: int | None) -> Iterator[tuple[Xbusd, dict[str, int | None]]]:
     """PostgreSQL and nats-server from the embedded packages in a temporary directory, and
@@ -887,14 +897,7 @@ def embedded_xbusd(workers: int | None) -> Iterator[tuple[Xbusd, dict[str, int |
         runtime = EmbeddedRuntime(settings)
         try:
             with runtime as effective:
-                pids: dict[str, int | None] = {
-                    "postgres": runtime.postgres.process.pid
-                    if runtime.postgres and runtime.postgres.process
-                    else None,
-                    "nats": runtime.nats.process.pid
-                    if runtime.nats and runtime.nats.process
-                    else None,
-                }
+                pids = server_pids(runtime)
                 env = {**os.environ, **runtime_env(settings, effective)}
                 yield start_xbusd(kids, workdir, env, workers), pids
         finally:
@@ -1133,14 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
             with runtime as effective:
                 assert effective.database_url is not None
                 assert effective.nats_url is not None
-                pids: dict[str, int | None] = {
-                    "postgres": runtime.postgres.process.pid
-                    if runtime.postgres and runtime.postgres.process
-                    else None,
-                    "nats": runtime.nats.process.pid
-                    if runtime.nats and runtime.nats.process
-                    else None,
-                }
+                pids = server_pids(runtime)
                 print("baseline ...", file=sys.stderr, flush=True)
                 baseline = run_baseline(opts, kids, workdir, effective.database_url, pids)
                 print("bus ...", file=sys.stderr, flush=True)

@@ -62,6 +62,7 @@ from bench.http_bus import (
     rate,
     run_async,
     runtime_env,
+    server_pids,
     start_xbusd,
     workspace,
 )
@@ -322,14 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             with runtime as effective:
                 assert effective.database_url is not None
                 assert effective.nats_url is not None
-                pids: dict[str, int | None] = {
-                    "postgres": runtime.postgres.process.pid
-                    if runtime.postgres and runtime.postgres.process
-                    else None,
-                    "nats": runtime.nats.process.pid
-                    if runtime.nats and runtime.nats.process
-                    else None,
-                }
+                pids = server_pids(runtime)
                 env = {
                     **os.environ,
                     **runtime_env(settings, effective),

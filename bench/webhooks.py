@@ -66,6 +66,7 @@ from bench.http_bus import (
     run_async,
     run_baseline,
     runtime_env,
+    server_pids,
     start_xbusd,
     wait_ready,
     workspace,
@@ -498,14 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                     base_env,
                 )
                 wait_ready(receiver_url + "/arrivals", receiver, recv_log, 30)
-                pids: dict[str, int | None] = {
-                    "postgres": runtime.postgres.process.pid
-                    if runtime.postgres and runtime.postgres.process
-                    else None,
-                    "nats": runtime.nats.process.pid
-                    if runtime.nats and runtime.nats.process
-                    else None,
-                }
+                pids = server_pids(runtime)
                 print("baseline ...", file=sys.stderr, flush=True)
                 assert effective.database_url is not None
                 ingest_opts = Options(
