@@ -24,9 +24,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import Instrumentator, routing
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import QueuePool
+from starlette.routing import BaseRoute
 
 from app.config import Settings
 from app.core.errors import Problem
@@ -373,11 +375,35 @@ def pool_families(state: AppState) -> list[Metric]:
     return families
 
 
+class _FlatRoutesMiddleware(PrometheusInstrumentatorMiddleware):
+    """The instrumentator names a request by its route template, matched against the app's
+    routes before the app runs; it flattens FastAPI's included routers at every request
+    (60-180 µs a request here, a third to two thirds of the lookup). The routes are fixed
+    once the app serves: they are flattened at the first request."""
+
+    _flat: list[BaseRoute] | None = None
+
+    def _get_handler(self, request: Request) -> tuple[str, bool]:
+        if self._flat is None:
+            self._flat = routing._effective_routes(request.app.routes)
+        name = routing._get_route_name(request.scope, self._flat)
+        if name is None or self.should_include_root_path:  # the library's own way
+            return super()._get_handler(request)
+        return name, True
+
+
 def install_metrics(app: FastAPI, settings: Settings) -> None:
     """HTTP instrumentation and the /metrics route (nothing when metrics are disabled)."""
     if not settings.metrics_enabled:
         return
-    Instrumentator(excluded_handlers=["/metrics"]).instrument(app)
+    # The HTTP series in a registry of this app's own: in the global one, a second app of the
+    # same process (tests) would find them taken and count nothing.
+    http_registry = CollectorRegistry()
+    Instrumentator(excluded_handlers=["/metrics"], registry=http_registry).instrument(app)
+    # The instrumentator's middleware, with the route lookup above (same arguments).
+    added: Any = app.user_middleware[0]
+    assert added.cls is PrometheusInstrumentatorMiddleware
+    added.cls = _FlatRoutesMiddleware
     collector = BusCollector(settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -407,5 +433,7 @@ def install_metrics(app: FastAPI, settings: Settings) -> None:
         state: AppState | None = getattr(request.app.state, "xbus", None)
         if state is not None:
             await collector.refresh(state)
-        body = generate_latest(REGISTRY) + generate_latest(registry)
+        body = (
+            generate_latest(REGISTRY) + generate_latest(http_registry) + generate_latest(registry)
+        )
         return Response(body, media_type=CONTENT_TYPE_LATEST)

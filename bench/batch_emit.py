@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ndjson", action="store_true", help="NDJSON bodies, not JSON arrays")
     parser.add_argument("--json", type=Path, default=None, dest="json_file")
     args = parser.parse_args(argv)
-    with embedded_xbusd(args.workers) as (xbusd, pids):
+    with embedded_xbusd(args.workers) as ([xbusd], pids):
         meter = CpuMeter({"server": xbusd.proc.pid, **pids, "loadgen": LOADGEN}, exclude=pids)
 
         async def run() -> dict[str, Any]:

@@ -339,10 +339,10 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def spawn(
-        self, name: str, args: list[str], log_file: Path, env: dict[str, str]
+        self, name: str, args: list[str], log_file: Path, env: dict[str, str], cwd: Path = ROOT
     ) -> subprocess.Popen[bytes]:
         proc = children.spawn(
-            args, log_file=log_file, death_signal=signal.SIGTERM, env=env, cwd=ROOT
+            args, log_file=log_file, death_signal=signal.SIGTERM, env=env, cwd=cwd
         )
         self.procs.append((name, proc))
         return proc
@@ -846,11 +846,15 @@ class Xbusd:
 
 
 def start_xbusd(
-    kids: Children, workdir: Path, env: dict[str, str], workers: int | None = None
+    kids: Children,
+    workdir: Path,
+    env: dict[str, str],
+    workers: int | None = None,
+    source: Path = ROOT,
 ) -> Xbusd:
     """`xbusd serve` on a free port of 127.0.0.1 with a fresh admin key, against the servers
-    `env` names (see `runtime_env`), with `--workers N` when `workers` is given; returns
-    once it is ready."""
+    `env` names (see `runtime_env`), with `--workers N` when `workers` is given, from the
+    source tree `source` (this one by default); returns once it is ready."""
     port = children.free_port(HOST)
     admin_key = "xbk_bench_" + secrets.token_urlsafe(24)
     log_file = workdir / "xbusd.log"
@@ -868,7 +872,8 @@ def start_xbusd(
     ]
     if workers is not None:
         args += ["--workers", str(workers)]
-    proc = kids.spawn("xbusd", args, log_file, {**env, "XBUS_ADMIN_API_KEY": admin_key})
+    env = {**env, "XBUS_ADMIN_API_KEY": admin_key, "PYTHONPATH": str(source)}
+    proc = kids.spawn("xbusd", args, log_file, env, cwd=source)
     base_url = f"http://{HOST}:{port}"
     wait_ready(f"{base_url}/readyz", proc, log_file, 120)
     return Xbusd(proc, base_url, admin_key, log_file)
@@ -885,10 +890,13 @@ def server_pids(runtime: EmbeddedRuntime) -> dict[str, int | None]:
 
 
 @contextlib.contextmanager
-def embedded_xbusd(workers: int | None) -> Iterator[tuple[Xbusd, dict[str, int | None]]]:
+def embedded_xbusd(
+    workers: int | None, against: Path | None = None
+) -> Iterator[tuple[list[Xbusd], dict[str, int | None]]]:
     """PostgreSQL and nats-server from the embedded packages in a temporary directory, and
-    `xbusd serve` on them (`--workers` when given): yields xbusd and the servers' pids; all
-    stopped by pid on the way out."""
+    `xbusd serve` on them (`--workers` when given): yields [xbusd] and the servers' pids;
+    all stopped by pid on the way out. With `against` (another source tree), a second
+    xbusd from that tree serves a database of its own on the same servers: [xbusd, other]."""
     kids = Children()
     with workspace(False) as workdir:
         settings = load_settings(
@@ -899,9 +907,27 @@ def embedded_xbusd(workers: int | None) -> Iterator[tuple[Xbusd, dict[str, int |
             with runtime as effective:
                 pids = server_pids(runtime)
                 env = {**os.environ, **runtime_env(settings, effective)}
-                yield start_xbusd(kids, workdir, env, workers), pids
+                servers = [start_xbusd(kids, workdir, env, workers)]
+                if against is not None:
+                    url = make_url(env["XBUS_DATABASE_URL"])
+                    admin_dsn = asyncpg_dsn(env["XBUS_DATABASE_URL"], "postgres")
+                    run_async(_create_database(admin_dsn, "xbus_other"))
+                    other = url.set(database="xbus_other").render_as_string(False)
+                    other_dir = workdir / "other"
+                    other_dir.mkdir()
+                    other_env = {**env, "XBUS_DATABASE_URL": other}
+                    servers.append(start_xbusd(kids, other_dir, other_env, workers, against))
+                yield servers, pids
         finally:
             kids.stop_all()
+
+
+async def _create_database(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
 
 
 def run_bus(

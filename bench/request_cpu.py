@@ -1,11 +1,11 @@
 """xbusd's CPU per request, endpoint by endpoint, on a real server.
 
-    uv run python -m bench.request_cpu [--repeat R] [--workers W]
+    uv run python -m bench.request_cpu [--repeat R] [--workers W] [--against REV]
 
 Starts PostgreSQL and nats-server from the embedded packages and `xbusd serve` (one worker
 unless --workers), sets up an emitter and a consumer, then sends R requests of each kind
 one after the other with the raw HTTP/1.1 client (no concurrency: no queueing, no lock
-waits) and reads xbusd's CPU time (all its processes) before and after each kind:
+waits) and reads xbusd's CPU time (all its processes) before and after each block:
 
 - `GET /healthz`: the floor (uvicorn, FastAPI, the middlewares, no database);
 - `GET /api/v1/whoami`: + the API key (cached);
@@ -15,20 +15,35 @@ waits) and reads xbusd's CPU time (all its processes) before and after each kind
 - `GET .../requests` (nothing due, no wait): a poll that finds nothing.
 
 The background duties run meanwhile: an idle phase of the same length first gives their
-share, which the "-idle" column takes off. Everything on 127.0.0.1; servers stopped by pid.
+share, which the "-idle" column takes off.
+
+`--against REV` compares this tree with git revision REV (checked out in a temporary
+worktree): a second xbusd from REV runs beside this one, on the same PostgreSQL (a database
+of its own) and nats-server, set up the same way, and each kind of request goes to the two
+servers in alternating blocks of 50. CPU time per request on a shared or throttled
+machine drifts by ±30% from one minute to the next; alternating blocks puts both servers
+under the same drift, so their difference is the code's. Everything on 127.0.0.1; servers
+stopped by pid.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.http_bus import (
+    ROOT,
+    Xbusd,
     activate_hop,
     bench_emitter,
     cpu_seconds,
@@ -39,106 +54,157 @@ from bench.http_bus import (
 )
 from bench.rawhttp import RawClient
 
+BLOCK = 50  # requests sent to one server before switching to the other
+KINDS = [
+    "GET /healthz",
+    "GET /api/v1/whoami",
+    "POST .../output",
+    "GET .../requests (leased)",
+    "POST /requests/{id}/state",
+    "GET .../requests (nothing due)",
+]
 
-async def measure(
-    pid: int,
-    exclude: frozenset[int],
-    repeat: int,
-    send: Callable[[int], Awaitable[Any]],
-) -> tuple[float, float]:
-    """(CPU ms of xbusd per request, wall ms per request) for `repeat` calls of `send`."""
-    before = cpu_seconds(pid, exclude)
-    started = time.perf_counter()
-    for n in range(repeat):
-        await send(n)
-    wall = time.perf_counter() - started
-    used = cpu_seconds(pid, exclude) - before
-    return 1000 * used / repeat, 1000 * wall / repeat
+Send = Callable[[int], Awaitable[Any]]
 
 
-async def run(
-    base_url: str, admin_key: str, pid: int, exclude: frozenset[int], repeat: int
-) -> list[tuple[str, float, float]]:
-    async with new_client(base_url, {"Authorization": f"Bearer {admin_key}"}) as admin:
+@dataclass
+class Server:
+    """One xbusd under measure: its pid, its client and the requests of each kind."""
+
+    pid: int
+    exclude: frozenset[int]
+    http: RawClient
+    sends: dict[str, Send] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind
+    wall: dict[str, float] = field(default_factory=dict)
+
+
+async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncExitStack) -> Server:
+    async with new_client(xbusd.base_url, {"Authorization": f"Bearer {xbusd.admin_key}"}) as admin:
         account, emitter = await bench_emitter(admin, "cpu")
         consumer = "bench-cpu-consumer"
         body = {"name": consumer, "kind": "consumer", "account_id": account["id"]}
         await post_json(admin, "/api/v1/actors", body)
         await activate_hop(admin, "cpu", emitter, {"actors": [consumer]})
-    key = account["api_key"]
-    rows: list[tuple[str, float, float]] = []
-    async with RawClient(base_url, {"authorization": f"Bearer {key}"}) as http:
-        json_type = {"content-type": "application/json"}
-        output = f"/api/v1/actors/{emitter}/output"
-        poll = f"/api/v1/actors/{consumer}/requests"
-        # Warm up every path (connections, prepared statements, caches).
-        for n in range(20):
-            await http.post(output, make_body(n), json_type)
-            leased = (await http.get(poll)).json()
-            await http.post_json(
-                f"/api/v1/requests/{leased['request_id']}/state", {"status": "success"}
-            )
+    headers = {"authorization": f"Bearer {account['api_key']}"}
+    http = await stack.enter_async_context(RawClient(xbusd.base_url, headers))
+    json_type = {"content-type": "application/json"}
+    output = f"/api/v1/actors/{emitter}/output"
+    poll = f"/api/v1/actors/{consumer}/requests"
+    # Warm up every path (connections, prepared statements, caches).
+    for n in range(20):
+        await http.post(output, make_body(n), json_type)
+        leased = (await http.get(poll)).json()
+        await http.post_json(
+            f"/api/v1/requests/{leased['request_id']}/state", {"status": "success"}
+        )
+    ids: list[str] = []
 
-        async def idle(_: int) -> None:
-            await asyncio.sleep(0.002)
+    async def idle(_: int) -> None:
+        await asyncio.sleep(0.002)
 
-        async def healthz(_: int) -> None:
-            await http.get("/healthz")
+    async def healthz(_: int) -> None:
+        await http.get("/healthz")
 
-        async def whoami(_: int) -> None:
-            await http.get("/api/v1/whoami")
+    async def whoami(_: int) -> None:
+        await http.get("/api/v1/whoami")
 
-        async def emit(n: int) -> None:
-            r = await http.post(output, make_body(n), json_type)
-            assert r.status == 202, r.text
+    async def emit(n: int) -> None:
+        r = await http.post(output, make_body(n), json_type)
+        assert r.status == 202, r.text
 
-        ids: list[str] = []
+    async def lease(_: int) -> None:
+        r = await http.get(poll)
+        assert r.status == 200, r.text
+        ids.append(r.json()["request_id"])
 
-        async def lease(_: int) -> None:
-            r = await http.get(poll)
-            assert r.status == 200, r.text
-            ids.append(r.json()["request_id"])
+    async def state(n: int) -> None:
+        r = await http.post_json(f"/api/v1/requests/{ids[n]}/state", {"status": "success"})
+        assert r.status == 200, r.text
 
-        async def state(n: int) -> None:
-            r = await http.post_json(f"/api/v1/requests/{ids[n]}/state", {"status": "success"})
-            assert r.status == 200, r.text
+    async def empty_poll(_: int) -> None:
+        r = await http.get(poll)
+        assert r.status == 204, r.text
 
-        async def empty_poll(_: int) -> None:
-            r = await http.get(poll)
-            assert r.status == 204, r.text
+    sends = [idle, healthz, whoami, emit, lease, state, empty_poll]
+    return Server(xbusd.proc.pid, exclude, http, dict(zip(["idle", *KINDS], sends, strict=True)))
 
-        idle_cpu, idle_wall = await measure(pid, exclude, repeat, idle)
-        idle_rate = idle_cpu / idle_wall  # CPU ms of the duties per ms of wall time
-        for name, send in [
-            ("GET /healthz", healthz),
-            ("GET /api/v1/whoami", whoami),
-            ("POST .../output", emit),
-            ("GET .../requests (leased)", lease),
-            ("POST /requests/{id}/state", state),
-            ("GET .../requests (nothing due)", empty_poll),
-        ]:
-            cpu, wall = await measure(pid, exclude, repeat, send)
-            rows.append((name, cpu, max(0.0, cpu - idle_rate * wall)))
-    return rows
+
+async def measure(servers: list[Server], kind: str, repeat: int) -> None:
+    """`repeat` requests of `kind` to each server, in alternating blocks."""
+    for server in servers:
+        server.cpu[kind] = server.wall[kind] = 0.0
+    for start in range(0, repeat, BLOCK):
+        for server in servers:
+            send = server.sends[kind]
+            before = cpu_seconds(server.pid, server.exclude)
+            began = time.perf_counter()
+            for n in range(start, min(start + BLOCK, repeat)):
+                await send(n)
+            server.wall[kind] += time.perf_counter() - began
+            server.cpu[kind] += cpu_seconds(server.pid, server.exclude) - before
+
+
+def per_request(server: Server, repeat: int) -> dict[str, float]:
+    """CPU ms per request of each kind, the duties' idle rate taken off."""
+    idle_rate = server.cpu["idle"] / server.wall["idle"]  # CPU s of the duties per wall s
+    return {
+        kind: round(1000 * max(0.0, server.cpu[kind] - idle_rate * server.wall[kind]) / repeat, 3)
+        for kind in KINDS
+    }
+
+
+async def run(xbusds: list[Xbusd], exclude: frozenset[int], repeat: int) -> list[dict[str, float]]:
+    async with contextlib.AsyncExitStack() as stack:
+        servers = [await setup(xbusd, exclude, stack) for xbusd in xbusds]
+        await measure(servers, "idle", repeat)
+        for server in servers:
+            await server.http.close()  # uvicorn closes a keep-alive connection idle for 5 s
+        for kind in KINDS:
+            await measure(servers, kind, repeat)
+        return [per_request(server, repeat) for server in servers]
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """Git revision `rev` checked out in a temporary directory (a detached worktree)."""
+    path = Path(tempfile.mkdtemp(prefix="xbus-against-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=ROOT, check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.request_cpu", description=__doc__)
     parser.add_argument("--repeat", "-r", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--against", metavar="REV", help="compare with this git revision")
     args = parser.parse_args(argv)
-    with embedded_xbusd(args.workers) as (xbusd, pids):
+    with contextlib.ExitStack() as stack:
+        other = stack.enter_context(worktree(args.against)) if args.against else None
+        xbusds, pids = stack.enter_context(embedded_xbusd(args.workers, other))
         exclude = frozenset(pid for pid in pids.values() if pid is not None)
-        rows = asyncio.run(
-            run(xbusd.base_url, xbusd.admin_key, xbusd.proc.pid, exclude, args.repeat)
-        )
+        rows = asyncio.run(run(xbusds, exclude, args.repeat))
     print(
-        f"bench.request_cpu: {args.repeat} sequential requests of each kind, workers={args.workers}"
+        f"bench.request_cpu: {args.repeat} sequential requests of each kind, "
+        f"workers={args.workers}; xbusd CPU ms per request, the duties' idle share taken off"
     )
-    print(f"{'request':34} {'xbusd CPU ms':>13} {'-idle':>8}")
-    for name, cpu, net in rows:
-        print(f"{name:34} {cpu:13.3f} {net:8.3f}")
-    print(json.dumps({name: round(net, 3) for name, _, net in rows}))
+    if args.against:
+        print(f"{'request':34} {'this tree':>10} {args.against[:12]:>12} {'change':>8}")
+        for kind in KINDS:
+            mine, theirs = rows[0][kind], rows[1][kind]
+            change = f"{100 * (mine - theirs) / theirs:+.0f}%" if theirs else "n/a"
+            print(f"{kind:34} {mine:10.3f} {theirs:12.3f} {change:>8}")
+        print(json.dumps({"this": rows[0], args.against: rows[1]}))
+    else:
+        print(f"{'request':34} {'xbusd CPU ms':>13}")
+        for kind in KINDS:
+            print(f"{kind:34} {rows[0][kind]:13.3f}")
+        print(json.dumps(rows[0]))
     return 0
 
 

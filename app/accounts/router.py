@@ -182,10 +182,10 @@ async def _commit_and_announce(session: AsyncSession, state: AppState) -> None:
         log.exception("accounts_changed hook failed")
 
 
-async def optional_key(request: Request, session: Session, state: State) -> Principal | None:
+async def optional_key(request: Request) -> Principal | None:
     """The presented API key's account (401 when wrong), or None when no key is presented."""
     if request.headers.get("authorization") or request.headers.get("xbus-api-key"):
-        return await authenticate(request, session, state)
+        return await authenticate(request)
     return None
 
 

@@ -1,4 +1,8 @@
-"""Shared FastAPI dependencies, as `Annotated` aliases."""
+"""Shared FastAPI dependencies, as `Annotated` aliases.
+
+FastAPI walks every dependency of a route at every request (~20 µs each, cached ones too), so
+the ones on the hot routes read the app state from the request rather than through `State`:
+an emission, a lease or a report solves four dependencies, not eleven."""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ from app.store.connection import lost
 
 
 async def get_state(request: Request) -> AppState:
+    return _state(request)
+
+
+def _state(request: Request) -> AppState:
     state: AppState = request.app.state.xbus
     return state
 
@@ -44,10 +52,10 @@ async def get_director(state: State) -> Director:
 DirectorDep = Annotated[Director, Depends(get_director)]
 
 
-async def get_session(state: State) -> AsyncIterator[AsyncSession]:
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed once when the route returns, before the response
     is sent (so what a 2xx acknowledges is stored), rolled back on an error."""
-    async with state.db.sessionmaker() as session:
+    async with _state(request).db.sessionmaker() as session:
         try:
             yield session
             await session.commit()
@@ -82,14 +90,25 @@ def _presented_key(request: Request) -> str | None:
     return key.strip() if key else None
 
 
-async def authenticate(request: Request, session: Session, state: State) -> Principal:
+async def authenticate(request: Request) -> Principal:
     """Any valid key: 401 when missing, unknown or expired. Keys found are cached (dropped
-    on any change of accounts or keys)."""
+    on any change of accounts or keys); a key not in the cache is looked up in a session of
+    its own."""
     key = _presented_key(request)
     if not key:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or Xbus-Api-Key)")
+    state = _state(request)
     digest = keys.digest(key)
-    found = await state.cache.get(("principal", digest.hash), lambda: _principal(session, key))
+
+    async def lookup() -> tuple[Principal, datetime | None] | None:
+        async with state.db.sessionmaker() as session:
+            try:
+                return await _principal(session, key)
+            except BaseException as error:
+                await lost(session, error)
+                raise
+
+    found = await state.cache.get(("principal", digest.hash), lookup)
     if found is None:
         raise Unauthorized("the API key is not valid")
     principal, expires_at = found

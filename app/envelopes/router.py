@@ -137,11 +137,10 @@ async def output(
     request: Request,
     session: Session,
     caller: Caller,
-    director: DirectorDep,
-    settings: SettingsDep,
     state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
+    director, settings = state.director, state.settings
     actor = await owned_actor_info(session, state.cache, caller, emitter)
     body = await request.body()
     media = _media_type(request)

@@ -7,11 +7,12 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actors.access import owned_actor_info
 from app.bus.director import Message
 from app.bus.notify import actor_key
-from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
+from app.core.deps import Caller, Principal, Session, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (
@@ -32,6 +33,7 @@ from app.requests.schemas import (
     RequestStatesRead,
 )
 from app.requests.service import request_payloads
+from app.state import AppState
 from app.store.connection import driver_connection
 from app.store.processes import LOCK_PROCESSES_OF_REQUESTS
 
@@ -59,8 +61,6 @@ async def lease_request(
     http_request: Request,
     session: Session,
     caller: Caller,
-    director: DirectorDep,
-    settings: SettingsDep,
     state: State,
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a request")] = 0,
     batch: Annotated[
@@ -73,6 +73,7 @@ async def lease_request(
         ),
     ] = None,
 ) -> Any:
+    director, settings = state.director, state.settings
     target = await owned_actor_info(session, state.cache, caller, actor)
     if target.status != ActorStatus.ENABLED:
         raise Forbidden(f"actor {target.name!r} is {target.status.value}")
@@ -105,10 +106,9 @@ async def report_state(
     body: RequestStateIn,
     session: Session,
     caller: Caller,
-    director: DirectorDep,
-    settings: SettingsDep,
+    state: State,
 ) -> RequestStateRead:
-    return await _report(session, caller, director, settings, request_id, body)
+    return await _report(session, caller, state, request_id, body)
 
 
 @router.post(
@@ -121,8 +121,7 @@ async def report_states(
     body: RequestStatesIn,
     session: Session,
     caller: Caller,
-    director: DirectorDep,
-    settings: SettingsDep,
+    state: State,
 ) -> RequestStatesRead:
     """Each state as `POST /requests/{id}/state` would take it, in one transaction: one that
     is refused (unknown request, already ended, bad outputs) changes nothing and answers its
@@ -134,7 +133,7 @@ async def report_states(
     results = []
     for item in body.states:
         try:
-            state = await _report(session, caller, director, settings, item.request_id, item)
+            answer = await _report(session, caller, state, item.request_id, item)
         except XbusError as exc:
             results.append(
                 RequestStateResult(
@@ -144,18 +143,18 @@ async def report_states(
                 )
             )
             continue
-        results.append(RequestStateResult(request_id=item.request_id, status=200, state=state))
+        results.append(RequestStateResult(request_id=item.request_id, status=200, state=answer))
     return RequestStatesRead(results=results)
 
 
 async def _report(
-    session: Session,
-    caller: Caller,
-    director: DirectorDep,
-    settings: SettingsDep,
+    session: AsyncSession,
+    caller: Principal,
+    state: AppState,
     request_id: uuid.UUID,
     body: RequestStateIn,
 ) -> RequestStateRead:
+    settings = state.settings
     outputs: dict[str, EnvelopeData] = {}
     for name, raw in body.outputs.items():
         try:
@@ -169,7 +168,7 @@ async def _report(
             raise Unprocessable(
                 f"output {name}: {exc.detail}", extra={"pointer": pointer}
             ) from None
-    request = await director.report(
+    request = await state.director.report(
         session,
         request_id,
         RequestStatus(body.status),

@@ -84,8 +84,29 @@ async def test_bus_series_follow_the_flow(bus: Bus, client: httpx.AsyncClient) -
     )
     assert done == 1
     assert after.value("xbus_process_duration_seconds_count") >= 1
-    # HTTP metrics of the instrumentator, and the process-local figures.
-    assert after.has("http_requests_total")
+    # HTTP metrics of the instrumentator, named by route template (ids not in the labels),
+    # and the process-local figures.
+    handlers = {labels["handler"] for labels in after.labels("http_requests_total")}
+    assert "/api/v1/actors/{emitter}/output" in handlers
+    assert "/api/v1/requests/{request_id}/state" in handlers
+    assert "/api/v1/actors/{actor}/requests" in handlers
+    assert not any(job["request_id"] in handler for handler in handlers)
+    assert (
+        after.value(
+            "http_requests_total",
+            handler="/api/v1/actors/{emitter}/output",
+            method="POST",
+            status="2xx",
+        )
+        - before.value(
+            "http_requests_total",
+            0,
+            handler="/api/v1/actors/{emitter}/output",
+            method="POST",
+            status="2xx",
+        )
+        == 1
+    )
     assert after.value("xbus_db_pool_size") == 5
     assert after.value("xbus_db_pool_checked_out") >= 0
     assert after.has("xbus_db_pool_overflow")
