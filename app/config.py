@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     emission_batch_max: int = Field(
         10_000, ge=1, description="Most envelopes in one `POST .../outputs` batch."
     )
+    emission_group_max: int = Field(
+        500,
+        ge=0,
+        description="Most envelopes of `POST .../output` written by one transaction (group "
+        "commit of the emissions that arrive while the previous group is written); 0: each "
+        "emission its own transaction.",
+    )
     envelope_stall_timeout: float = Field(
         30.0, gt=0, description="An envelope with no new fragment for this long is stalled (s)."
     )

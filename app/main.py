@@ -27,6 +27,7 @@ from app.core.errors import PROBLEM_JSON, install_error_handlers
 from app.db import Database, create_engine
 from app.duties import DUTIES, Duty
 from app.envelopes import router as envelopes_router
+from app.envelopes.group import EmissionGroups
 from app.health import router as health_router
 from app.metrics_collector import install_metrics
 from app.migrations import upgrade_async
@@ -109,6 +110,8 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
             notifier=notifier,
             cache=cache,
         )
+        if settings.emission_group_max:
+            state.emissions = EmissionGroups(state.db, director, settings.emission_group_max)
         app.state.xbus = state
         sentry = init_sentry(settings)
         try:
@@ -134,6 +137,8 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
             yield
         finally:
             # Reverse order: background tasks, then NATS, then the database.
+            if state.emissions is not None:
+                await state.emissions.close()
             for task in reversed(state.tasks):
                 task.cancel()
             if state.tasks:

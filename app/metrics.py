@@ -26,6 +26,11 @@ ENVELOPES_REJECTED = Counter(
     "Envelopes refused (bad input, no pipeline)",
     ["transport", "reason"],
 )
+EMISSION_GROUP_SIZE = Histogram(
+    "xbus_emission_group_size",
+    "Envelopes written together by one transaction of the emission group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 PROCESSES_ENDED = Counter("xbus_processes_ended_total", "Processes that ended", ["status"])
 PROCESS_DURATION = Histogram(
     "xbus_process_duration_seconds",

@@ -11,6 +11,7 @@ from app.bus.notify import Notifier
 from app.certs.pki import CertificateAuthority
 from app.config import Settings
 from app.db import Database
+from app.envelopes.group import EmissionGroups
 from app.nats import NatsConnection
 from app.store.cache import Cache
 
@@ -25,6 +26,8 @@ class AppState:
     # Principals, actors, routes: dropped on any change of them (app/store/cache.py).
     cache: Cache
     ca: CertificateAuthority | None = None
+    # Group commit of single emissions (None: each its own transaction).
+    emissions: EmissionGroups | None = None
     migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Called after a change to accounts' certificates or status (accept, reject, renew,

@@ -276,12 +276,14 @@ class Director:
         return ctx.process
 
     async def start_many(
-        self, session: AsyncSession, emitter: Emitter, planned: list[Planned]
+        self, session: AsyncSession, starts: list[tuple[Emitter, Planned]]
     ) -> list[ProcessRow]:
-        """Start a process for each of these new envelopes (routed already), all written by
-        one statement with their envelopes: a batch of emissions costs one round trip."""
+        """Start a process for each of these new envelopes (routed already), of one emitter
+        or several, all written by one statement with their envelopes: a batch of emissions
+        costs one round trip."""
         contexts = []
-        for envelope, types, route in planned:
+        planned = [p for _, p in starts]
+        for emitter, (envelope, types, route) in starts:
             contexts.append(
                 await self._plan_start(session, emitter, envelope.id, types, route, None, None)
             )

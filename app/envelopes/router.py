@@ -158,7 +158,9 @@ async def output(
                 )
         limits = (settings.envelope_max_items, settings.envelope_max_bytes)
         envelope = _decode_envelope(media, body, *limits)
-        emission = await service.emit(session, director, actor, envelope)
+        # Without a key, the envelope may be written in a group commit (stored on return).
+        groups = state.emissions if idempotency_key is None else None
+        emission = await service.emit(session, director, actor, envelope, groups)
     except XbusError as exc:
         metrics.ENVELOPES_REJECTED.labels(transport, exc.code).inc()
         raise
@@ -265,12 +267,14 @@ async def outputs(
                 rows = repository.envelope_rows(envelope, emitter_id=actor.id)
                 planned.append((index, (rows, types, route)))
                 continue
-            results[index] = await _emit_one(session, director, actor, index, parsed)
+            # In a savepoint: a conflict found by the database undoes this one alone.
+            async with session.begin_nested():
+                results[index] = await _emit_one(session, director, actor, index, parsed)
         except XbusError as exc:
             metrics.ENVELOPES_REJECTED.labels(BATCH, exc.code).inc()
             results[index] = EmissionResult(index=index, status=exc.status, problem=error_body(exc))
     if planned:
-        started = await director.start_many(session, actor, [p for _, p in planned])
+        started = await director.start_many(session, [(actor, p) for _, p in planned])
         for (index, (rows, _, _)), process in zip(planned, started, strict=True):
             emission = EmissionRead(
                 envelope_id=rows.id, process_id=process.id, status=process.status

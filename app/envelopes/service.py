@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +18,7 @@ from app.config import Settings
 from app.core.exceptions import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from app.envelopes import repository
 from app.envelopes.codec import EnvelopeData, EnvelopeFormatError, decode_item
+from app.envelopes.group import EmissionGroups
 from app.envelopes.schemas import EmissionRead, EventDeclaration
 from app.models import Actor, Envelope, Event, IdempotencyKey, Process
 from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
@@ -93,18 +95,36 @@ async def record_idempotent_answer(
 
 
 async def emit(
-    session: AsyncSession, director: Director, emitter: Emitter, envelope: EnvelopeData
+    session: AsyncSession,
+    director: Director,
+    emitter: Emitter,
+    envelope: EnvelopeData,
+    groups: EmissionGroups | None = None,
 ) -> EmissionRead:
-    """Store a complete envelope and start its process, in the caller's transaction."""
+    """Store a complete envelope and start its process, in the caller's transaction; or,
+    with `groups` and an envelope that cannot conflict, in the next group commit (stored
+    once this returns; the caller's transaction is committed before, and must hold
+    nothing else)."""
     check_emitter(emitter)
     types = list(dict.fromkeys(e.type for e in envelope.events))
     # Routed first: an envelope that no pipeline takes is refused before a byte is written.
     route = await director.route(session, emitter, types)
     await repository.check_new_envelope(session, envelope)
     rows = repository.envelope_rows(envelope, emitter_id=emitter.id)
-    process = await director.start_process(
-        session, emitter, rows.id, types, route=route, envelope=rows
-    )
+    if groups is not None and groups.takes(envelope, (rows, types, route)):
+        # The caller's connection (a cache miss may have read with it) goes back to the
+        # pool first: requests waiting on a group while holding connections could starve
+        # the group's own writer of one.
+        await session.commit()
+        process = await groups.start(emitter, (rows, types, route))
+    else:
+        try:
+            process = await director.start_process(
+                session, emitter, rows.id, types, route=route, envelope=rows
+            )
+        except asyncpg.UniqueViolationError:
+            # Checked free above, taken meanwhile by a concurrent emission of the same ids.
+            raise Conflict("the envelope or one of its event ids already exists") from None
     return EmissionRead(envelope_id=rows.id, process_id=process.id, status=process.status)
 
 
