@@ -12,7 +12,9 @@ waits) and reads xbusd's CPU time (all its processes) before and after each bloc
 - `POST .../output`: an emission (stored and routed, one statement);
 - `GET .../requests` (a request is due): a lease, with its envelope inline;
 - `POST /requests/{id}/state`: success, which ends the process;
-- `GET .../requests` (nothing due, no wait): a poll that finds nothing.
+- `GET .../requests` (nothing due, no wait): a poll that finds nothing;
+- `POST .../output` from 16 clients at once: emissions under concurrency (group commit),
+  per envelope; PostgreSQL's CPU per envelope is printed for this one too.
 
 The background duties run meanwhile: an idle phase of the same length first gives their
 share, which the "-idle" column takes off.
@@ -55,6 +57,8 @@ from bench.http_bus import (
 from bench.rawhttp import RawClient
 
 BLOCK = 50  # requests sent to one server before switching to the other
+CONCURRENT = 16  # emitters of the concurrent kind
+CONCURRENT_KIND = f"POST .../output x{CONCURRENT} at once"
 KINDS = [
     "GET /healthz",
     "GET /api/v1/whoami",
@@ -62,6 +66,7 @@ KINDS = [
     "GET .../requests (leased)",
     "POST /requests/{id}/state",
     "GET .../requests (nothing due)",
+    CONCURRENT_KIND,
 ]
 
 Send = Callable[[int], Awaitable[Any]]
@@ -77,6 +82,7 @@ class Server:
     sends: dict[str, Send] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind
     wall: dict[str, float] = field(default_factory=dict)
+    postgres: float = 0.0  # PostgreSQL's CPU seconds during the concurrent kind
 
 
 async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncExitStack) -> Server:
@@ -126,11 +132,23 @@ async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncEx
         r = await http.get(poll)
         assert r.status == 204, r.text
 
-    sends = [idle, healthz, whoami, emit, lease, state, empty_poll]
+    emitters = [
+        await stack.enter_async_context(RawClient(xbusd.base_url, headers))
+        for _ in range(CONCURRENT)
+    ]
+
+    async def emit_at_once(n: int) -> None:
+        """CONCURRENT envelopes at once (one "request" of this kind: divided below)."""
+        answers = await asyncio.gather(
+            *(client.post(output, make_body(n), json_type) for client in emitters)
+        )
+        assert all(r.status == 202 for r in answers), [r.text for r in answers]
+
+    sends = [idle, healthz, whoami, emit, lease, state, empty_poll, emit_at_once]
     return Server(xbusd.proc.pid, exclude, http, dict(zip(["idle", *KINDS], sends, strict=True)))
 
 
-async def measure(servers: list[Server], kind: str, repeat: int) -> None:
+async def measure(servers: list[Server], kind: str, repeat: int, postgres: int | None) -> None:
     """`repeat` requests of `kind` to each server, in alternating blocks."""
     for server in servers:
         server.cpu[kind] = server.wall[kind] = 0.0
@@ -138,30 +156,41 @@ async def measure(servers: list[Server], kind: str, repeat: int) -> None:
         for server in servers:
             send = server.sends[kind]
             before = cpu_seconds(server.pid, server.exclude)
+            pg_before = cpu_seconds(postgres)
             began = time.perf_counter()
             for n in range(start, min(start + BLOCK, repeat)):
                 await send(n)
             server.wall[kind] += time.perf_counter() - began
             server.cpu[kind] += cpu_seconds(server.pid, server.exclude) - before
+            if kind == CONCURRENT_KIND:
+                server.postgres += cpu_seconds(postgres) - pg_before
 
 
 def per_request(server: Server, repeat: int) -> dict[str, float]:
-    """CPU ms per request of each kind, the duties' idle rate taken off."""
+    """CPU ms per request (per envelope for the concurrent kind) of each kind, the duties'
+    idle rate taken off; and the concurrent kind's envelopes/s and PostgreSQL CPU."""
     idle_rate = server.cpu["idle"] / server.wall["idle"]  # CPU s of the duties per wall s
-    return {
+    figures = {
         kind: round(1000 * max(0.0, server.cpu[kind] - idle_rate * server.wall[kind]) / repeat, 3)
         for kind in KINDS
     }
+    envelopes = repeat * CONCURRENT
+    figures[CONCURRENT_KIND] = round(figures[CONCURRENT_KIND] / CONCURRENT, 3)
+    figures["  envelopes/s at once"] = round(envelopes / server.wall[CONCURRENT_KIND], 1)
+    figures["  PostgreSQL CPU ms per envelope"] = round(1000 * server.postgres / envelopes, 3)
+    return figures
 
 
-async def run(xbusds: list[Xbusd], exclude: frozenset[int], repeat: int) -> list[dict[str, float]]:
+async def run(
+    xbusds: list[Xbusd], exclude: frozenset[int], repeat: int, postgres: int | None
+) -> list[dict[str, float]]:
     async with contextlib.AsyncExitStack() as stack:
         servers = [await setup(xbusd, exclude, stack) for xbusd in xbusds]
-        await measure(servers, "idle", repeat)
+        await measure(servers, "idle", repeat, postgres)
         for server in servers:
             await server.http.close()  # uvicorn closes a keep-alive connection idle for 5 s
         for kind in KINDS:
-            await measure(servers, kind, repeat)
+            await measure(servers, kind, repeat, postgres)
         return [per_request(server, repeat) for server in servers]
 
 
@@ -188,22 +217,22 @@ def main(argv: list[str] | None = None) -> int:
         other = stack.enter_context(worktree(args.against)) if args.against else None
         xbusds, pids = stack.enter_context(embedded_xbusd(args.workers, other))
         exclude = frozenset(pid for pid in pids.values() if pid is not None)
-        rows = asyncio.run(run(xbusds, exclude, args.repeat))
+        rows = asyncio.run(run(xbusds, exclude, args.repeat, pids["postgres"]))
     print(
         f"bench.request_cpu: {args.repeat} sequential requests of each kind, "
         f"workers={args.workers}; xbusd CPU ms per request, the duties' idle share taken off"
     )
     if args.against:
         print(f"{'request':34} {'this tree':>10} {args.against[:12]:>12} {'change':>8}")
-        for kind in KINDS:
+        for kind in rows[0]:
             mine, theirs = rows[0][kind], rows[1][kind]
             change = f"{100 * (mine - theirs) / theirs:+.0f}%" if theirs else "n/a"
             print(f"{kind:34} {mine:10.3f} {theirs:12.3f} {change:>8}")
         print(json.dumps({"this": rows[0], args.against: rows[1]}))
     else:
         print(f"{'request':34} {'xbusd CPU ms':>13}")
-        for kind in KINDS:
-            print(f"{kind:34} {rows[0][kind]:13.3f}")
+        for kind, value in rows[0].items():
+            print(f"{kind:34} {value:13.3f}")
         print(json.dumps(rows[0]))
     return 0
 
