@@ -352,21 +352,28 @@ async def renew_certificate(
 
     The caller is the admin (`as_admin`), the account itself (`as_account`: its API key, or
     its NATS connection), or whoever holds the key of the account's current certificate
-    (`signature` over the CSR text)."""
-    account = await load_account(session, ref, for_update=True)
+    (`signature` over the CSR text). A caller with no key gets the same 401 for an account
+    that does not exist as for a signature that does not match: no account names leak."""
+    unsigned = Unauthorized(
+        "renewing a certificate needs the account's API key, the admin key, or a "
+        "signature of the CSR made with the account's current certificate"
+    )
+    missigned = Unauthorized(
+        "the signature was not made with the key of the account's current, valid certificate"
+    )
+    try:
+        account = await load_account(session, ref, for_update=True)
+    except NotFound:
+        if as_admin or as_account is not None:
+            raise
+        raise (unsigned if signature is None else missigned) from None
     if not (as_admin or as_account == account.id):
         if as_account is not None:
             raise NotFound(f"no account {ref!r}")  # another account's: as if it did not exist
         if signature is None:
-            raise Unauthorized(
-                "renewing a certificate needs the account's API key, the admin key, or a "
-                "signature of the CSR made with the account's current certificate"
-            )
+            raise unsigned
         if not _signed_by_certificate(ca, account, csr.encode("utf-8"), signature):
-            raise Unauthorized(
-                "the signature was not made with the key of the account's current, valid "
-                "certificate"
-            )
+            raise missigned
     if days is not None and days > DEFAULT_CERT_DAYS and not as_admin:
         raise Forbidden(f"only the admin may ask for more than {DEFAULT_CERT_DAYS} days")
     if account.is_admin:

@@ -352,6 +352,14 @@ async def test_renew_refusals_change_nothing(
     assert_problem(await admin.post(url, json={"csr": csr, "extra": 1}), 422)
     assert_problem(await admin.post(url, json={}), 422)
     assert_problem(await admin.post("/api/v1/accounts/nobody/renew-cert", json={"csr": csr}), 404)
+    # Without a key, an account that does not exist answers exactly as one that does (no
+    # account names or ids leak).
+    for ref in ("nobody", str(uuid.uuid4())):
+        for body in ({"csr": csr}, {"csr": csr, "signature": sign(other_key, csr)}):
+            known = await client.post(url, json=body)
+            unknown = await client.post(f"/api/v1/accounts/{ref}/renew-cert", json=body)
+            assert known.status_code == unknown.status_code == 401
+            assert known.json()["detail"] == unknown.json()["detail"]
 
     assert await account_row(db, reg["id"]) == stored
 
