@@ -18,7 +18,7 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("cursor is not one this server handed out") from None
     if not isinstance(values, list) or len(values) != size:
         raise BadRequest("cursor is not one this server handed out")

@@ -114,7 +114,7 @@ def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) ->
         raise UnsupportedMediaType(f"send application/json or {PROTOBUF}, not {media}")
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Unprocessable(f"the body is not valid JSON: {exc}") from None
     try:
         return parse_envelope_json(obj, max_items=max_items, max_bytes=max_bytes)
@@ -205,12 +205,12 @@ def _batch(media: str, body: bytes, most: int) -> list[Any]:
                 continue
             try:
                 entries.append(json.loads(line))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 entries.append(Unprocessable(f"the line is not valid JSON: {exc}"))
     elif media in ("application/json", ""):
         try:
             entries = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise Unprocessable(f"the body is not valid JSON: {exc}") from None
         if not isinstance(entries, list):
             raise Unprocessable("the body must be a JSON array of envelopes")

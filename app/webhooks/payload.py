@@ -103,7 +103,7 @@ def read_json_state(body: bytes, *, max_items: int, max_bytes: int) -> ActorStat
         return None
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(obj, dict) or obj.get("status") not in _STATES:
         return None
