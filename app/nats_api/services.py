@@ -142,8 +142,8 @@ class SentinelServer(Base):
     async def ActorLeaving(self, actorID: str) -> None:
         await self._set_online(actorID, False)
 
-    async def Survey(self, req: Any) -> Any:
-        return pb.SurveyRequest(onlineStatus=True)
+    # Survey is published by the server (NatsServer.survey_loop) and answered by actors
+    # with ActorReady: no implementation here, so nothing subscribes to it as a request.
 
     async def ListActors(self) -> AsyncIterator[Any]:
         async with self.state.db.session() as session:

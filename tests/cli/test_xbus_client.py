@@ -6,7 +6,6 @@ the NATS services exist, emit and serve over NATS with python-xbus unchanged."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -43,14 +42,6 @@ XBUSD = str(Path(sys.executable).parent / "xbusd")
 RESET_REQUIRED = (
     "reset-cert was not applied to this account; ask an administrator to run reset-cert first"
 )
-
-
-def nats_services_available() -> bool:
-    """The NATS front end (app/nats_api) is there to serve emit and serve."""
-    try:
-        return importlib.util.find_spec("app.nats_api.server") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 # --- a live bus on a free port ---------------------------------------------------------------
@@ -560,11 +551,6 @@ def xbusd(tmp_path: Path) -> Iterator[Xbusd]:
         server.stop()
 
 
-needs_nats_services = pytest.mark.skipif(
-    not nats_services_available(), reason="the NATS services (app.nats_api.server) are not built"
-)
-
-
 async def _register_over_cli(
     xbusd: Xbusd, admin: httpx.AsyncClient, directory: Path, name: str, actors: dict[str, Any]
 ) -> Path:
@@ -579,7 +565,6 @@ async def _register_over_cli(
     return config
 
 
-@needs_nats_services
 @pytest.mark.timeout(240)
 async def test_emit_to_a_served_print_to_console_consumer(xbusd: Xbusd, tmp_path: Path) -> None:
     async with xbusd.admin() as admin:
@@ -663,7 +648,6 @@ async def test_emit_to_a_served_print_to_console_consumer(xbusd: Xbusd, tmp_path
         assert "demo.order: order 2" in printed
 
 
-@needs_nats_services
 @pytest.mark.timeout(240)
 async def test_emit_with_no_matching_pipeline_reports_the_refusal(
     xbusd: Xbusd, tmp_path: Path

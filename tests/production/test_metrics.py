@@ -29,7 +29,9 @@ def settings_overrides() -> dict[str, Any]:
     return {"metrics_cache_seconds": 0}
 
 
-async def test_bus_series_follow_the_flow(bus: Bus, client: httpx.AsyncClient) -> None:
+async def test_bus_series_follow_the_flow(
+    bus: Bus, client: httpx.AsyncClient, app: FastAPI
+) -> None:
     before = await scrape(client)
     acct = await bus.account()
     em = await bus.actor(acct, "emitter")
@@ -108,7 +110,15 @@ async def test_bus_series_follow_the_flow(bus: Bus, client: httpx.AsyncClient) -
         == 1
     )
     assert after.value("xbus_db_pool_size") == 5
-    assert after.value("xbus_db_pool_checked_out") >= 0
+    # A connection taken out of the pool shows, and going back too.
+    async with app.state.xbus.db.session() as held:
+        await held.connection()
+        holding = await scrape(client)
+    released = await scrape(client)
+    assert holding.value("xbus_db_pool_checked_out") >= 1
+    assert (
+        holding.value("xbus_db_pool_checked_out") - released.value("xbus_db_pool_checked_out") == 1
+    )
     assert after.has("xbus_db_pool_overflow")
     assert after.has("xbus_log_records_dropped_total")
     assert after.value("xbus_info") == 1

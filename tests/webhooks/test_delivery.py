@@ -39,6 +39,7 @@ async def deliveries(client: Any, path: str) -> list[dict[str, Any]]:
 
 
 async def test_success_delivers_the_polling_body(bus: Bus, receiver: Receiver) -> None:
+    receiver.script("/hook", [Reply(200, delay=0.12)])  # the attempt's duration shows it
     acct = await bus.account()
     em, co = await webhook_chain(bus, acct, receiver.url("/hook"))
     emission = await emit(acct, em["name"])
@@ -75,7 +76,7 @@ async def test_success_delivers_the_polling_body(bus: Bus, receiver: Receiver) -
     assert attempt["outcome"] == "success"
     assert attempt["attempt"] == 1
     assert attempt["error"] is None
-    assert attempt["duration_ms"] >= 0
+    assert 120 <= attempt["duration_ms"] < 5000
     same = await deliveries(acct.http, f"/api/v1/requests/{body['request_id']}/deliveries")
     assert same == [attempt]
     r = await acct.http.get(f"/api/v1/actors/{co['name']}/webhook")
