@@ -146,6 +146,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if connection_lost(exc):  # e.g. the driver's OSError: the database's socket is gone
+            return await on_database_unavailable(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(
             500, "internal error; the server log has the details", instance=request.url.path
@@ -165,7 +167,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(XbusError, on_xbus_error)
     # A lost connection (the database restarting, a connection killed) is met when it is
     # used: no ping before each checkout. The pool drops the broken connection.
-    for error in (*DATABASE_UNAVAILABLE, *RETRY_LATER, sa_exc.DBAPIError):
+    # OSError: the driver's own, when the database's socket cannot be opened (refused, no
+    # Unix socket while the server restarts); any other OSError is still a 500.
+    for error in (*DATABASE_UNAVAILABLE, *RETRY_LATER, sa_exc.DBAPIError, OSError):
         app.add_exception_handler(error, on_database_unavailable)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -36,9 +36,31 @@ RETRY_LATER: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError
 
 
 def connection_lost(error: BaseException) -> bool:
-    if isinstance(error, sa_exc.DBAPIError):
-        return bool(error.connection_invalidated)
-    return isinstance(error, CONNECTION_LOST) and not isinstance(error, _CLIENT_MISTAKES)
+    """Whether `error` says the database is out of reach: a connection that broke, or one
+    that could not be made (refused, the server starting or shutting down), also when
+    SQLAlchemy wraps it (its cause chain is followed)."""
+    seen: BaseException | None = error
+    for _ in range(8):  # the wrappers' depth, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, CONNECTION_LOST) and not isinstance(seen, _CLIENT_MISTAKES):
+            return True
+        if isinstance(seen, OSError) and _raised_by_the_driver(seen):
+            return True  # a socket that could not be opened: refused, or no Unix socket
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _raised_by_the_driver(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("asyncpg", "sqlalchemy")):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def drop_broken_connections(engine: AsyncEngine) -> None:
@@ -71,5 +93,14 @@ async def driver_connection(session: AsyncSession, *, begin: bool = True) -> Any
     if begin and adapted._transaction is None:
         # SQLAlchemy's asyncpg adapter opens its transaction lazily, at the first statement
         # it runs itself; open it now, the same way, so that the session's commit ends it.
-        await adapted._start_transaction()
+        try:
+            await adapted._start_transaction()
+        except Exception as error:
+            # SQLAlchemy's adapter error, not its DBAPIError: the driver's own (a lost
+            # connection, ...) is what the callers and the HTTP layer know how to answer.
+            cause = error.__cause__
+            known: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *CONNECTION_LOST)
+            if cause is not None and isinstance(cause, known):
+                raise cause from None
+            raise
     return adapted._connection
