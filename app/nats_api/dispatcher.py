@@ -188,27 +188,41 @@ class NatsDispatcher:
             )
 
     async def _unreachable(self, request_id: uuid.UUID, actor_id: uuid.UUID, why: str) -> None:
-        """No answer: the actor is marked offline (an error in the log) and the request waits
-        for it to come back (or for an HTTP poll)."""
+        """No answer: the actor is marked offline (an error in the log) and the delivery
+        counts as an attempt. Below the request's attempt limit it waits for the actor to
+        come back (or for an HTTP poll); at the limit it ends in error, and its node with it
+        (the reason in the process log and its postmortem)."""
+        exhausted: str | None = None
         async with self.state.db.session() as session:
             actor = await session.get(Actor, actor_id)
             request = await session.get(ActorRequest, request_id)
+            name = actor.name if actor else str(actor_id)
             if actor is not None and actor.online:
                 actor.online = False
                 actor.unresponsive = True
-                log.error("actor %s marked offline after not responding (%s)", actor.name, why)
+                log.error("actor %s marked offline after not responding (%s)", name, why)
             if request is not None and request.status == RequestStatus.LEASED:
-                request.status = RequestStatus.PENDING
-                request.channel = RequestChannel.POLL
-                request.lease_expires_at = None
-                request.attempts = max(request.attempts - 1, 0)
-                add_log(
-                    session,
-                    LogLevel.ERROR,
-                    f"actor {actor.name if actor else actor_id} marked offline after not "
-                    f"responding ({why}); the request waits for it",
-                    process_id=request.process_id,
-                    node_id=request.node_id,
-                    actor_id=actor_id,
-                    request_id=request_id,
-                )
+                if request.attempts >= request.max_attempts:
+                    exhausted = (
+                        f"actor {name} did not answer ({why}) on any of the "
+                        f"{request.attempts} attempts"
+                    )
+                else:
+                    request.status = RequestStatus.PENDING
+                    request.channel = RequestChannel.POLL
+                    request.lease_expires_at = None
+                    add_log(
+                        session,
+                        LogLevel.ERROR,
+                        f"actor {name} marked offline after not responding ({why}); the "
+                        f"request waits for it (attempt {request.attempts} of "
+                        f"{request.max_attempts} used)",
+                        process_id=request.process_id,
+                        node_id=request.node_id,
+                        actor_id=actor_id,
+                        request_id=request_id,
+                    )
+        if exhausted is not None:
+            await self._report(
+                request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, exhausted)]
+            )

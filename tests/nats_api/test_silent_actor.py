@@ -1,0 +1,82 @@
+"""A NATS actor that takes a request and never answers (no state, no keep-alive): each
+delivery counts an attempt, the actor is marked offline until its next sign of life, and
+past the request's attempt limit the node ends in error with the reason in the process log
+and its postmortem (before, the attempt was given back and the process ran for ever)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.bus.conftest import ENVELOPE, chain
+from tests.nats_api.conftest import NatsBus
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**settings_overrides, "nats_actor_timeout": 0.5, "request_max_attempts": 2}
+
+
+async def test_a_silent_actor_uses_up_its_attempts(nats_bus: NatsBus) -> None:
+    account = await nats_bus.nats_account(
+        {"s.emitter": {"kind": "emitter"}, "s.consumer": {"kind": "consumer"}}
+    )
+    await nats_bus.pipeline(chain("s.emitter", ("consumer", "s.consumer")))
+    actor = (await account.http.get("/api/v1/actors/s.consumer")).json()
+    client = await nats_bus.connect(account)
+    taken: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def silent(msg: Any) -> None:
+        taken.put_nowait(msg.data)  # and no answer, ever
+
+    await client.nc.subscribe(f"xbus.default.actoragent.{actor['id']}.process", cb=silent)
+
+    async def ready() -> None:
+        """The actor's sign of life (python-xbus sends it when it starts serving)."""
+        await client.nc.publish(f"xbus.default.sentinel.actorready.{actor['id']}", b"")
+        for _ in range(100):
+            if (await account.http.get("/api/v1/actors/s.consumer")).json()["online"]:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the actor did not come online")
+
+    await ready()
+    emitted = await account.http.post("/api/v1/actors/s.emitter/output", json=ENVELOPE)
+    assert emitted.status_code == 202
+    process_id = emitted.json()["process_id"]
+    await asyncio.wait_for(taken.get(), 20)  # attempt 1, unanswered
+
+    async def process() -> dict[str, Any]:
+        r = await account.http.get(f"/api/v1/processes/{process_id}")
+        body: dict[str, Any] = r.json()
+        return body
+
+    # Marked offline; the request waits for it, one attempt used.
+    for _ in range(100):
+        if not (await account.http.get("/api/v1/actors/s.consumer")).json()["online"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the silent actor was not marked offline")
+    [request] = (await process())["nodes"][1]["requests"]
+    assert request["status"] == "pending"
+    assert request["attempts"] == 1
+    assert (await process())["status"] == "running"
+
+    # Back online: delivered again (attempt 2 of 2), unanswered again: the node fails.
+    await ready()
+    await asyncio.wait_for(taken.get(), 20)
+    detail = (await account.http.get(f"/api/v1/processes/{process_id}", params={"wait": 20})).json()
+    for _ in range(100):
+        if detail["status"] != "running":
+            break
+        await asyncio.sleep(0.1)
+        detail = await process()
+    assert detail["status"] == "error"
+    assert "s.consumer did not answer" in detail["status_reason"]
+    assert detail["postmortem"]["level"] == "error"
+    [request] = detail["nodes"][1]["requests"]
+    assert request["status"] == "error"
+    assert request["attempts"] == 2
