@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import QueuePool
 from starlette.routing import BaseRoute
 
+from app.bus.supervisor import STRANDED_GRACE
 from app.config import Settings
 from app.core.errors import Problem
 from app.core.exceptions import Unauthorized
@@ -44,6 +45,7 @@ from app.models.enums import (
     RequestStatus,
 )
 from app.state import AppState
+from app.store.processes import STRANDED_COUNT
 from app.version import version
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,19 @@ async def _postmortems(conn: AsyncConnection) -> list[Metric]:
     )
     for pm_status, level, n in rows:
         family.add_metric([str(pm_status), str(level)], n)
+    return [family]
+
+
+async def _stranded(conn: AsyncConnection) -> list[Metric]:
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.dbapi_connection
+    count = await driver._connection.fetchval(STRANDED_COUNT, STRANDED_GRACE, 1000)
+    family = _gauge(
+        "xbus_processes_stranded",
+        "Running processes with no request open and no change for 30 s: nothing will move "
+        "them (counted up to 1000; the supervisor logs their ids)",
+    )
+    family.add_metric([], count)
     return [family]
 
 
@@ -230,6 +245,7 @@ QUERIES: dict[str, Query] = {
     "processes_active": _active_processes,
     "processes_final": _final_processes,
     "postmortems": _postmortems,
+    "stranded": _stranded,
     "requests": _requests,
     "envelopes": _envelopes,
     "actors": _actors,

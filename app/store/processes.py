@@ -613,3 +613,19 @@ async def insert_new(
         [i[2] for i in items],
         [status for _, _, status in requests],
     )
+
+
+# Running processes that nothing will move: no request open (pending, leased, running), and
+# no change for `$1` seconds (every decision writes a process's requests in the statement
+# that moves it, so a committed running process always has one). A bug, or a hand edit of
+# the database: the supervisor reports them (app/bus/supervisor.py), /metrics counts them.
+STRANDED = """
+SELECT p.id FROM processes p
+WHERE p.status = 'running'
+  AND COALESCE(p.nodes_state_changed_at, p.created_at) < now() - make_interval(secs => $1)
+  AND NOT EXISTS (
+    SELECT 1 FROM requests r
+    WHERE r.process_id = p.id AND r.status IN ('pending', 'leased', 'running'))
+ORDER BY p.created_at, p.id
+LIMIT $2"""
+STRANDED_COUNT = f"SELECT count(*) FROM ({STRANDED}) s"
