@@ -23,7 +23,9 @@ from app.bus.routing import Targets
 from app.certs.pki import CertificateAuthority
 from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
+from app.core.deps import authenticate
 from app.core.errors import PROBLEM_JSON, install_error_handlers
+from app.core.spec_security import document_security
 from app.db import Database, create_engine
 from app.duties import DUTIES, Duty
 from app.envelopes import router as envelopes_router
@@ -188,6 +190,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 }
     for name in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(name, None)
+    routes = [*app.routes, *(route for router in ROUTERS for route in router.routes)]
+    document_security(routes, schema, authenticate, accounts_router.optional_key, PROBLEM_JSON)
     _hoist_body_schemas(schema)
     _document_body_errors(schema)
     app.openapi_schema = schema
