@@ -44,6 +44,7 @@ from app.state import AppState
 from app.store.cache import Cache
 from app.version import version
 from app.webhooks import router as webhooks_router
+from app.webhooks.spec import declare_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_metrics(app, settings)
+    declare_webhooks(app)
     app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -176,7 +178,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
-        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        routes=app.routes,
+        webhooks=app.webhooks.routes,
     )
     schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     # FastAPI documents its own validation error shape; ours is problem+json.
@@ -188,6 +194,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     "description": "Unprocessable content",
                     "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
                 }
+    for item in schema.get("webhooks", {}).values():
+        for operation in item.values():
+            operation["responses"].pop("422", None)  # a receiver's answers, not ours
     for name in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(name, None)
     routes = [*app.routes, *(route for router in ROUTERS for route in router.routes)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from openapi_spec_validator import validate
+
 from app.openapi import DEFAULT_PATH, generate, render
 
 
@@ -28,3 +30,18 @@ def test_every_operation_is_documented() -> None:
                 for code in errors:
                     content = responses[code].get("content", {})
                     assert "application/problem+json" in content, f"{method.upper()} {path} {code}"
+
+
+def test_the_document_is_valid_openapi_3_1_with_the_delivery_webhook() -> None:
+    spec = generate()
+    validate(spec)  # OpenAPI 3.1, every $ref resolved
+    assert spec["openapi"].startswith("3.1")
+    delivery = spec["webhooks"]["request-delivery"]["post"]
+    body = delivery["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ActorRequestRead"}
+    headers = {p["name"] for p in delivery["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    answer = delivery["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/RequestStateIn"}
+    assert {"200", "410", "429"} <= set(delivery["responses"])
+    assert "422" not in delivery["responses"]

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
+from app.requests.schemas import ActorRequestRead
 from app.webhooks.verify import WebhookVerificationError, verify
 from tests.bus.conftest import Bus
 from tests.webhooks.conftest import (
@@ -51,6 +52,7 @@ async def test_success_delivers_the_polling_body(bus: Bus, receiver: Receiver) -
     assert got.headers["content-type"] == "application/json"
     assert "webhook-signature" not in got.headers  # no secret, no signature
     body = json.loads(got.body)
+    ActorRequestRead.model_validate(body)  # the body the document's webhook declares
     assert set(body) == {
         "request_id",
         "process_id",
