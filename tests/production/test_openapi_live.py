@@ -5,6 +5,8 @@ finds no 5xx and no response that breaks the document."""
 from __future__ import annotations
 
 import importlib
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -221,3 +223,44 @@ def test_schemathesis_finds_no_server_error(live: Xbusd, tmp_path: Path) -> None
     assert live.proc is not None
     assert live.proc.poll() is None, live.output()
     assert took < 180
+
+
+TYPESCRIPT = DEFAULT_PATH.parent.parent / "clients" / "typescript"
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=180, cwd=cwd)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def test_typescript_client_walkthrough(live: Xbusd, tmp_path: Path) -> None:
+    """openapi-typescript's types of openapi/openapi.json, type-checked by tsc with the
+    README walkthrough written against them (openapi-fetch), which then runs on a live bus:
+    a stale or wrong document fails the type check or the run."""
+    node_modules = TYPESCRIPT / "node_modules"
+    assert node_modules.is_dir(), "run ./scripts/test (it installs clients/typescript's packages)"
+    work = tmp_path / "ts"
+    work.mkdir()
+    for name in ("package.json", "tsconfig.json"):
+        shutil.copy(TYPESCRIPT / name, work / name)
+    shutil.copytree(TYPESCRIPT / "src", work / "src", ignore=shutil.ignore_patterns("schema.d.ts"))
+    (work / "node_modules").symlink_to(node_modules)
+    bin_dir = node_modules / ".bin"
+    _run(
+        [
+            str(bin_dir / "openapi-typescript"),
+            str(DEFAULT_PATH),
+            "--default-non-nullable",
+            "false",
+            "-o",
+            "src/schema.d.ts",
+        ],
+        work,
+    )
+    _run([str(bin_dir / "tsc")], work)
+    out = _run(["node", "dist/walkthrough.js", live.url, ADMIN_KEY], work)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] == "done"
+    assert result["log_lines"] >= 2
+    assert result["without_key"] == 401
