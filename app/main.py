@@ -25,6 +25,7 @@ from app.config import Settings
 from app.core.bodylimit import BodyLimitMiddleware
 from app.core.deps import authenticate
 from app.core.errors import PROBLEM_JSON, install_error_handlers
+from app.core.spec_examples import add_examples
 from app.core.spec_security import document_security
 from app.db import Database, create_engine
 from app.duties import DUTIES, Duty
@@ -202,7 +203,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     routes = [*app.routes, *(route for router in ROUTERS for route in router.routes)]
     document_security(routes, schema, authenticate, accounts_router.optional_key, PROBLEM_JSON)
     _hoist_body_schemas(schema)
+    _add_component(schema, envelopes_router.BATCH_ENVELOPE_SCHEMA)
     _document_body_errors(schema)
+    add_examples(schema)
     app.openapi_schema = schema
     return schema
 
@@ -226,6 +229,16 @@ def _hoist_body_schemas(schema: dict[str, Any]) -> None:
                 if title and title not in components:
                     components[title] = body
                     media["schema"] = {"$ref": f"#/components/schemas/{title}"}
+
+
+def _add_component(schema: dict[str, Any], model_schema: dict[str, Any]) -> None:
+    """A pydantic schema that no route names (documented by hand) as a component, with its
+    own `$defs` beside it."""
+    components = schema["components"]["schemas"]
+    body = dict(model_schema)
+    for name, definition in body.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    components[body["title"]] = body
 
 
 def _document_body_errors(schema: dict[str, Any]) -> None:

@@ -72,6 +72,17 @@ class EnvelopeIn(BaseModel):
     events: list[EventIn]
 
 
+class BatchEnvelopeIn(EnvelopeIn):
+    """An envelope of `POST .../outputs`, with its optional idempotency key."""
+
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Works as the `Idempotency-Key` header does for one emission.",
+    )
+
+
 _OUTPUT_BODY = {
     "requestBody": {
         "required": True,
@@ -184,15 +195,16 @@ _OUTPUTS_BODY = {
             "application/json": {
                 "schema": {
                     "type": "array",
-                    "items": {
-                        "allOf": [{"$ref": "#/components/schemas/EnvelopeIn"}],
-                        "description": "an envelope, with an optional `idempotency_key` field",
-                    },
+                    "items": {"$ref": "#/components/schemas/BatchEnvelopeIn"},
                 }
             },
         },
     }
 }
+# BatchEnvelopeIn's own schema, put in the components by app.main (it is no route's model).
+BATCH_ENVELOPE_SCHEMA = BatchEnvelopeIn.model_json_schema(
+    ref_template="#/components/schemas/{model}"
+)
 
 
 def _batch(media: str, body: bytes, most: int) -> list[Any]:

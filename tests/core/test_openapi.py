@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from app.openapi import DEFAULT_PATH, generate, render
@@ -45,3 +48,28 @@ def test_the_document_is_valid_openapi_3_1_with_the_delivery_webhook() -> None:
     assert answer == {"$ref": "#/components/schemas/RequestStateIn"}
     assert {"200", "410", "429"} <= set(delivery["responses"])
     assert "422" not in delivery["responses"]
+
+
+def test_every_json_body_has_an_example_that_fits_its_schema() -> None:
+    spec = generate()
+    checked = 0
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            media = op.get("requestBody", {}).get("content", {}).get("application/json")
+            where = f"{method.upper()} {path}"
+            if media is not None:
+                assert "example" in media, f"{where} has no request example"
+                _fits(spec, media["schema"], media["example"], where)
+                checked += 1
+            for status, response in op["responses"].items():
+                answer = response.get("content", {}).get("application/json", {})
+                if "example" in answer:
+                    _fits(spec, answer["schema"], answer["example"], f"{where} {status}")
+                    checked += 1
+    assert checked > 30
+
+
+def _fits(spec: dict[str, Any], schema: dict[str, Any], example: Any, where: str) -> None:
+    validator = Draft202012Validator({**schema, "components": spec["components"]})
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(example)]
+    assert not errors, f"{where}: {errors}"
