@@ -618,96 +618,147 @@ def _event_size_bound(type_size: int, index: int, items_size: int) -> int:
     return _field_size(header + items_size)
 
 
+class FragmentCutter:
+    """Cuts an envelope into ``xbus_pb2.Envelope`` fragments as python-xbus's EnvelopeWriter
+    would send them, one item at a time: the whole envelope is never in memory, only the
+    fragment being filled (at most ``max_fragment_size`` bytes, or one larger item).
+
+    Per event: ``index`` counts from 1, the event's last fragment carries ``itemCount`` and
+    ``checksum``. ``eventIDs`` goes on the first fragment (the event list is known up front;
+    python-xbus's EnvelopeReceiver takes it from any fragment) and ``last`` on the final one.
+    An item too big for a fragment is sent whole in a fragment of its own: the NATS max
+    payload must allow it. Items are never split nor merged: an item is the unit a consumer
+    sees (python-xbus readers accept items of any size).
+
+    ``add(event_no, item)`` for each item, in event then item order, then ``finish()``;
+    each returns the fragments it completed."""
+
+    def __init__(
+        self,
+        envelope_id: uuid.UUID,
+        events: Sequence[tuple[uuid.UUID | None, str]],
+        *,
+        max_fragment_size: int = 500 * 1024,
+    ) -> None:
+        if max_fragment_size <= 0:
+            raise ValueError("max_fragment_size must be positive")
+        ids: list[uuid.UUID] = []
+        for position, (event_id, _) in enumerate(events):
+            if event_id is None:
+                raise ValueError(f"event {position} needs an id to be sent as fragments")
+            ids.append(event_id)
+        if len(set(ids)) != len(ids):
+            raise ValueError("the envelope repeats an event id")
+        self._envelope_id = envelope_id.bytes
+        self._ids = ids
+        self._types = [event_type for _, event_type in events]
+        self._max = max_fragment_size
+        self._ready: list[Any] = []
+        self._current: Any = xbus_pb2.Envelope(
+            id=self._envelope_id, eventIDs=[i.bytes for i in ids]
+        )
+        self._current_size = self._current.ByteSize()
+        self._current_has_events = False
+        self._event = -1  # the event being cut
+        self._type_size = 0
+        self._crc = 0
+        self._index = 1
+        self._count = 0
+        self._part: list[bytes] = []
+        self._part_size = 0
+        self._finished = False
+
+    def add(self, event_no: int, item: bytes) -> list[Any]:
+        if event_no < self._event or event_no >= len(self._ids) or self._finished:
+            raise ValueError(f"item of event {event_no} out of order")
+        self._move_to(event_no)
+        cost = _field_size(len(item))
+        wanted = self._current_size + _event_size_bound(
+            self._type_size, self._index, self._part_size + cost
+        )
+        if wanted > self._max and (self._part or self._current_has_events):
+            if self._part:
+                self._add_part(None)
+                self._index += 1
+                self._part, self._part_size = [], 0
+            self._flush()
+        self._part.append(item)
+        self._part_size += cost
+        self._count += 1
+        self._crc = crc32c_extend(self._crc, item)
+        return self._drain()
+
+    def finish(self) -> list[Any]:
+        self._move_to(len(self._ids))
+        self._current.last = True
+        self._ready.append(self._current)
+        self._finished = True
+        return self._drain()
+
+    def _move_to(self, event_no: int) -> None:
+        """Close the event being cut and the empty ones before `event_no`, then start it."""
+        while self._event < event_no:
+            if self._event >= 0:
+                self._close_event()
+            self._event += 1
+            if self._event < len(self._ids):
+                event_type = self._types[self._event]
+                self._type_size = len(event_type.encode("utf-8"))
+                self._crc = _initial_crc(self._ids[self._event], event_type)
+                self._index, self._count = 1, 0
+                self._part, self._part_size = [], 0
+
+    def _close_event(self) -> None:
+        wanted = self._current_size + _event_size_bound(
+            self._type_size, self._index, self._part_size
+        )
+        if wanted > self._max and not self._part and self._current_has_events:
+            self._flush()
+        self._add_part((self._count, self._crc))
+
+    def _add_part(self, close: tuple[int, int] | None) -> None:
+        piece = self._current.events.add()
+        piece.id = self._ids[self._event].bytes
+        piece.type = self._types[self._event]
+        piece.index = self._index
+        piece.items.extend(self._part)
+        if close is not None:
+            piece.itemCount, piece.checksum = close
+        self._current_size += _field_size(piece.ByteSize())
+        self._current_has_events = True
+
+    def _flush(self) -> None:
+        self._ready.append(self._current)
+        self._current = xbus_pb2.Envelope(id=self._envelope_id)
+        self._current_size = self._current.ByteSize()
+        self._current_has_events = False
+
+    def _drain(self) -> list[Any]:
+        ready, self._ready = self._ready, []
+        return ready
+
+
 def envelope_to_fragments(
     env: EnvelopeData,
     *,
     max_fragment_size: int = 500 * 1024,
     max_chunk: int = 100 * 1024,
 ) -> list[Any]:
-    """Cut an envelope into ``xbus_pb2.Envelope`` fragments, as python-xbus's
-    EnvelopeWriter would send them.
-
-    Per event: ``index`` counts from 1, the event's last fragment carries
-    ``itemCount`` and ``checksum``. ``eventIDs`` goes on the first fragment (the
-    event list is known up front; python-xbus's EnvelopeReceiver takes it from
-    any fragment) and ``last`` on the final one. Fragments are at most
-    ``max_fragment_size`` serialized bytes, except that an item too big for that
-    is sent whole in a fragment of its own: the NATS max payload must allow it.
-
-    Items are never split nor merged: an item is the unit a consumer sees, so
-    ``max_chunk`` (python-xbus's MessageWriter.MAX_CHUNK_SIZE, the size its
-    writers cut a stream into) does not change the output; python-xbus readers
-    accept items of any size. It is only checked to be positive.
-    """
+    """An envelope in memory cut into fragments (see `FragmentCutter`). ``max_chunk``
+    (python-xbus's MessageWriter.MAX_CHUNK_SIZE, the size its writers cut a stream into)
+    does not change the output: items are never split; it is only checked to be positive."""
     if env.id is None:
         raise ValueError("the envelope needs an id to be sent as fragments")
-    if max_fragment_size <= 0 or max_chunk <= 0:
+    if max_chunk <= 0:
         raise ValueError("max_fragment_size and max_chunk must be positive")
-    event_ids: list[uuid.UUID] = []
-    for position, event in enumerate(env.events):
-        if event.id is None:
-            raise ValueError(f"event {position} needs an id to be sent as fragments")
-        event_ids.append(event.id)
-    if len(set(event_ids)) != len(event_ids):
-        raise ValueError("the envelope repeats an event id")
-
-    envelope_id = env.id.bytes
+    cutter = FragmentCutter(
+        env.id, [(e.id, e.type) for e in env.events], max_fragment_size=max_fragment_size
+    )
     fragments: list[Any] = []
-    current: Any = xbus_pb2.Envelope(id=envelope_id, eventIDs=[i.bytes for i in event_ids])
-    current_size = current.ByteSize()
-    current_has_events = False
-
-    def flush() -> None:
-        nonlocal current, current_size, current_has_events
-        fragments.append(current)
-        current = xbus_pb2.Envelope(id=envelope_id)
-        current_size = current.ByteSize()
-        current_has_events = False
-
-    def add_part(
-        event_id: bytes,
-        event_type: str,
-        index: int,
-        part: list[bytes],
-        close: tuple[int, int] | None,
-    ) -> None:
-        nonlocal current_size, current_has_events
-        piece = current.events.add()
-        piece.id = event_id
-        piece.type = event_type
-        piece.index = index
-        piece.items.extend(part)
-        if close is not None:
-            piece.itemCount, piece.checksum = close
-        current_size += _field_size(piece.ByteSize())
-        current_has_events = True
-
-    for event, event_id in zip(env.events, event_ids, strict=True):
-        raw_id = event_id.bytes
-        type_size = len(event.type.encode("utf-8"))
-        crc = _initial_crc(event_id, event.type)
-        index = 1
-        part: list[bytes] = []
-        part_size = 0
+    for event_no, event in enumerate(env.events):
         for item in event.items:
-            cost = _field_size(len(item))
-            wanted = current_size + _event_size_bound(type_size, index, part_size + cost)
-            if wanted > max_fragment_size and (part or current_has_events):
-                if part:
-                    add_part(raw_id, event.type, index, part, None)
-                    index += 1
-                    part, part_size = [], 0
-                flush()
-            part.append(item)
-            part_size += cost
-            crc = crc32c_extend(crc, item)
-        wanted = current_size + _event_size_bound(type_size, index, part_size)
-        if wanted > max_fragment_size and not part and current_has_events:
-            flush()
-        add_part(raw_id, event.type, index, part, (len(event.items), crc))
-
-    current.last = True
-    fragments.append(current)
+            fragments.extend(cutter.add(event_no, item))
+    fragments.extend(cutter.finish())
     return fragments
 
 

@@ -195,6 +195,43 @@ async def item_page(
     return [(p, d) for p, d in rows]
 
 
+async def envelope_events(
+    session: AsyncSession, envelope_id: uuid.UUID
+) -> list[tuple[int, uuid.UUID, str]] | None:
+    """The (position, id, type) of an envelope's events in order; None when there is no
+    envelope."""
+    if await session.get(Envelope, envelope_id) is None:
+        return None
+    rows = await session.execute(
+        sa.select(Event.position, Event.id, Event.type)
+        .where(Event.envelope_id == envelope_id)
+        .order_by(Event.position)
+    )
+    return [(position, event_id, event_type) for position, event_id, event_type in rows]
+
+
+ITEMS_PAGE = 64  # items read at once when an envelope is streamed (~6 MiB of 100 KiB items)
+
+
+async def items_page(
+    session: AsyncSession, envelope_id: uuid.UUID, after: tuple[int, int], limit: int = ITEMS_PAGE
+) -> list[tuple[int, int, bytes]]:
+    """The next items of an envelope after (event position, item position), in order, as
+    (event position, item position, data): keyset pages, so an envelope of any size is
+    read a page at a time."""
+    rows = await session.execute(
+        sa.select(Event.position, Item.position, Item.data)
+        .join(Item, Item.event_id == Event.id)
+        .where(
+            Event.envelope_id == envelope_id,
+            sa.tuple_(Event.position, Item.position) > sa.tuple_(*after),
+        )
+        .order_by(Event.position, Item.position)
+        .limit(limit)
+    )
+    return [(event, position, data) for event, position, data in rows]
+
+
 async def load_envelope(session: AsyncSession, envelope_id: uuid.UUID) -> EnvelopeData | None:
     """The whole envelope in memory, events and items in one query: only for envelopes known
     to be small."""

@@ -1,57 +1,101 @@
-"""ActorProcessRequest for a request: each input's first fragment inline, a position from
-which EnvelopeStorage.Retrieve streams the rest."""
+"""An envelope as the fragments the Xbus protocol sends, read from the database a page of
+items at a time and cut as it goes (`FragmentCutter`): only the fragment being filled and
+one page of items are in memory, whatever the envelope's size. ActorProcessRequest carries
+each input's first fragment inline and the position after it; EnvelopeStorage.Retrieve
+streams the fragments a reader has not seen yet, each with the position after it."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.envelopes import repository
-from app.envelopes.codec import envelope_to_fragments
+from app.envelopes.codec import FragmentCutter
 from app.models import ActorRequest
 
 pb: Any = xbus_pb2
 
-
-async def fragments_of(session: AsyncSession, envelope_id: uuid.UUID) -> list[Any]:
-    data = await repository.load_envelope(session, envelope_id)
-    if data is None:
-        raise LookupError(f"no envelope {envelope_id}")
-    return envelope_to_fragments(data)
+# Reads one page of an envelope's items (after a position); a session of its own per page
+# for long streams, so no connection is held while the fragments travel.
+Pages = Callable[[tuple[int, int]], Awaitable[list[tuple[int, int, bytes]]]]
 
 
-def position_after(envelope_id: uuid.UUID, fragments: list[Any], count: int) -> Any:
-    """Where a reader stands once it has the first `count` fragments."""
-    reached: dict[bytes, tuple[int, int]] = {}
-    for fragment in fragments[:count]:
+Events = list[tuple[int, uuid.UUID, str]]  # (position, id, type) in order
+
+
+async def fragments(
+    events: Events, envelope_id: uuid.UUID, pages: Pages
+) -> AsyncGenerator[Any, None]:
+    """The envelope's fragments in order, cut as its items are read."""
+    cutter = FragmentCutter(envelope_id, [(event_id, kind) for _, event_id, kind in events])
+    event_no = {position: n for n, (position, _, _) in enumerate(events)}
+    after = (-1, -1)
+    while True:
+        page = await pages(after)
+        for position, item_position, data in page:
+            for fragment in cutter.add(event_no[position], data):
+                yield fragment
+            after = (position, item_position)
+        if len(page) < repository.ITEMS_PAGE:
+            break
+    for fragment in cutter.finish():
+        yield fragment
+
+
+class Reader:
+    """Where a reader stands as fragments go past: the position after each."""
+
+    def __init__(self, envelope_id: uuid.UUID) -> None:
+        self.envelope_id = envelope_id
+        self.reached: dict[bytes, tuple[int, int]] = {}
+
+    def past(self, fragment: Any) -> Any:
         for event in fragment.events:
-            index, items = reached.get(bytes(event.id), (0, 0))
-            reached[bytes(event.id)] = (max(index, event.index), items + len(event.items))
-    return pb.EnvelopePosition(
-        envelopeID=envelope_id.bytes,
-        start=count > 0,
-        complete=count >= len(fragments),
-        eventPositions=[
-            pb.EventPosition(eventID=eid, index=index, itemCount=items)
-            for eid, (index, items) in reached.items()
-        ],
-    )
+            index, items = self.reached.get(bytes(event.id), (0, 0))
+            self.reached[bytes(event.id)] = (max(index, event.index), items + len(event.items))
+        return pb.EnvelopePosition(
+            envelopeID=self.envelope_id.bytes,
+            start=True,
+            complete=bool(fragment.last),
+            eventPositions=[
+                pb.EventPosition(eventID=eid, index=index, itemCount=items)
+                for eid, (index, items) in self.reached.items()
+            ],
+        )
 
 
-def fragments_after(fragments: list[Any], position: Any) -> list[tuple[int, Any]]:
-    """The fragments a reader at `position` has not seen yet, with their ordinal."""
-    seen = {bytes(p.eventID): p.index for p in position.eventPositions}
-    todo = []
-    for n, fragment in enumerate(fragments):
-        if fragment.events and all(e.index <= seen.get(bytes(e.id), 0) for e in fragment.events):
-            continue
-        if not fragment.events and n == 0 and position.start:
-            continue
-        todo.append((n, fragment))
-    return todo
+def seen(position: Any, ordinal: int, fragment: Any) -> bool:
+    """Whether a reader at `position` already has this fragment (the `ordinal`-th)."""
+    reached = {bytes(p.eventID): p.index for p in position.eventPositions}
+    if fragment.events:
+        return all(e.index <= reached.get(bytes(e.id), 0) for e in fragment.events)
+    return ordinal == 0 and bool(position.start)
+
+
+async def events_of(session: AsyncSession, envelope_id: uuid.UUID) -> Events:
+    events = await repository.envelope_events(session, envelope_id)
+    if events is None:
+        raise LookupError(f"no envelope {envelope_id}")
+    return events
+
+
+async def first_fragment(session: AsyncSession, envelope_id: uuid.UUID) -> tuple[Any, Any]:
+    """The envelope's first fragment and the position after it (reads only what it holds)."""
+    events = await events_of(session, envelope_id)
+
+    async def pages(after: tuple[int, int]) -> list[tuple[int, int, bytes]]:
+        return await repository.items_page(session, envelope_id, after)
+
+    stream = fragments(events, envelope_id, pages)
+    try:
+        first = await anext(stream)
+    finally:
+        await stream.aclose()
+    return first, Reader(envelope_id).past(first)
 
 
 async def process_request(session: AsyncSession, request: ActorRequest) -> Any:
@@ -60,10 +104,6 @@ async def process_request(session: AsyncSession, request: ActorRequest) -> Any:
     )
     for entry in request.inputs:
         envelope_id = uuid.UUID(entry["envelope_id"])
-        fragments = await fragments_of(session, envelope_id)
-        message.inputs.add(
-            name=entry["name"],
-            envelope=fragments[0],
-            position=position_after(envelope_id, fragments, 1),
-        )
+        first, position = await first_fragment(session, envelope_id)
+        message.inputs.add(name=entry["name"], envelope=first, position=position)
     return message

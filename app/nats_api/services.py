@@ -18,6 +18,7 @@ from app.bus.director import OPEN_REQUEST, add_log
 from app.bus.notify import actor_key, notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
+from app.envelopes.repository import items_page
 from app.models import Account, Actor, ActorRequest, LogEntry, Process, SessionToken
 from app.models.enums import AccountStatus, LogLevel, ProcessStatus, RequestStatus
 from app.nats_api import broker
@@ -30,7 +31,7 @@ from app.nats_api.convert import (
     uuid_of,
 )
 from app.nats_api.dispatcher import messages_of
-from app.nats_api.payload import fragments_after, fragments_of, position_after, process_request
+from app.nats_api.payload import Reader, events_of, fragments, process_request, seen
 from app.state import AppState
 from app.store.processes import ProcessRow
 
@@ -203,11 +204,21 @@ class EnvelopeStorageServer(Base):
                 await readable_envelope(session, principal, envelope_id)
             except XbusError:
                 raise client_error(f"no envelope {envelope_id}") from None
-            fragments = await fragments_of(session, envelope_id)
-        for n, fragment in fragments_after(fragments, req):
-            yield pb.EnvelopeFragmentAndPosition(
-                fragment=fragment, position=position_after(envelope_id, fragments, n + 1)
-            )
+            events = await events_of(session, envelope_id)
+
+        async def pages(after: tuple[int, int]) -> list[tuple[int, int, bytes]]:
+            async with self.state.db.session() as session:
+                return await items_page(session, envelope_id, after)
+
+        # From the start, a page of items at a time: what the reader has is cut again (the
+        # cut and the checksums depend on it) but not sent, and never all in memory.
+        reader = Reader(envelope_id)
+        ordinal = 0
+        async for fragment in fragments(events, envelope_id, pages):
+            position = reader.past(fragment)
+            if not seen(req, ordinal, fragment):
+                yield pb.EnvelopeFragmentAndPosition(fragment=fragment, position=position)
+            ordinal += 1
 
 
 class DirectorServer(Base):
