@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest silence tolerated on an actor's ActorAgent.Process stream (s).",
     )
+    nats_fragment_size: int = Field(
+        128 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest envelope fragment sent to NATS actors (bytes; a larger item goes "
+        "alone in its fragment).",
+    )
     nats_detached_lease: float = Field(
         86400.0, gt=0, description="How long a NATS actor may take to end a detached job (s)."
     )

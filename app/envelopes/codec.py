@@ -618,6 +618,10 @@ def _event_size_bound(type_size: int, index: int, items_size: int) -> int:
     return _field_size(header + items_size)
 
 
+# python-xbus's own fragment size (its EnvelopeWriter cuts at ~500 KiB).
+FRAGMENT_SIZE = 500 * 1024
+
+
 class FragmentCutter:
     """Cuts an envelope into ``xbus_pb2.Envelope`` fragments as python-xbus's EnvelopeWriter
     would send them, one item at a time: the whole envelope is never in memory, only the
@@ -638,7 +642,7 @@ class FragmentCutter:
         envelope_id: uuid.UUID,
         events: Sequence[tuple[uuid.UUID | None, str]],
         *,
-        max_fragment_size: int = 500 * 1024,
+        max_fragment_size: int = FRAGMENT_SIZE,
     ) -> None:
         if max_fragment_size <= 0:
             raise ValueError("max_fragment_size must be positive")
@@ -741,7 +745,7 @@ class FragmentCutter:
 def envelope_to_fragments(
     env: EnvelopeData,
     *,
-    max_fragment_size: int = 500 * 1024,
+    max_fragment_size: int = FRAGMENT_SIZE,
     max_chunk: int = 100 * 1024,
 ) -> list[Any]:
     """An envelope in memory cut into fragments (see `FragmentCutter`). ``max_chunk``

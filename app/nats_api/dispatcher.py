@@ -26,6 +26,7 @@ from app.models import Actor, ActorRequest
 from app.models.enums import LogLevel, RequestChannel, RequestStatus
 from app.nats_api.auth import server_inbox_prefix
 from app.nats_api.convert import LOG_LEVEL_FROM_PB
+from app.nats_api.liveness import Liveness
 from app.nats_api.payload import process_request
 from app.state import AppState
 
@@ -44,9 +45,10 @@ def messages_of(state: Any) -> list[Message]:
 
 
 class NatsDispatcher:
-    def __init__(self, state: AppState, client: Client) -> None:
+    def __init__(self, state: AppState, client: Client, liveness: Liveness) -> None:
         self.state = state
         self.client = client
+        self.liveness = liveness
         self.holder = f"nats:{socket.gethostname()}"
         self.in_flight: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
@@ -102,7 +104,9 @@ class NatsDispatcher:
                 return
             actor_id = request.actor_id
             try:
-                message = await process_request(session, request)
+                message = await process_request(
+                    session, request, max_size=self.state.settings.nats_fragment_size
+                )
             except LookupError as exc:
                 await self._report(
                     request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, str(exc))]
@@ -222,6 +226,8 @@ class NatsDispatcher:
                         actor_id=actor_id,
                         request_id=request_id,
                     )
+        # Committed: the actor's next call on this replica is checked at once.
+        self.liveness.forget(actor_id)
         if exhausted is not None:
             await self._report(
                 request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, exhausted)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nrpc
@@ -17,11 +17,19 @@ log = logging.getLogger(__name__)
 class Service:
     """`generated` is a python-xbus *Handler class; `impl` has one coroutine (or async
     generator, for streamed replies) per method, taking service parameters, method
-    parameters, then the request message."""
+    parameters, then the request message. `on_call`, if given, sees every call's
+    parameters before the method runs (an actor's sign of life)."""
 
-    def __init__(self, nc: Any, generated: type, impl: Any) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        generated: type,
+        impl: Any,
+        on_call: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self.nc = nc
         self.impl = impl
+        self.on_call = on_call
         self.methods: dict[str, tuple[Any, ...]] = generated.methods  # type: ignore[attr-defined]
         module = sys.modules[generated.__module__]
         name = generated.__name__.removesuffix("Handler")
@@ -62,6 +70,8 @@ class Service:
             if input_type is not None:
                 args.append(input_type.FromString(msg.data))
             method = getattr(self.impl, mname)
+            if self.on_call is not None:
+                await self.on_call(args)
             if streamed:
                 await nrpc.streamed_reply_handler(
                     self.nc, msg.reply, self._logged(mname, method(*args))

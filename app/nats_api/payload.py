@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.envelopes import repository
-from app.envelopes.codec import FragmentCutter
+from app.envelopes.codec import FRAGMENT_SIZE, FragmentCutter
 from app.models import ActorRequest
 
 pb: Any = xbus_pb2
@@ -28,10 +28,12 @@ Events = list[tuple[int, uuid.UUID, str]]  # (position, id, type) in order
 
 
 async def fragments(
-    events: Events, envelope_id: uuid.UUID, pages: Pages
+    events: Events, envelope_id: uuid.UUID, pages: Pages, *, max_size: int = FRAGMENT_SIZE
 ) -> AsyncGenerator[Any, None]:
     """The envelope's fragments in order, cut as its items are read."""
-    cutter = FragmentCutter(envelope_id, [(event_id, kind) for _, event_id, kind in events])
+    cutter = FragmentCutter(
+        envelope_id, [(event_id, kind) for _, event_id, kind in events], max_fragment_size=max_size
+    )
     event_no = {position: n for n, (position, _, _) in enumerate(events)}
     after = (-1, -1)
     while True:
@@ -83,14 +85,16 @@ async def events_of(session: AsyncSession, envelope_id: uuid.UUID) -> Events:
     return events
 
 
-async def first_fragment(session: AsyncSession, envelope_id: uuid.UUID) -> tuple[Any, Any]:
+async def first_fragment(
+    session: AsyncSession, envelope_id: uuid.UUID, *, max_size: int = FRAGMENT_SIZE
+) -> tuple[Any, Any]:
     """The envelope's first fragment and the position after it (reads only what it holds)."""
     events = await events_of(session, envelope_id)
 
     async def pages(after: tuple[int, int]) -> list[tuple[int, int, bytes]]:
         return await repository.items_page(session, envelope_id, after)
 
-    stream = fragments(events, envelope_id, pages)
+    stream = fragments(events, envelope_id, pages, max_size=max_size)
     try:
         first = await anext(stream)
     finally:
@@ -98,12 +102,14 @@ async def first_fragment(session: AsyncSession, envelope_id: uuid.UUID) -> tuple
     return first, Reader(envelope_id).past(first)
 
 
-async def process_request(session: AsyncSession, request: ActorRequest) -> Any:
+async def process_request(
+    session: AsyncSession, request: ActorRequest, *, max_size: int = FRAGMENT_SIZE
+) -> Any:
     message = pb.ActorProcessRequest(
         context=pb.ProcessingContext(processID=request.process_id.bytes, nodeID=request.node_id)
     )
     for entry in request.inputs:
         envelope_id = uuid.UUID(entry["envelope_id"])
-        first, position = await first_fragment(session, envelope_id)
+        first, position = await first_fragment(session, envelope_id, max_size=max_size)
         message.inputs.add(name=entry["name"], envelope=first, position=position)
     return message

@@ -18,6 +18,7 @@ from app.models.enums import ProcessStatus
 from app.nats_api import auth, services
 from app.nats_api.convert import process_pb
 from app.nats_api.dispatcher import NatsDispatcher
+from app.nats_api.liveness import Liveness
 from app.nats_api.nrpc_server import Service
 from app.nats_api.registration import RegistrationServer
 from app.state import AppState
@@ -39,7 +40,8 @@ class NatsApi:
     def __init__(self, state: AppState, client: Client) -> None:
         self.state = state
         self.client = client
-        self.dispatcher = NatsDispatcher(state, client)
+        self.liveness = Liveness(state)
+        self.dispatcher = NatsDispatcher(state, client, self.liveness)
         self.subscriptions: list[Any] = []
         self.handlers: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(_MAX_HANDLERS)
@@ -55,14 +57,39 @@ class NatsApi:
     async def start(self) -> None:
         state = self.state
         nc = self.client
+
+        async def first_is_actor(args: list[Any]) -> None:
+            await self.liveness.seen(args[0])
+
+        async def storage_client(args: list[Any]) -> None:
+            if args[0] == "actor":  # (clientKind, clientID, request)
+                await self.liveness.seen(args[1])
+
         handlers = [
             Service(nc, xbus_nrpc.WhoAmIHandler, services.WhoAmIServer(state, self.check_protocol)),
             Service(nc, xbus_nrpc.ClientAPIHandler, services.ClientAPIServer(state)),
             Service(nc, xbus_nrpc.SentinelHandler, services.SentinelServer(state)),
-            Service(nc, xbus_nrpc.BrokerHandler, services.BrokerServer(state)),
-            Service(nc, xbus_nrpc.EnvelopeStorageHandler, services.EnvelopeStorageServer(state)),
-            Service(nc, xbus_nrpc.DirectorHandler, services.DirectorServer(state)),
-            Service(nc, xbus_nrpc.ProcessStateHandler, services.ProcessStateServer(state)),
+            Service(
+                nc, xbus_nrpc.BrokerHandler, services.BrokerServer(state), on_call=first_is_actor
+            ),
+            Service(
+                nc,
+                xbus_nrpc.EnvelopeStorageHandler,
+                services.EnvelopeStorageServer(state),
+                on_call=storage_client,
+            ),
+            Service(
+                nc,
+                xbus_nrpc.DirectorHandler,
+                services.DirectorServer(state),
+                on_call=first_is_actor,
+            ),
+            Service(
+                nc,
+                xbus_nrpc.ProcessStateHandler,
+                services.ProcessStateServer(state),
+                on_call=first_is_actor,
+            ),
             Service(nc, xbus_nrpc.SvcRegistrationHandler, RegistrationServer(state)),
         ]
         for handler in handlers:

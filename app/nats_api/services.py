@@ -214,7 +214,8 @@ class EnvelopeStorageServer(Base):
         # cut and the checksums depend on it) but not sent, and never all in memory.
         reader = Reader(envelope_id)
         ordinal = 0
-        async for fragment in fragments(events, envelope_id, pages):
+        size = self.state.settings.nats_fragment_size
+        async for fragment in fragments(events, envelope_id, pages, max_size=size):
             position = reader.past(fragment)
             if not seen(req, ordinal, fragment):
                 yield pb.EnvelopeFragmentAndPosition(fragment=fragment, position=position)
@@ -302,7 +303,8 @@ class DirectorServer(Base):
                     )
                 ).scalars()
             )
-            messages = [await process_request(session, r) for r in requests]
+            size = self.state.settings.nats_fragment_size
+            messages = [await process_request(session, r, max_size=size) for r in requests]
         for message in messages:
             yield message
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -12,6 +16,7 @@ from xbus import xbus_nrpc, xbus_pb2
 
 from app.certs.pki import CertificateAuthority, cert_pem
 from tests.bus.conftest import chain
+from tests.nats_api import relay_actors
 from tests.nats_api.conftest import NatsBus
 
 
@@ -65,32 +70,82 @@ async def test_emitter_relay_consumer(nats_bus: NatsBus) -> None:
     assert "relaying" in logs
 
 
-async def test_large_multi_fragment_envelope(nats_bus: NatsBus) -> None:
+async def test_a_5_mb_relay_chain_with_the_stock_python_xbus(
+    nats_bus: NatsBus, tmp_path: Path
+) -> None:
+    """The field case of a slow actor: python-xbus 0.4.0 unchanged, in a process of its own,
+    computes CRC-32C in pure Python (~1.5 s per MiB) on its event loop. An emitter sends 5 MB
+    in 50 items of 100 KiB; a worker reads it whole (seconds without a state or keep-alive
+    of its own) and forwards it; a consumer reads it. The process ends done, with one
+    attempt per request, and the consumer has every byte (before, xbusd gave up on the
+    worker after 5 s of silence and the process ran for ever)."""
     account = await nats_bus.nats_account(
-        {"b.emitter": {"kind": "emitter"}, "b.consumer": {"kind": "consumer"}}
+        {
+            "r.emitter": {"kind": "emitter"},
+            "r.worker": {"kind": "worker"},
+            "r.consumer": {"kind": "consumer"},
+        }
     )
-    await nats_bus.pipeline(chain("b.emitter", ("consumer", "b.consumer"), eventtypes=("blob",)))
-    client = await nats_bus.connect(account)
-    received: asyncio.Queue[Any] = asyncio.Queue()
+    await nats_bus.pipeline(
+        chain("r.emitter", ("worker", "r.worker"), ("consumer", "r.consumer"), eventtypes=("blob",))
+    )
+    size = 50 * 100 * 1024
+    spec = {
+        "conf": account.conf,
+        "workdir": str(tmp_path),
+        "emitter": "r.emitter",
+        "worker": "r.worker",
+        "consumer": "r.consumer",
+        "event_type": "blob",
+        "size": size,
+        "item": 100 * 1024,
+        "read_timeout": 120,
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    log = tmp_path / "actors.log"
+    with log.open("wb") as stderr:
+        actors = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.nats_api.relay_actors",
+            str(tmp_path / "spec.json"),
+            cwd=Path(__file__).resolve().parents[2],
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+    assert actors.stdin is not None
+    stdout = actors.stdout
+    assert stdout is not None
 
-    async def consume(apc: Any) -> None:
-        received.put_nowait(await apc.read_envelope_complete("default", 90))
+    async def consumed() -> dict[str, Any]:
+        while True:  # (python-xbus prints a line of its own on stdout at connect)
+            line = await stdout.readline()
+            if not line:
+                raise AssertionError(f"the actors exited ({await actors.wait()})")
+            if line.startswith(b"{"):
+                return dict(json.loads(line))
 
-    payload = bytes(range(256)) * (5 * 1024 * 1024 // 256)  # 5 MiB
-    # No legacy event types here: open_message() creates the event (with both, python-xbus
-    # would send a second, empty event that its own receiver never completes).
-    writer = client.get_actor("b.emitter").open_output("default", None)
-    message = writer.open_message("blob")
-    await message.write(payload)
-    await message.close()
-    await writer.last_message()
-    # The consumer comes online once the emitter is done: both run on this test's event loop,
-    # with the bus, and python-xbus computes CRC-32C in pure Python (seconds for 5 MiB) on it;
-    # a consumer already reading while the emitter still computes saw its 5 s Retrieve
-    # timeout expire behind the blocked loop. (Separate processes do not share a loop.)
-    await client.get_actor("b.consumer").subscribe(consume)
-    envelope = await asyncio.wait_for(received.get(), 110)
-    assert b"".join(envelope.events[0].items) == payload
+    try:
+        got = await asyncio.wait_for(consumed(), 90)
+        [process] = (await account.http.get("/api/v1/processes")).json()["items"]
+        detail = (
+            await account.http.get(f"/api/v1/processes/{process['id']}", params={"wait": 20})
+        ).json()
+        actors.stdin.close()
+        assert await asyncio.wait_for(actors.wait(), 20) == 0
+    finally:
+        if actors.returncode is None:
+            actors.kill()
+            await actors.wait()
+        print(log.read_text()[-5000:])  # shown when the test fails
+    assert got == {
+        "received": size,
+        "sha256": hashlib.sha256(relay_actors.payload(size)).hexdigest(),
+    }
+    assert detail["status"] == "done", detail
+    attempts = [r["attempts"] for node in detail["nodes"] for r in node["requests"]]
+    assert attempts == [1, 1], detail["nodes"]
 
 
 async def test_processing_error_lands_in_postmortem(nats_bus: NatsBus) -> None:

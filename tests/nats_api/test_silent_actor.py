@@ -1,15 +1,21 @@
 """A NATS actor that takes a request and never answers (no state, no keep-alive): each
-delivery counts an attempt, the actor is marked offline until its next sign of life, and
-past the request's attempt limit the node ends in error with the reason in the process log
-and its postmortem (before, the attempt was given back and the process ran for ever)."""
+delivery counts an attempt, the actor is marked offline until its next sign of life (its
+ActorReady, or any call it makes), and past the request's attempt limit the node ends in
+error with the reason in the process log and its postmortem (before, the attempt was given
+back and the process ran for ever)."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from xbus import xbus_nrpc, xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
+from app.models import LogEntry
+from app.nats_api import liveness
 from tests.bus.conftest import ENVELOPE, chain
 from tests.nats_api.conftest import NatsBus
 
@@ -80,3 +86,69 @@ async def test_a_silent_actor_uses_up_its_attempts(nats_bus: NatsBus) -> None:
     [request] = detail["nodes"][1]["requests"]
     assert request["status"] == "error"
     assert request["attempts"] == 2
+
+
+async def test_an_offline_actor_comes_back_on_any_call(
+    nats_bus: NatsBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marked offline for not answering, the actor makes an ordinary call (Director.Log):
+    it is online again and its request is delivered again. One that said ActorLeaving stays
+    offline whatever it calls."""
+    monkeypatch.setattr(liveness, "RECHECK", 0.0)  # every call checked, not one per 2 s
+    account = await nats_bus.nats_account(
+        {"b.emitter": {"kind": "emitter"}, "b.consumer": {"kind": "consumer"}}
+    )
+    await nats_bus.pipeline(chain("b.emitter", ("consumer", "b.consumer")))
+    actor = (await account.http.get("/api/v1/actors/b.consumer")).json()
+    client = await nats_bus.connect(account)
+    taken: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def silent(msg: Any) -> None:
+        taken.put_nowait(msg.data)
+
+    await client.nc.subscribe(f"xbus.default.actoragent.{actor['id']}.process", cb=silent)
+
+    async def online() -> bool:
+        body = (await account.http.get("/api/v1/actors/b.consumer")).json()
+        return bool(body["online"])
+
+    async def until(expected: bool) -> None:
+        for _ in range(100):
+            if await online() is expected:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the actor's online state did not become {expected}")
+
+    async def log_call(text: str) -> None:
+        """Director.Log, answered once the bus has served it (and seen who called)."""
+        message = xbus_pb2.ActorLogRequest()
+        message.messages.add(level=xbus_pb2.LogLevel.Value("NOTICE"), Text=text)
+        await xbus_nrpc.DirectorClient(client.clientconn()).Log(actor["id"], message)
+
+    await client.nc.publish(f"xbus.default.sentinel.actorready.{actor['id']}", b"")
+    await until(True)
+    emitted = await account.http.post("/api/v1/actors/b.emitter/output", json=ENVELOPE)
+    assert emitted.status_code == 202
+    process_id = emitted.json()["process_id"]
+    await asyncio.wait_for(taken.get(), 20)  # attempt 1, unanswered
+    await until(False)
+    assert (await account.http.get("/api/v1/actors/b.consumer")).json()["unresponsive"]
+
+    await log_call("still here")
+    assert await online()  # back with the call itself, no ActorReady
+    await asyncio.wait_for(taken.get(), 20)  # attempt 2
+    detail = (await account.http.get(f"/api/v1/processes/{process_id}")).json()
+    assert detail["nodes"][1]["requests"][0]["attempts"] == 2
+    async with nats_bus.app.state.xbus.db.session() as session:
+        texts = (
+            await session.execute(
+                sa.select(LogEntry.text).where(LogEntry.actor_id == uuid.UUID(actor["id"]))
+            )
+        ).scalars()
+        assert "actor b.consumer calls the bus again: back online" in list(texts)
+
+    # Leaving is not undone by a later call.
+    await client.nc.publish(f"xbus.default.sentinel.actorleaving.{actor['id']}", b"")
+    await until(False)
+    await log_call("one last line")
+    assert not await online()

@@ -1,0 +1,74 @@
+"""Signs of life of NATS actors: an actor marked offline because it stopped answering
+(`unresponsive`) comes back online on its next call to any Xbus service, not only on
+ActorReady. An actor that said ActorLeaving stays offline (it is not `unresponsive`).
+
+One conditional UPDATE per actor at most every `RECHECK` seconds on this replica (it changes
+a row only for an actor marked unresponsive); the dispatcher that marks an actor forgets its
+last check, so the next call of that actor on this replica is checked at once."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from app.bus.director import add_log
+from app.bus.notify import CONFIG, NATS_WORK, actor_key, notify_after_commit
+from app.models import Actor
+from app.models.enums import LogLevel
+from app.state import AppState
+
+log = logging.getLogger(__name__)
+
+RECHECK = 2.0
+_MAX_TRACKED = 100_000
+
+
+class Liveness:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._checked: dict[uuid.UUID, float] = {}
+
+    def forget(self, actor_id: uuid.UUID) -> None:
+        """This replica just marked the actor: check its next call at once."""
+        self._checked.pop(actor_id, None)
+
+    async def seen(self, raw_id: str) -> None:
+        """A call from the actor `raw_id` (a subject parameter): bring it back online if it
+        was marked offline for not answering. Never fails the call it comes with."""
+        try:
+            actor_id = uuid.UUID(raw_id)
+        except ValueError:
+            return
+        now = time.monotonic()
+        last = self._checked.get(actor_id)
+        if last is not None and now - last < RECHECK:
+            return
+        if len(self._checked) > _MAX_TRACKED:
+            self._checked.clear()
+        self._checked[actor_id] = now
+        try:
+            async with self.state.db.session() as session:
+                name = (
+                    await session.execute(
+                        sa.update(Actor)
+                        .where(Actor.id == actor_id, Actor.unresponsive.is_(True))
+                        .values(online=True, unresponsive=False, last_seen=datetime.now(UTC))
+                        .returning(Actor.name)
+                        # Drops the caches only when it changed the actor (below).
+                        .execution_options(synchronize_session=False, xbus_cache_neutral=True)
+                    )
+                ).scalar_one_or_none()
+                if name is None:
+                    return
+                text = f"actor {name} calls the bus again: back online"
+                add_log(session, LogLevel.NOTICE, text, actor_id=actor_id)
+                for key in (CONFIG, actor_key(actor_id), NATS_WORK):
+                    notify_after_commit(session, key)
+            log.info("%s", text)
+        except Exception as exc:  # the call itself goes on; the next one checks again
+            self._checked.pop(actor_id, None)
+            log.warning("sign of life of actor %s not recorded: %s", actor_id, exc)
