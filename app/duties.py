@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from app import metrics
 from app.bus.singleton import run_periodically
 from app.bus.supervisor import supervise
 from app.ops import supervision
@@ -13,6 +14,11 @@ from app.state import AppState
 from app.webhooks.dispatcher import Dispatcher
 
 Duty = Callable[[AppState], Coroutine[Any, Any, None]]
+
+
+def _counter(duty: str) -> Callable[[str], object]:
+    """Counts the passes of a periodic duty (xbus_duty_passes_total)."""
+    return lambda outcome: metrics.DUTY_PASSES.labels(duty, outcome).inc()
 
 
 async def _supervisor(state: AppState) -> None:
@@ -34,6 +40,7 @@ async def _stalled_emissions(state: AppState) -> None:
         lambda: supervision.cancel_stalled_emissions(
             state.db, state.director, settings.envelope_stall_timeout
         ),
+        counted=_counter("stalled-emissions"),
     )
 
 
@@ -44,6 +51,7 @@ async def _unresponsive_actors(state: AppState) -> None:
         "unresponsive-actors",
         settings.supervision_interval,
         lambda: supervision.mark_unresponsive_actors(state.db, settings.actor_unresponsive_after),
+        counted=_counter("unresponsive-actors"),
     )
 
 
@@ -53,6 +61,7 @@ async def _storage_stats(state: AppState) -> None:
         "storage-stats",
         state.settings.stats_interval,
         lambda: supervision.refresh_storage_stats(state.db),
+        counted=_counter("storage-stats"),
     )
 
 

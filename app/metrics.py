@@ -46,6 +46,12 @@ WEBHOOK_LATENCY = Histogram(
     "Webhook response time",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DUTY_PASSES = Counter(
+    "xbus_duty_passes_total",
+    "Passes of the periodic background duties on this replica: done (this replica held the "
+    "duty's lock and did the work), skipped (another replica held it), failed",
+    ["duty", "outcome"],
+)
 SENTRY_REPORTS = Counter(
     "xbus_sentry_reports_total", "Processes in error reported to Sentry", ["outcome"]
 )

@@ -224,10 +224,12 @@ async def report_failed_processes(db: Database, settings: Settings, interval: fl
     while True:
         try:
             reported = await report_pass(db, settings.sentry_report_max_age)
+            metrics.DUTY_PASSES.labels("sentry-reports", "done").inc()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("Sentry report pass failed; retrying")
+            metrics.DUTY_PASSES.labels("sentry-reports", "failed").inc()
             reported = 0
         if reported < BATCH:
             await asyncio.sleep(interval)

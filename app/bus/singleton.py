@@ -58,17 +58,23 @@ async def run_periodically(
     work: Callable[[], Awaitable[object]],
     *,
     first_delay: float | None = None,
+    counted: Callable[[str], object] | None = None,
 ) -> None:
     """Run `work` every `interval` seconds on whichever replica gets the lock; a failed pass
-    is logged and retried at the next interval."""
+    is logged and retried at the next interval. `counted` is told how each pass ended:
+    "done", "skipped" (another replica held the lock) or "failed"."""
     await asyncio.sleep(interval if first_delay is None else first_delay)
     while True:
         try:
             async with once_across_replicas(engine, name) as leader:
                 if leader:
                     await work()
+            outcome = "done" if leader else "skipped"
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("duty %s failed; retrying in %g s", name, interval)
+            outcome = "failed"
+        if counted is not None:
+            counted(outcome)
         await asyncio.sleep(interval)

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import _plain
 from tests.production.fake_sentry import FakeSentry, fake_sentry
@@ -119,6 +120,36 @@ async def _wait_all_ended(db: asyncpg.Connection, count: int, timeout: float = 6
     raise AssertionError(f"not every process ended: {[tuple(r) for r in rows]}")
 
 
+async def _duty_passes(client: httpx.AsyncClient, duty: str) -> float:
+    """Passes of `duty` that this replica did (xbus_duty_passes_total, outcome done)."""
+    text = (await client.get("/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "xbus_duty_passes"
+        for sample in family.samples
+        if sample.name == "xbus_duty_passes_total"
+        and sample.labels == {"duty": duty, "outcome": "done"}
+    )
+
+
+async def _more_passes(
+    clients: list[httpx.AsyncClient], duty: str, passes: int, *, each: bool
+) -> None:
+    """Wait until `passes` more passes of `duty` are done: on each replica (a duty every
+    replica runs), or in all (one that runs once across replicas). The first may have begun
+    before the call; the others began after it: each had its chance to act again."""
+    start = [await _duty_passes(c, duty) for c in clients]
+    deadline = time.monotonic() + 30
+    while True:
+        grown = [await _duty_passes(c, duty) - s for c, s in zip(clients, start, strict=True)]
+        if (min(grown) if each else sum(grown)) >= passes:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{duty}: {grown} passes in 30 s, waited for {passes}")
+        await asyncio.sleep(0.2)
+
+
 @pytest.fixture
 def sentry() -> Iterator[FakeSentry]:
     with fake_sentry() as server:
@@ -206,7 +237,8 @@ async def test_every_envelope_processed_once(
         events = await sentry.await_for(
             lambda e: e.get("logger") == "xbus.process", count=expected_errors
         )
-        await asyncio.sleep(1.5)  # a doubled report would arrive in this time
+        # Reported once: two more passes on each replica, and none reported them again.
+        await _more_passes(admins, "sentry-reports", 2, each=True)
         events = sentry.events("xbus.process")
         reported = Counter(e["tags"]["process_id"] for e, _ in events)
         assert set(reported) == failed
@@ -225,7 +257,7 @@ async def test_every_envelope_processed_once(
                 f"actor {names2['consumer']} is unresponsive%",
             )
             await asyncio.sleep(0.2)
-        await asyncio.sleep(2)  # both replicas' duties run several times meanwhile
+        await _more_passes(admins, "unresponsive-actors", 2, each=False)
         marks = await db.fetch(
             "SELECT text FROM log_entries WHERE text LIKE $1",
             f"actor {names2['consumer']} is unresponsive%",
