@@ -351,11 +351,20 @@ class Director:
         ctx.notify.add(process_key(process.id))
         return ctx
 
-    async def route(self, session: AsyncSession, emitter: Emitter, event_types: list[str]) -> Route:
+    async def route(
+        self,
+        session: AsyncSession,
+        emitter: Emitter,
+        event_types: list[str],
+        *,
+        partial: bool = False,
+    ) -> Route:
         """The one active pipeline that takes this emitter's envelope (422 when none or more
-        than one), checked before anything of the envelope is written."""
+        than one), checked before anything of the envelope is written. With `partial`, the
+        types are those of an envelope still arriving: 422 only when no pipeline can take
+        it, whatever its other types."""
         check_emitter(emitter)
-        return await route_for(session, emitter, event_types, self.targets)
+        return await route_for(session, emitter, event_types, self.targets, partial=partial)
 
     # ------------------------------------------------------------------ graph walking
     async def _propagate(

@@ -40,9 +40,17 @@ class Route:
 
 
 def choose_route(
-    pipelines: list[tuple[PipelineRef, Graph]], emitter: Any, event_types: list[str]
+    pipelines: list[tuple[PipelineRef, Graph]],
+    emitter: Any,
+    event_types: list[str],
+    *,
+    partial: bool = False,
 ) -> Route:
-    """Exactly one of these active pipelines must take this emitter's envelope."""
+    """Exactly one of these active pipelines must take this emitter's envelope. With
+    `partial`, `event_types` are only some of the envelope's (it is still arriving): at
+    least one pipeline must take them (an envelope takes a pipeline only if the pipeline
+    accepts all its types, so more types never make a refusal good), and which one is
+    decided once the envelope is complete."""
     routes: list[Route] = []
     other_types: list[str] = []
     for pipeline, graph in pipelines:
@@ -64,7 +72,7 @@ def choose_route(
                 f"its active pipelines accept: {'; '.join(other_types)}"
             )
         raise Unprocessable(f"no active pipeline has emitter {emitter.name!r}")
-    if len(routes) > 1:
+    if len(routes) > 1 and not partial:
         names = "; ".join(
             f"{r.pipeline.name} {r.pipeline.version} (node {r.node.id})" for r in routes
         )
@@ -132,15 +140,21 @@ class Targets:
 
 
 async def route_for(
-    session: AsyncSession, emitter: Any, event_types: list[str], targets: Targets
+    session: AsyncSession,
+    emitter: Any,
+    event_types: list[str],
+    targets: Targets,
+    *,
+    partial: bool = False,
 ) -> Route:
-    """Exactly one active pipeline must take this emitter's envelope. A refusal is checked
-    against the database, not the cache: a pipeline activated a moment ago on another
-    replica (its doorbell still on the way) takes the envelope."""
+    """Exactly one active pipeline must take this emitter's envelope (`choose_route`). A
+    refusal is checked against the database, not the cache: a pipeline activated a moment
+    ago on another replica (its doorbell still on the way) takes the envelope."""
     try:
-        return choose_route(await targets.pipelines(session), emitter, event_types)
+        return choose_route(await targets.pipelines(session), emitter, event_types, partial=partial)
     except Unprocessable:
-        return choose_route(await targets.pipelines(session, fresh=True), emitter, event_types)
+        fresh = await targets.pipelines(session, fresh=True)
+        return choose_route(fresh, emitter, event_types, partial=partial)
 
 
 async def _enabled_actors(session: AsyncSession, node: Node) -> list[Target]:

@@ -113,6 +113,9 @@ async def output(
         except ValueError as exc:
             return ack(raw_id, ERROR, str(exc))
 
+    if context is None:
+        await _check_route(session, director, actor, fragment)
+
     envelope = (
         await session.execute(
             sa.select(Envelope).where(Envelope.id == envelope_id).with_for_update()
@@ -207,6 +210,24 @@ async def output(
     envelope.completed_at = now
     await session.flush()
     return await _complete(session, director, actor, envelope, context, port, raw_id)
+
+
+async def _check_route(
+    session: AsyncSession, director: Director, actor: Actor, fragment: Any
+) -> None:
+    """An emission is refused at its first fragment that no pipeline can take, before any
+    of its items is written (which pipeline takes it is decided when it is complete)."""
+    if actor.kind != ActorKind.EMITTER:
+        raise OutputRejected(
+            f"actor {actor.name} is a {actor.kind.value}: outputs need a processing context"
+        )
+    types = list(dict.fromkeys(event.type for event in fragment.events if event.type))
+    if not types:
+        return
+    try:
+        await director.route(session, actor, types, partial=True)
+    except XbusError as exc:
+        raise OutputRejected(exc.detail) from None
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -6,15 +6,18 @@ import asyncio
 import hashlib
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import nats
 import nrpc
 import pytest
+import sqlalchemy as sa
 from xbus import xbus_nrpc, xbus_pb2
 
 from app.certs.pki import CertificateAuthority, cert_pem
+from app.models import Envelope
 from tests.bus.conftest import chain
 from tests.nats_api import relay_actors
 from tests.nats_api.conftest import NatsBus
@@ -326,3 +329,45 @@ async def test_survey_is_published(nats_bus: NatsBus) -> None:
     await client.nc.subscribe("xbus.default.sentinel.survey", cb=on_survey)
     survey = await asyncio.wait_for(surveys.get(), 10)
     assert survey.onlineStatus is True
+
+
+async def test_an_emission_no_pipeline_takes_is_refused_before_its_items_are_written(
+    nats_bus: NatsBus,
+) -> None:
+    """Routing is decided at the first fragment: an envelope of a type no active pipeline
+    takes from this emitter is refused (EnvelopeAck ERROR with the reason) and none of its
+    fragments is written, however many the emitter sends."""
+    account = await nats_bus.nats_account(
+        {"u.emitter": {"kind": "emitter"}, "u.consumer": {"kind": "consumer"}}
+    )
+    await nats_bus.pipeline(chain("u.emitter", ("consumer", "u.consumer"), eventtypes=("wanted",)))
+    client = await nats_bus.connect(account)
+    emitter = client.get_actor("u.emitter")
+
+    # python-xbus ignores the acks: it sends every fragment (each answered before the next).
+    writer = emitter.open_output("default", None)
+    message = writer.open_message("unwanted")
+    for n in range(12):
+        await message.write(bytes([n]) * 100 * 1024)
+    await message.close()
+    await writer.last_message()
+
+    # The ack says why.
+    event_id = uuid.uuid4()
+    fragment = xbus_pb2.Envelope(
+        id=uuid.uuid4().bytes,
+        eventIDs=[event_id.bytes],
+        events=[xbus_pb2.Event(id=event_id.bytes, type="unwanted", index=1, items=[b"x"])],
+    )
+    ack = await emitter.broker.Output(xbus_pb2.OutputRequest(output="default", envelope=fragment))
+    assert ack.status == xbus_pb2.EnvelopeAck.ERROR
+    assert "no active pipeline takes event types [unwanted]" in ack.reason
+
+    async with nats_bus.app.state.xbus.db.session() as session:
+        emitter_id = (await account.http.get("/api/v1/actors/u.emitter")).json()["id"]
+        stored = await session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Envelope)
+            .where(Envelope.emitter_id == uuid.UUID(emitter_id))
+        )
+    assert stored == 0
