@@ -18,7 +18,8 @@ class Service:
     """`generated` is a python-xbus *Handler class; `impl` has one coroutine (or async
     generator, for streamed replies) per method, taking service parameters, method
     parameters, then the request message. `on_call`, if given, sees every call's
-    parameters before the method runs (an actor's sign of life)."""
+    parameters once the method has answered (an actor's sign of life: after the answer, so
+    that an actor back online is not handed again the request its call just ended)."""
 
     def __init__(
         self,
@@ -70,29 +71,41 @@ class Service:
             if input_type is not None:
                 args.append(input_type.FromString(msg.data))
             method = getattr(self.impl, mname)
+            await self._answer(msg, mname, method, args, streamed, has_reply, void_reply)
             if self.on_call is not None:
                 await self.on_call(args)
-            if streamed:
-                await nrpc.streamed_reply_handler(
-                    self.nc, msg.reply, self._logged(mname, method(*args))
-                )
-                return
-            err = None
-            rep = None
-            try:
-                rep = await method(*args)
-            except nrpc.exc.NrpcError as exc:
-                err = exc.as_nrpc_error()
-            except Exception as exc:
-                log.exception("%s.%s failed", self.name, mname)
-                err = nrpc.exc.server_error(exc)
-            if has_reply and msg.reply:
-                if err is not None:
-                    raw = b"\x00" + err.SerializeToString()
-                elif rep is not None and not void_reply:
-                    raw = rep.SerializeToString()
-                else:
-                    raw = b""
-                await self.nc.publish(msg.reply, raw)
         except Exception:
             log.exception("error serving %s on %s (%s)", self.name, msg.subject, mname)
+
+    async def _answer(
+        self,
+        msg: Any,
+        mname: str,
+        method: Any,
+        args: list[Any],
+        streamed: bool,
+        has_reply: bool,
+        void_reply: bool,
+    ) -> None:
+        if streamed:
+            await nrpc.streamed_reply_handler(
+                self.nc, msg.reply, self._logged(mname, method(*args))
+            )
+            return
+        err = None
+        rep = None
+        try:
+            rep = await method(*args)
+        except nrpc.exc.NrpcError as exc:
+            err = exc.as_nrpc_error()
+        except Exception as exc:
+            log.exception("%s.%s failed", self.name, mname)
+            err = nrpc.exc.server_error(exc)
+        if has_reply and msg.reply:
+            if err is not None:
+                raw = b"\x00" + err.SerializeToString()
+            elif rep is not None and not void_reply:
+                raw = rep.SerializeToString()
+            else:
+                raw = b""
+            await self.nc.publish(msg.reply, raw)

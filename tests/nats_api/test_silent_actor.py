@@ -95,6 +95,14 @@ async def test_an_offline_actor_comes_back_on_any_call(
     it is online again and its request is delivered again. One that said ActorLeaving stays
     offline whatever it calls."""
     monkeypatch.setattr(liveness, "RECHECK", 0.0)  # every call checked, not one per 2 s
+    checked: list[str] = []  # the calls whose sign of life was looked at
+    seen = liveness.Liveness.seen
+
+    async def noted(self: liveness.Liveness, raw_id: str) -> None:
+        await seen(self, raw_id)
+        checked.append(raw_id)
+
+    monkeypatch.setattr(liveness.Liveness, "seen", noted)
     account = await nats_bus.nats_account(
         {"b.emitter": {"kind": "emitter"}, "b.consumer": {"kind": "consumer"}}
     )
@@ -120,7 +128,7 @@ async def test_an_offline_actor_comes_back_on_any_call(
         raise AssertionError(f"the actor's online state did not become {expected}")
 
     async def log_call(text: str) -> None:
-        """Director.Log, answered once the bus has served it (and seen who called)."""
+        """Director.Log (the bus notes who called once it has answered)."""
         message = xbus_pb2.ActorLogRequest()
         message.messages.add(level=xbus_pb2.LogLevel.Value("NOTICE"), Text=text)
         await xbus_nrpc.DirectorClient(client.clientconn()).Log(actor["id"], message)
@@ -135,7 +143,7 @@ async def test_an_offline_actor_comes_back_on_any_call(
     assert (await account.http.get("/api/v1/actors/b.consumer")).json()["unresponsive"]
 
     await log_call("still here")
-    assert await online()  # back with the call itself, no ActorReady
+    await until(True)  # back with the call itself, no ActorReady
     await asyncio.wait_for(taken.get(), 20)  # attempt 2
     detail = (await account.http.get(f"/api/v1/processes/{process_id}")).json()
     assert detail["nodes"][1]["requests"][0]["attempts"] == 2
@@ -150,5 +158,55 @@ async def test_an_offline_actor_comes_back_on_any_call(
     # Leaving is not undone by a later call.
     await client.nc.publish(f"xbus.default.sentinel.actorleaving.{actor['id']}", b"")
     await until(False)
+    before = len(checked)
     await log_call("one last line")
+    for _ in range(100):
+        if len(checked) > before:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the call's sign of life was not looked at")
     assert not await online()
+
+
+async def test_a_late_answer_is_taken_while_the_request_waits(nats_bus: NatsBus) -> None:
+    """The actor went silent past XBUS_NATS_ACTOR_TIMEOUT (one attempt used, the request
+    waits for it), then ends the job it still holds with Director.ProcessingEnd: the answer
+    is taken and the process ends done, without another delivery."""
+    account = await nats_bus.nats_account(
+        {"l.emitter": {"kind": "emitter"}, "l.consumer": {"kind": "consumer"}}
+    )
+    await nats_bus.pipeline(chain("l.emitter", ("consumer", "l.consumer")))
+    actor = (await account.http.get("/api/v1/actors/l.consumer")).json()
+    client = await nats_bus.connect(account)
+    taken: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def silent(msg: Any) -> None:
+        taken.put_nowait(msg.data)
+
+    await client.nc.subscribe(f"xbus.default.actoragent.{actor['id']}.process", cb=silent)
+    await client.nc.publish(f"xbus.default.sentinel.actorready.{actor['id']}", b"")
+    for _ in range(100):
+        if (await account.http.get("/api/v1/actors/l.consumer")).json()["online"]:
+            break
+        await asyncio.sleep(0.1)
+    emitted = await account.http.post("/api/v1/actors/l.emitter/output", json=ENVELOPE)
+    process_id = emitted.json()["process_id"]
+    request = xbus_pb2.ActorProcessRequest.FromString(await asyncio.wait_for(taken.get(), 20))
+    for _ in range(100):  # silent past the timeout: marked offline, the request waits
+        if (await account.http.get("/api/v1/actors/l.consumer")).json()["unresponsive"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the silent actor was not marked unresponsive")
+    detail = (await account.http.get(f"/api/v1/processes/{process_id}")).json()
+    assert detail["nodes"][1]["requests"][0]["status"] == "pending"
+
+    end = xbus_pb2.ActorProcessingState(status=xbus_pb2.ActorProcessingState.SUCCESS)
+    end.context.CopyFrom(request.context)
+    await xbus_nrpc.DirectorClient(client.clientconn()).ProcessingEnd(actor["id"], end)
+    detail = (await account.http.get(f"/api/v1/processes/{process_id}", params={"wait": 10})).json()
+    assert detail["status"] == "done", detail
+    [done] = detail["nodes"][1]["requests"]
+    assert (done["status"], done["attempts"]) == ("success", 1)
+    assert taken.empty()  # not delivered again
