@@ -78,6 +78,22 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra host names/IPs in the embedded nats-server's certificate.",
     )
+    embedded_restart_max: int = Field(
+        5,
+        ge=1,
+        description="Failed restarts in a row of an embedded server (PostgreSQL, nats-server) "
+        "before `xbusd serve` gives up and exits non-zero.",
+    )
+    embedded_down_grace: float = Field(
+        30.0,
+        gt=0,
+        description="/healthz fails once an embedded server has been down this long (s).",
+    )
+    embedded_status_file: Path | None = Field(
+        None,
+        description="Where the embedded servers' watchdog writes their state (set by `xbusd "
+        "serve` itself for its workers).",
+    )
     pki_dir: Path | None = Field(
         None,
         description="The CA (ca.crt, ca.key) that signs the actors' certificates, and the embedded "

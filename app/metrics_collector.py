@@ -44,6 +44,7 @@ from app.models.enums import (
     RequestChannel,
     RequestStatus,
 )
+from app.runtime.watchdog import UP, read_status
 from app.state import AppState
 from app.store.processes import STRANDED_COUNT
 from app.version import version
@@ -362,6 +363,25 @@ class BusCollector(Collector):
         yield info
         if self.state is not None:
             yield from pool_families(self.state)
+        yield from embedded_families(self.settings)
+
+
+def embedded_families(settings: Settings) -> list[Metric]:
+    """The embedded servers as the watchdog of `xbusd serve` last saw them (none when the
+    database and NATS are external)."""
+    servers = read_status(settings.embedded_status_file)
+    if not servers:
+        return []
+    up = _gauge("xbus_embedded_server_up", "Whether an embedded server runs", ["server"])
+    restarts = CounterMetricFamily(
+        "xbus_embedded_server_restarts",
+        "Times an embedded server was restarted after it exited",
+        labels=["server"],
+    )
+    for name, server in sorted(servers.items()):
+        up.add_metric([name], 1 if server.get("state") == UP else 0)
+        restarts.add_metric([name], int(server.get("restarts") or 0))
+    return [up, restarts]
 
 
 def pool_families(state: AppState) -> list[Metric]:

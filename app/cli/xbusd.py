@@ -9,13 +9,16 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from app.config import ConfigFileError, Settings, load_settings
 from app.logs import setup_logging_for, stop_logging
 from app.version import full_version, version
+
+if TYPE_CHECKING:
+    from app.runtime.embedded import EmbeddedRuntime
 
 log = logging.getLogger("xbusd")
 
@@ -105,6 +108,14 @@ def _server_class() -> type[Any]:
     return Server
 
 
+def _exit_if_failed(runtime: EmbeddedRuntime) -> None:
+    """Stopped because an embedded server could not be restarted: exit non-zero, for the
+    service manager (systemd, Kubernetes) to restart the whole node."""
+    if runtime.failure is not None:
+        log.error("stopped: %s", runtime.failure)
+        raise typer.Exit(3)
+
+
 @cli.command()
 def serve(
     config: ConfigOpt = None,
@@ -145,13 +156,15 @@ def serve(
     setup_logging_for(settings)
     _Server = _server_class()
     try:
-        with EmbeddedRuntime(settings) as effective:
+        runtime = EmbeddedRuntime(settings, watch=True)
+        with runtime as effective:
             if effective.serve_workers > 1:
                 from app.cli.workers import serve_workers
 
                 if not serve_workers(effective):
                     log.error("a worker failed to start; stopped")
                     raise typer.Exit(1)
+                _exit_if_failed(runtime)
                 return
             app = create_app(effective)
             server = _Server(
@@ -168,6 +181,7 @@ def serve(
             server.run()
             if not server.started:
                 raise typer.Exit(1)
+            _exit_if_failed(runtime)
     except typer.Exit:
         raise  # a RuntimeError too, but already said
     except DataDirBusyError as exc:

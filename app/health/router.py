@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,6 +10,7 @@ from pydantic import BaseModel
 
 from app.core.deps import State
 from app.migrations import head_revision
+from app.runtime.watchdog import UP, read_status
 from app.version import PROTOCOL_VERSION, full_version, version
 
 router = APIRouter(tags=["health"])
@@ -34,8 +36,42 @@ class VersionInfo(BaseModel):
     dependencies: dict[str, str | None]
 
 
-@router.get("/healthz", summary="Liveness: 200 while the process runs", response_model=Health)
-async def healthz() -> Health:
+def _embedded(settings: Any) -> dict[str, str]:
+    """What is wrong with the embedded servers: {name: why} for each not up."""
+    wrong = {}
+    now = time.time()
+    for name, server in read_status(settings.embedded_status_file).items():
+        if server.get("state") == UP:
+            continue
+        since = server.get("down_since")
+        down = f"down for {now - since:.0f} s" if isinstance(since, int | float) else "down"
+        why = f"{server.get('state')}, {down}, last exit code {server.get('last_exit')}"
+        if server.get("last_error"):
+            why += f", last error: {server['last_error']}"
+        wrong[name] = why
+    return wrong
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness: 200 while the process runs and its embedded servers are not down "
+    "past their restart window",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "An embedded server stays down"}},
+)
+async def healthz(state: State) -> Any:
+    settings = state.settings
+    if settings.embedded_status_file is None:
+        return Health(status="ok")
+    now = time.time()
+    for name, server in read_status(settings.embedded_status_file).items():
+        since = server.get("down_since")
+        stuck = server.get("state") != UP and (
+            not isinstance(since, int | float) or now - since > settings.embedded_down_grace
+        )
+        if stuck:
+            body = Health(status=f"the embedded {name} is down: {_embedded(settings)[name]}")
+            return JSONResponse(body.model_dump(), status_code=503)
     return Health(status="ok")
 
 
@@ -64,6 +100,8 @@ async def readyz(state: State) -> Any:
         checks["nats"] = "disabled"
     else:
         checks["nats"] = "ok" if state.nats.is_connected else "unavailable"
+    for name in read_status(state.settings.embedded_status_file):
+        checks[f"embedded {name}"] = _embedded(state.settings).get(name, "ok")
     ready = all(v in ("ok", "disabled") for v in checks.values())
     body = Readiness(status="ready" if ready else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

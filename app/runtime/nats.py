@@ -60,6 +60,10 @@ class EmbeddedNats:
         self.monitor_port = children.free_port("127.0.0.1")
         if self.tls is not None and not self.auth_file.exists():
             self.auth_file.write_text(render_auth([]))
+        self._launch(timeout)
+        return self.url()
+
+    def _launch(self, timeout: float) -> None:
         self.config_file.write_text(self._config())
         args = [server_binary(), "-c", str(self.config_file)]
         self.process = children.spawn(args, log_file=self.log_file, death_signal=signal.SIGTERM)
@@ -67,7 +71,25 @@ class EmbeddedNats:
             self._ready, timeout, "embedded nats-server", self.process, self.log_file
         )
         log.info("embedded nats-server ready on %s (pid %d)", self.url(), self.process.pid)
-        return self.url()
+
+    # --- watched (app/runtime/watchdog.py)
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start it again where it was (same ports: clients reconnect to the same URL; the
+        authorization file is included as it stands). A port taken meanwhile makes
+        nats-server exit at once: the watchdog tries again."""
+        self._clean_stale()
+        try:
+            self._launch(timeout)
+        except BaseException:
+            if self.process is not None and self.process.poll() is None:
+                self.stop(10)  # started but never ready: not left beside the next try
+            raise
 
     def _config(self) -> str:
         return "\n".join(

@@ -112,6 +112,11 @@ class EmbeddedPostgres:
         self._clean_stale()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
+        self._launch(timeout)
+        self._ensure_database()
+        return self.url()
+
+    def _launch(self, timeout: float) -> None:
         args = [
             str(_bin_dir() / "postgres"),
             "-D",
@@ -132,9 +137,26 @@ class EmbeddedPostgres:
         children.wait_until(
             self._ready, timeout, "embedded PostgreSQL", self.process, self.log_file
         )
-        self._ensure_database()
         log.info("embedded PostgreSQL ready (pid %d, data %s)", self.process.pid, self.pgdata)
-        return self.url()
+
+    # --- watched (app/runtime/watchdog.py)
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start it again on the same data and socket (after a crash PostgreSQL replays its
+        WAL first). Fails while the dead server's backends still hold its shared memory:
+        the watchdog tries again."""
+        self._clean_stale()
+        try:
+            self._launch(timeout)
+        except BaseException:
+            if self.process is not None and self.process.poll() is None:
+                self.stop(10)  # started but never ready: not left beside the next try
+            raise
 
     def url(self, database: str = DATABASE) -> str:
         return (

@@ -38,9 +38,9 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, env: dict[str, str] | None = None) -> None:
         # One process unless the test asks for workers (--workers wins over the variable).
-        env = {**_clean_env(), "XBUS_NATS_PORT": "0", "XBUS_WORKERS": "1"}
+        env = {**_clean_env(), "XBUS_NATS_PORT": "0", "XBUS_WORKERS": "1", **(env or {})}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -121,7 +121,13 @@ def test_start_stop_restart_keeps_data(server: Server) -> None:
     startup = time.monotonic() - started
     first = server.whoami()
     ready = httpx.get(server.url + "/readyz").json()
-    assert ready["checks"] == {"database": "ok", "migrations": "ok", "nats": "ok"}
+    assert ready["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "nats": "ok",
+        "embedded postgres": "ok",
+        "embedded nats-server": "ok",
+    }
     children = server.children()
     names = {p.name() for p in children}
     assert {"postgres", "nats-server"} <= names, names
