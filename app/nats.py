@@ -45,7 +45,9 @@ class NatsConnection:
         while True:
             try:
                 self.client = await nats.connect(
-                    self.url,
+                    # Several servers (a cluster), comma-separated: tried in turn, and the
+                    # others the cluster announces are learnt at connection.
+                    [url.strip() for url in self.url.split(",") if url.strip()],
                     name=self.name,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,

@@ -22,8 +22,8 @@ from xbus import xbus_pb2
 from app.bus.director import Director, Message, add_log
 from app.bus.notify import NATS_WORK
 from app.core.exceptions import XbusError
-from app.models import Actor, ActorRequest
-from app.models.enums import LogLevel, RequestChannel, RequestStatus
+from app.models import Account, Actor, ActorRequest
+from app.models.enums import ActorStatus, LogLevel, RequestChannel, RequestStatus
 from app.nats_api.auth import server_inbox_prefix
 from app.nats_api.convert import LOG_LEVEL_FROM_PB
 from app.nats_api.liveness import Liveness
@@ -36,6 +36,13 @@ pb: Any = xbus_pb2
 RUNNING, SUCCESS, ERROR = 1, 2, 3
 _BATCH = 50
 _MAX_IN_FLIGHT = 200
+# How often actors marked offline for not answering are tried again, and how many a pass.
+PROBE_EVERY = 2.0
+_PROBE_BATCH = 20
+
+
+class NoResponders(ConnectionError):
+    """Nobody listens on the actor's subject: nothing was delivered."""
 
 
 def messages_of(state: Any) -> list[Message]:
@@ -74,6 +81,60 @@ class NatsDispatcher:
                 # timeout catches the rest (an actor that came back, a retry now due).
                 await self.state.notifier.wait(NATS_WORK, 0.5)
 
+    async def probe_loop(self) -> None:
+        """Actors marked offline for not answering come back when they call the bus, but a
+        python-xbus consumer that reconnected (to another node of a cluster) calls nothing
+        and announces nothing: one due request of each is tried again every PROBE_EVERY
+        seconds. Nobody listening gives it back at once, uncounted; an answer brings the
+        actor back online and its other requests follow."""
+        while True:
+            await asyncio.sleep(PROBE_EVERY)
+            try:
+                for actor_id in await self._to_probe():
+                    async with self.state.db.session() as session:
+                        leased = await self.director.lease(
+                            session,
+                            actor_id,
+                            self.holder,
+                            channels=(RequestChannel.POLL, RequestChannel.NATS),
+                            moved_to=RequestChannel.NATS,
+                            lease=timedelta(seconds=self.state.settings.request_lease),
+                        )
+                    for request in leased:
+                        await self.slots.acquire()
+                        task = asyncio.create_task(self._deliver(request.id, probe=True))
+                        self.in_flight.add(task)
+                        task.add_done_callback(self._done)
+            except Exception:
+                log.exception("probing offline NATS actors failed")
+
+    async def _to_probe(self) -> list[uuid.UUID]:
+        """Enabled actors marked offline for not answering, of accounts that hold a NATS
+        certificate, with a request due."""
+        async with self.state.db.session() as session:
+            due = (
+                sa.select(ActorRequest.id)
+                .where(
+                    ActorRequest.actor_id == Actor.id,
+                    ActorRequest.status == RequestStatus.PENDING,
+                    ActorRequest.available_at <= datetime.now(UTC),
+                )
+                .exists()
+            )
+            rows = await session.execute(
+                sa.select(Actor.id)
+                .join(Account, Account.id == Actor.account_id)
+                .where(
+                    Actor.unresponsive.is_(True),
+                    Actor.online.is_(False),
+                    Actor.status == ActorStatus.ENABLED,
+                    Account.certificate.is_not(None),
+                    due,
+                )
+                .limit(_PROBE_BATCH)
+            )
+            return list(rows.scalars())
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         self.slots.release()
@@ -97,7 +158,7 @@ class NatsDispatcher:
             )
         return [request.id for request in leased]
 
-    async def _deliver(self, request_id: uuid.UUID) -> None:
+    async def _deliver(self, request_id: uuid.UUID, *, probe: bool = False) -> None:
         async with self.state.db.session() as session:
             request = await session.get(ActorRequest, request_id)
             if request is None or request.actor_id is None:
@@ -124,8 +185,11 @@ class NatsDispatcher:
             ):
                 if not msg.data:
                     if msg.headers and msg.headers.get("Status") == "503":
-                        raise ConnectionError("no responders")
+                        raise NoResponders("no responders")
                     continue
+                if probe:
+                    probe = False
+                    await self.liveness.seen(str(actor_id))  # it answers: back online
                 state = pb.ActorProcessingState.FromString(msg.data)
                 if state.status == RUNNING:
                     await self._report(request_id, RequestStatus.RUNNING, messages_of(state))
@@ -135,6 +199,9 @@ class NatsDispatcher:
                     )
                     await self._report(request_id, status, messages_of(state))
                     final = True
+        except NoResponders:
+            await self._unreachable(request_id, actor_id, "no responders", counted=False)
+            return
         except (TimeoutError, ConnectionError) as exc:
             if not final:
                 await self._unreachable(request_id, actor_id, str(exc) or type(exc).__name__)
@@ -191,11 +258,14 @@ class NatsDispatcher:
                 .values(status=RequestStatus.RUNNING, lease_expires_at=datetime.now(UTC) + lease)
             )
 
-    async def _unreachable(self, request_id: uuid.UUID, actor_id: uuid.UUID, why: str) -> None:
+    async def _unreachable(
+        self, request_id: uuid.UUID, actor_id: uuid.UUID, why: str, *, counted: bool = True
+    ) -> None:
         """No answer: the actor is marked offline (an error in the log) and the delivery
         counts as an attempt. Below the request's attempt limit it waits for the actor to
         come back (or for an HTTP poll); at the limit it ends in error, and its node with it
-        (the reason in the process log and its postmortem)."""
+        (the reason in the process log and its postmortem). Nobody listening (`counted`
+        False): nothing was delivered, the attempt is given back."""
         exhausted: str | None = None
         async with self.state.db.session() as session:
             actor = await session.get(Actor, actor_id)
@@ -205,7 +275,12 @@ class NatsDispatcher:
                 actor.online = False
                 actor.unresponsive = True
                 log.error("actor %s marked offline after not responding (%s)", name, why)
-            if request is not None and request.status == RequestStatus.LEASED:
+            if request is not None and request.status == RequestStatus.LEASED and not counted:
+                request.status = RequestStatus.PENDING
+                request.channel = RequestChannel.POLL
+                request.lease_expires_at = None
+                request.attempts = max(request.attempts - 1, 0)
+            elif request is not None and request.status == RequestStatus.LEASED:
                 if request.attempts >= request.max_attempts:
                     exhausted = (
                         f"actor {name} did not answer ({why}) on any of the "

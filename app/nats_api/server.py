@@ -236,6 +236,7 @@ async def run_nats_api(state: AppState) -> None:
     state.nats_api_ready.set()
     tasks = [
         asyncio.create_task(api.dispatcher.run(), name="nats-dispatcher"),
+        asyncio.create_task(api.dispatcher.probe_loop(), name="nats-probe"),
         asyncio.create_task(api.auth_loop(), name="nats-auth"),
         asyncio.create_task(api.survey_loop(), name="nats-survey"),
     ]
