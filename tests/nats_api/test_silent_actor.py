@@ -12,12 +12,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from xbus import client as xbus_client
 from xbus import xbus_nrpc, xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.models import LogEntry
-from app.nats_api import liveness
+from app.nats_api import dispatcher, liveness
 from tests.bus.conftest import ENVELOPE, chain
 from tests.nats_api.conftest import NatsBus
+
+
+@pytest.fixture(autouse=True)
+def no_probes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests watch what a silence does; the probe of offline actors (every 2 s) would
+    deliver again on its own schedule. The test of the probe keeps it."""
+    if "probe" not in request.node.name:
+        monkeypatch.setattr(dispatcher, "PROBE_EVERY", 3600.0)
 
 
 @pytest.fixture
@@ -210,3 +219,58 @@ async def test_a_late_answer_is_taken_while_the_request_waits(nats_bus: NatsBus)
     [done] = detail["nodes"][1]["requests"]
     assert (done["status"], done["attempts"]) == ("success", 1)
     assert taken.empty()  # not delivered again
+
+
+async def test_an_actor_that_listens_again_without_a_word_is_found_by_the_probe(
+    nats_bus: NatsBus,
+) -> None:
+    """python-xbus's subscription goes (its connection was lost): a request sent meanwhile
+    finds no responders and is given back without using an attempt. The subscription comes
+    back without ActorReady (python-xbus announces nothing after a reconnection): the
+    probe delivers the request, the actor is online again, and the process ends done."""
+    account = await nats_bus.nats_account(
+        {"p.emitter": {"kind": "emitter"}, "p.consumer": {"kind": "consumer"}}
+    )
+    await nats_bus.pipeline(chain("p.emitter", ("consumer", "p.consumer")))
+    client = await nats_bus.connect(account)
+    consumer = client.get_actor("p.consumer")
+    consumed: asyncio.Queue[int] = asyncio.Queue()
+
+    async def consume(apc: Any) -> None:
+        envelope = await apc.read_envelope_complete("default", 10)
+        consumed.put_nowait(len(envelope.events))
+
+    subscription = await consumer.subscribe(consume)  # ActorReady: online
+    await subscription.sub.unsubscribe()  # gone, without ActorLeaving
+
+    emitted = await account.http.post("/api/v1/actors/p.emitter/output", json=ENVELOPE)
+    process_id = emitted.json()["process_id"]
+    for _ in range(100):
+        actor = (await account.http.get("/api/v1/actors/p.consumer")).json()
+        if actor["unresponsive"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the actor nobody listens for was not marked offline")
+    assert not actor["online"]
+    detail = (await account.http.get(f"/api/v1/processes/{process_id}")).json()
+    [request] = detail["nodes"][1]["requests"]
+    assert (request["status"], request["attempts"]) == ("pending", 0)  # nothing delivered
+
+    handler = xbus_nrpc.ActorAgentHandler(
+        client.clientconn(), xbus_client.ActorAgentServer(consumer, consume)
+    )
+    await client.clientconn().subscribe(
+        handler.subject(svc_actorID=str(consumer.id)), cb=handler.handler
+    )
+    assert await asyncio.wait_for(consumed.get(), 20) == 1
+    detail = (await account.http.get(f"/api/v1/processes/{process_id}", params={"wait": 10})).json()
+    assert detail["status"] == "done", detail
+    [request] = detail["nodes"][1]["requests"]
+    assert (request["status"], request["attempts"]) == ("success", 1)
+    for _ in range(50):
+        if (await account.http.get("/api/v1/actors/p.consumer")).json()["online"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the actor found by the probe is not online")
