@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -69,6 +70,25 @@ def spawn(
         )
     finally:
         out.close()
+
+
+class Server(Protocol):
+    process: subprocess.Popen[bytes] | None
+
+    def launch(self, timeout: float) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
+def relaunch(server: Server, timeout: float) -> None:
+    """Start a server that exited again; one that started but never became ready is stopped,
+    not left beside the next try."""
+    try:
+        server.launch(timeout)
+    except BaseException:
+        if server.process is not None and server.process.poll() is None:
+            server.stop(10)
+        raise
 
 
 def stop(process: subprocess.Popen[bytes], sig: int, timeout: float, name: str) -> None:
@@ -164,6 +184,7 @@ __all__ = [
     "free_port",
     "port_is_free",
     "read_pid",
+    "relaunch",
     "spawn",
     "stop",
     "stop_stale",

@@ -60,10 +60,10 @@ class EmbeddedNats:
         self.monitor_port = children.free_port("127.0.0.1")
         if self.tls is not None and not self.auth_file.exists():
             self.auth_file.write_text(render_auth([]))
-        self._launch(timeout)
+        self.launch(timeout)
         return self.url()
 
-    def _launch(self, timeout: float) -> None:
+    def launch(self, timeout: float) -> None:
         self.config_file.write_text(self._config())
         args = [server_binary(), "-c", str(self.config_file)]
         self.process = children.spawn(args, log_file=self.log_file, death_signal=signal.SIGTERM)
@@ -84,12 +84,7 @@ class EmbeddedNats:
         authorization file is included as it stands). A port taken meanwhile makes
         nats-server exit at once: the watchdog tries again."""
         self._clean_stale()
-        try:
-            self._launch(timeout)
-        except BaseException:
-            if self.process is not None and self.process.poll() is None:
-                self.stop(10)  # started but never ready: not left beside the next try
-            raise
+        children.relaunch(self, timeout)
 
     def _config(self) -> str:
         return "\n".join(
@@ -130,10 +125,13 @@ class EmbeddedNats:
         scheme = "tls" if self.tls is not None else "nats"
         return f"{scheme}://{host}:{self.port}"
 
+    # What readiness asks the monitoring port (a server without JetStream asks less).
+    health_path = "/healthz?js-enabled-only=true"
+
     def _ready(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.monitor_port), timeout=0.5) as sock:
-                sock.sendall(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\n\r\n")
+                sock.sendall(f"GET {self.health_path} HTTP/1.0\r\n\r\n".encode())
                 return b" 200 " in sock.recv(128)
         except OSError:
             return False

@@ -112,11 +112,11 @@ class EmbeddedPostgres:
         self._clean_stale()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
-        self._launch(timeout)
+        self.launch(timeout)
         self._ensure_database()
         return self.url()
 
-    def _launch(self, timeout: float) -> None:
+    def launch(self, timeout: float) -> None:
         args = [
             str(_bin_dir() / "postgres"),
             "-D",
@@ -151,12 +151,7 @@ class EmbeddedPostgres:
         WAL first). Fails while the dead server's backends still hold its shared memory:
         the watchdog tries again."""
         self._clean_stale()
-        try:
-            self._launch(timeout)
-        except BaseException:
-            if self.process is not None and self.process.poll() is None:
-                self.stop(10)  # started but never ready: not left beside the next try
-            raise
+        children.relaunch(self, timeout)
 
     def url(self, database: str = DATABASE) -> str:
         return (

@@ -60,21 +60,13 @@ class ClusterNode(EmbeddedNats):
             ]
         )
 
-    def _launch(self, timeout: float) -> None:
+    def launch(self, timeout: float) -> None:
         link = self.base / "cluster-auth.conf"
         if not link.is_symlink():
             link.symlink_to(self.auth_file)
-        super()._launch(timeout)
+        super().launch(timeout)
 
-    def _ready(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.monitor_port), timeout=0.5) as sock:
-                sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                return b" 200 " in sock.recv(128)
-        except OSError:
-            return False
+    health_path = "/healthz"  # no JetStream here
 
 
 class NatsCluster:

@@ -82,6 +82,14 @@ class Server:
         body: dict[str, object] = r.json()
         return body
 
+    def close(self) -> None:
+        """After a test: the server and any embedded server it left, killed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for leftover in _servers_using(self.data_dir):
+            leftover.kill()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -108,11 +116,7 @@ def _servers_using(data_dir: Path) -> list[psutil.Process]:
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "data")
     yield srv
-    if srv.proc is not None and srv.proc.poll() is None:
-        srv.proc.kill()
-        srv.proc.wait()
-    for leftover in _servers_using(srv.data_dir):
-        leftover.kill()
+    srv.close()
 
 
 def test_start_stop_restart_keeps_data(server: Server) -> None:

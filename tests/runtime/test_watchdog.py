@@ -31,11 +31,7 @@ pytestmark = pytest.mark.timeout(240)
 def watched(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "data")
     yield srv
-    if srv.proc is not None and srv.proc.poll() is None:
-        srv.proc.kill()
-        srv.proc.wait()
-    for leftover in _servers_using(srv.data_dir):
-        leftover.kill()
+    srv.close()
 
 
 def _pid(server: Server, name: str) -> int:

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.runtime.test_serve import Server, _gone, _servers_using
+from tests.runtime.test_serve import Server, _gone
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,11 +29,7 @@ ENVELOPE = {"events": [{"type": "order.created", "encoding": "json", "items": [{
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "data", "--workers", "2")
     yield srv
-    if srv.proc is not None and srv.proc.poll() is None:
-        srv.proc.kill()
-        srv.proc.wait()
-    for leftover in _servers_using(srv.data_dir):
-        leftover.kill()
+    srv.close()
 
 
 def _workers(server: Server) -> list[psutil.Process]:
