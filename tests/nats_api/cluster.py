@@ -33,7 +33,6 @@ class ClusterNode(EmbeddedNats):
         self.routes: list[int] = []
 
     def _config(self) -> str:
-        assert self.tls is not None
         routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
         return "\n".join(
             [
@@ -48,20 +47,13 @@ class ClusterNode(EmbeddedNats):
                 f"  listen: 127.0.0.1:{self.cluster_port}",
                 f"  routes: [{routes}]",
                 "}",
-                "tls {",
-                f"  cert_file: {json.dumps(str(self.tls.server_cert))}",
-                f"  key_file: {json.dumps(str(self.tls.server_key))}",
-                f"  ca_file: {json.dumps(str(self.tls.ca_file))}",
-                "  verify_and_map: true",
-                "  timeout: 5",
-                "}",
-                "include cluster-auth.conf",
+                *self._tls_config(),  # as the embedded server: TLS, the auth file included
                 "",
             ]
         )
 
     def launch(self, timeout: float) -> None:
-        link = self.base / "cluster-auth.conf"
+        link = self.base / self.auth_file.name  # what the include names, beside the config
         if not link.is_symlink():
             link.symlink_to(self.auth_file)
         super().launch(timeout)

@@ -114,6 +114,9 @@ async def test_the_node_of_an_actor_dies(
     try:
         first = await emit("before")
         assert await actors[0].line() == {"items": ["before"]}
+        # Its answer reached the bus (the node is killed while the actor is idle).
+        r = await account.http.get(f"/api/v1/processes/{first}", params={"wait": 10})
+        assert r.json()["status"] == "done"
         node = cluster.nodes[2]
         assert node.process is not None
         os.kill(node.process.pid, signal.SIGKILL)
