@@ -1,5 +1,6 @@
-"""The bus on a 3-node NATS cluster (tests/nats_api/cluster.py): xbusd given nodes 0 and 1,
-a python-xbus 0.4.0 actor on node 2."""
+"""The bus on a 3-node NATS cluster (tests/nats_api/cluster.py): two xbusd replicas on one
+database, the test's own (given nodes 0 and 1) and an `xbusd serve` process on node 1, and a
+python-xbus 0.4.0 actor on node 2."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.bus.conftest import chain
 from tests.nats_api.cluster import NatsCluster
 from tests.nats_api.conftest import NatsBus, TlsNats
+from tests.production.servers import Xbusd
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,6 +46,31 @@ def settings_overrides(settings_overrides: dict[str, Any], cluster: NatsCluster)
     # reconnection costs nats_actor_timeout before the request goes out again.
     urls = ",".join(node.url() for node in cluster.nodes[:2])
     return {**settings_overrides, "nats_url": urls, "nats_actor_timeout": 3.0}
+
+
+def second_replica(nats_bus: NatsBus, cluster: NatsCluster, tmp_path: Path) -> Xbusd:
+    """`xbusd serve` on node 1, on the test app's database: a replica that shares the work
+    (its dispatcher claims requests too) and signals node 1 when it writes the auth file."""
+    node = cluster.nodes[1]
+    tls = cluster.tls
+    settings = nats_bus.app.state.xbus.settings
+    replica = Xbusd(
+        tmp_path / "replica",
+        settings.database_url,
+        node.url(),
+        env={
+            "XBUS_NATS_TLS_CA": str(tls.ca_file),
+            "XBUS_NATS_TLS_CERT": str(tls.client_cert),
+            "XBUS_NATS_TLS_KEY": str(tls.client_key),
+            "XBUS_NATS_AUTH_FILE": str(cluster.auth_file),
+            "XBUS_NATS_PID_FILE": str(node.pid_file),
+            "XBUS_NATS_MONITOR_URL": node.monitor_url,
+            "XBUS_PKI_DIR": str(cluster.root / "pki"),
+            "XBUS_NATS_ACTOR_TIMEOUT": "3",
+        },
+    )
+    replica.start().wait_ready()
+    return replica
 
 
 class Actor:
@@ -103,6 +131,7 @@ async def test_the_node_of_an_actor_dies(
         {"c.emitter": {"kind": "emitter"}, "c.consumer": {"kind": "consumer"}}
     )
     await nats_bus.pipeline(chain("c.emitter", ("consumer", "c.consumer")))
+    replica = second_replica(nats_bus, cluster, tmp_path)
     actors = [await Actor.start(account.conf, cluster.nodes[2].url(), tmp_path, 0)]
 
     async def emit(text: str) -> str:
@@ -139,6 +168,10 @@ async def test_the_node_of_an_actor_dies(
             assert request["status"] == "success", request
             assert request["attempts"] <= 2, request
         assert (await account.http.get("/api/v1/actors/c.consumer")).json()["online"]
+        # The other replica, on a node that stayed up, served throughout.
+        ready = (await asyncio.to_thread(httpx.get, replica.url + "/readyz")).json()
+        assert ready["status"] == "ready", ready
     finally:
         for actor in actors:
             await actor.kill()
+        replica.kill()
