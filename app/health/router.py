@@ -36,20 +36,22 @@ class VersionInfo(BaseModel):
     dependencies: dict[str, str | None]
 
 
-def _embedded(settings: Any) -> dict[str, str]:
-    """What is wrong with the embedded servers: {name: why} for each not up."""
-    wrong = {}
+def _embedded_down(servers: dict[str, dict[str, Any]]) -> dict[str, tuple[str, float | None]]:
+    """Of the embedded servers as the watchdog last wrote them (`read_status`), those not
+    up: {name: (why, seconds down, None when unknown)}."""
+    down = {}
     now = time.time()
-    for name, server in read_status(settings.embedded_status_file).items():
+    for name, server in servers.items():
         if server.get("state") == UP:
             continue
         since = server.get("down_since")
-        down = f"down for {now - since:.0f} s" if isinstance(since, int | float) else "down"
-        why = f"{server.get('state')}, {down}, last exit code {server.get('last_exit')}"
+        seconds = now - since if isinstance(since, int | float) else None
+        how_long = "down" if seconds is None else f"down for {seconds:.0f} s"
+        why = f"{server.get('state')}, {how_long}, last exit code {server.get('last_exit')}"
         if server.get("last_error"):
             why += f", last error: {server['last_error']}"
-        wrong[name] = why
-    return wrong
+        down[name] = (why, seconds)
+    return down
 
 
 @router.get(
@@ -61,16 +63,9 @@ def _embedded(settings: Any) -> dict[str, str]:
 )
 async def healthz(state: State) -> Any:
     settings = state.settings
-    if settings.embedded_status_file is None:
-        return Health(status="ok")
-    now = time.time()
-    for name, server in read_status(settings.embedded_status_file).items():
-        since = server.get("down_since")
-        stuck = server.get("state") != UP and (
-            not isinstance(since, int | float) or now - since > settings.embedded_down_grace
-        )
-        if stuck:
-            body = Health(status=f"the embedded {name} is down: {_embedded(settings)[name]}")
+    for name, (why, seconds) in _embedded_down(read_status(settings.embedded_status_file)).items():
+        if seconds is None or seconds > settings.embedded_down_grace:
+            body = Health(status=f"the embedded {name} is down: {why}")
             return JSONResponse(body.model_dump(), status_code=503)
     return Health(status="ok")
 
@@ -100,8 +95,10 @@ async def readyz(state: State) -> Any:
         checks["nats"] = "disabled"
     else:
         checks["nats"] = "ok" if state.nats.is_connected else "unavailable"
-    for name in read_status(state.settings.embedded_status_file):
-        checks[f"embedded {name}"] = _embedded(state.settings).get(name, "ok")
+    servers = read_status(state.settings.embedded_status_file)
+    down = _embedded_down(servers)
+    for name in servers:
+        checks[f"embedded {name}"] = down[name][0] if name in down else "ok"
     ready = all(v in ("ok", "disabled") for v in checks.values())
     body = Readiness(status="ready" if ready else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -275,13 +275,8 @@ class NatsDispatcher:
                 actor.online = False
                 actor.unresponsive = True
                 log.error("actor %s marked offline after not responding (%s)", name, why)
-            if request is not None and request.status == RequestStatus.LEASED and not counted:
-                request.status = RequestStatus.PENDING
-                request.channel = RequestChannel.POLL
-                request.lease_expires_at = None
-                request.attempts = max(request.attempts - 1, 0)
-            elif request is not None and request.status == RequestStatus.LEASED:
-                if request.attempts >= request.max_attempts:
+            if request is not None and request.status == RequestStatus.LEASED:
+                if counted and request.attempts >= request.max_attempts:
                     exhausted = (
                         f"actor {name} did not answer ({why}) on any of the "
                         f"{request.attempts} attempts"
@@ -290,6 +285,9 @@ class NatsDispatcher:
                     request.status = RequestStatus.PENDING
                     request.channel = RequestChannel.POLL
                     request.lease_expires_at = None
+                if not counted:
+                    request.attempts = max(request.attempts - 1, 0)
+                elif exhausted is None:
                     add_log(
                         session,
                         LogLevel.ERROR,

@@ -71,41 +71,29 @@ class Service:
             if input_type is not None:
                 args.append(input_type.FromString(msg.data))
             method = getattr(self.impl, mname)
-            await self._answer(msg, mname, method, args, streamed, has_reply, void_reply)
+            if streamed:
+                await nrpc.streamed_reply_handler(
+                    self.nc, msg.reply, self._logged(mname, method(*args))
+                )
+            else:
+                err = None
+                rep = None
+                try:
+                    rep = await method(*args)
+                except nrpc.exc.NrpcError as exc:
+                    err = exc.as_nrpc_error()
+                except Exception as exc:
+                    log.exception("%s.%s failed", self.name, mname)
+                    err = nrpc.exc.server_error(exc)
+                if has_reply and msg.reply:
+                    if err is not None:
+                        raw = b"\x00" + err.SerializeToString()
+                    elif rep is not None and not void_reply:
+                        raw = rep.SerializeToString()
+                    else:
+                        raw = b""
+                    await self.nc.publish(msg.reply, raw)
             if self.on_call is not None:
                 await self.on_call(args)
         except Exception:
             log.exception("error serving %s on %s (%s)", self.name, msg.subject, mname)
-
-    async def _answer(
-        self,
-        msg: Any,
-        mname: str,
-        method: Any,
-        args: list[Any],
-        streamed: bool,
-        has_reply: bool,
-        void_reply: bool,
-    ) -> None:
-        if streamed:
-            await nrpc.streamed_reply_handler(
-                self.nc, msg.reply, self._logged(mname, method(*args))
-            )
-            return
-        err = None
-        rep = None
-        try:
-            rep = await method(*args)
-        except nrpc.exc.NrpcError as exc:
-            err = exc.as_nrpc_error()
-        except Exception as exc:
-            log.exception("%s.%s failed", self.name, mname)
-            err = nrpc.exc.server_error(exc)
-        if has_reply and msg.reply:
-            if err is not None:
-                raw = b"\x00" + err.SerializeToString()
-            elif rep is not None and not void_reply:
-                raw = rep.SerializeToString()
-            else:
-                raw = b""
-            await self.nc.publish(msg.reply, raw)

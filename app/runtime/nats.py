@@ -73,12 +73,6 @@ class EmbeddedNats:
         log.info("embedded nats-server ready on %s (pid %d)", self.url(), self.process.pid)
 
     # --- watched (app/runtime/watchdog.py)
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    def exited(self) -> int | None:
-        return self.process.poll() if self.process is not None else None
-
     def restart(self, timeout: float = 30.0) -> None:
         """Start it again where it was (same ports: clients reconnect to the same URL; the
         authorization file is included as it stands). A port taken meanwhile makes

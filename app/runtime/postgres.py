@@ -140,12 +140,6 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL ready (pid %d, data %s)", self.process.pid, self.pgdata)
 
     # --- watched (app/runtime/watchdog.py)
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    def exited(self) -> int | None:
-        return self.process.poll() if self.process is not None else None
-
     def restart(self, timeout: float = 60.0) -> None:
         """Start it again on the same data and socket (after a crash PostgreSQL replays its
         WAL first). Fails while the dead server's backends still hold its shared memory:

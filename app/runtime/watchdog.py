@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,13 +37,19 @@ _STABLE_AFTER = 30.0
 class Child(Protocol):
     """An embedded server: its process, its log, and how to start it again as it was."""
 
+    process: subprocess.Popen[bytes] | None
     log_file: Path
 
-    def pid(self) -> int | None: ...
-
-    def exited(self) -> int | None: ...
-
     def restart(self) -> None: ...
+
+
+def _pid(child: Child) -> int | None:
+    return child.process.pid if child.process is not None else None
+
+
+def _exited(child: Child) -> int | None:
+    """The exit code of a server that exited (None while it runs, or before it started)."""
+    return child.process.poll() if child.process is not None else None
 
 
 @dataclass
@@ -54,11 +61,6 @@ class ServerStatus:
     down_since: float | None = None  # wall clock (time.time())
     last_exit: int | None = None
     last_error: str | None = None
-
-
-@dataclass
-class Status:
-    servers: dict[str, ServerStatus] = field(default_factory=dict)
 
 
 class Watchdog:
@@ -74,14 +76,14 @@ class Watchdog:
         self.on_give_up = on_give_up
         self.backoff = backoff
         self.children: dict[str, Child] = {}
-        self.status = Status()
+        self.servers: dict[str, ServerStatus] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._up_since: dict[str, float] = {}
 
     def watch(self, name: str, child: Child) -> None:
         self.children[name] = child
-        self.status.servers[name] = ServerStatus(pid=child.pid())
+        self.servers[name] = ServerStatus(pid=_pid(child))
         self._up_since[name] = time.monotonic()
 
     def start(self) -> None:
@@ -100,12 +102,12 @@ class Watchdog:
     def _run(self) -> None:
         while not self._stop.wait(_POLL):
             for name, child in self.children.items():
-                code = child.exited()
+                code = _exited(child)
                 if code is not None and not self._stop.is_set():
                     self._recover(name, child, code)
 
     def _recover(self, name: str, child: Child, code: int) -> None:
-        status = self.status.servers[name]
+        status = self.servers[name]
         if time.monotonic() - self._up_since[name] > _STABLE_AFTER:
             status.failed_in_a_row = 0
         status.state, status.last_exit, status.down_since = RESTARTING, code, time.time()
@@ -148,7 +150,7 @@ class Watchdog:
                     return
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
-            status.state, status.pid, status.down_since = UP, child.pid(), None
+            status.state, status.pid, status.down_since = UP, _pid(child), None
             status.restarts += 1
             self._up_since[name] = time.monotonic()
             log.warning(
@@ -160,7 +162,7 @@ class Watchdog:
     def _write(self) -> None:
         body = {
             "pid": os.getpid(),
-            "servers": {n: asdict(s) for n, s in self.status.servers.items()},
+            "servers": {n: asdict(s) for n, s in self.servers.items()},
         }
         temporary = self.status_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(body))
