@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         description="On SIGTERM, HTTP requests in flight (long-polls included) get this long "
         "to finish before they are cut (s).",
     )
+    # --- web console
+    console_enabled: bool = Field(
+        True, description="Serve the web console at /console (false: it answers 404)."
+    )
+    console_session_ttl: int = Field(
+        8 * 3600,
+        ge=60,
+        description="Life of a console sign-in (s): the session cookie then stops working.",
+    )
     # --- database
     db_pool_size: int = Field(20, ge=1, description="SQLAlchemy pool size per process.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections over the pool size.")

@@ -3,6 +3,7 @@ on `Base.metadata` (Alembic and the tests rely on that)."""
 
 from app.models.accounts import Account, Actor, SessionToken
 from app.models.base import Base
+from app.models.console import ConsoleSession
 from app.models.envelopes import Envelope, Event, IdempotencyKey, Item
 from app.models.pipelines import Pipeline
 from app.models.processes import LogEntry, Process, ProcessNode
@@ -13,6 +14,7 @@ __all__ = [
     "Actor",
     "ActorRequest",
     "Base",
+    "ConsoleSession",
     "DeliveryAttempt",
     "Envelope",
     "Event",

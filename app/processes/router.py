@@ -7,11 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.actors.access import find_actor
 from app.bus.notify import process_key
 from app.core.deps import Caller, Session, SettingsDep, State
 from app.core.errors import Problem
-from app.core.exceptions import BadRequest
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models.enums import ProcessStatus
 from app.processes import repository, service
@@ -51,27 +49,10 @@ async def list_processes(
         result_acked=result_acked,
         created_after=created_after,
         created_before=created_before,
-        account_id=None if caller.admin else caller.account_id,
     )
-    if emitter is not None:
-        actor = await find_actor(session, emitter)
-        flt.emitter_ids = [actor.id] if actor is not None else []
-    after = None
-    if cursor:
-        created, ident = decode_cursor(cursor, 2)
-        try:
-            after = (datetime.fromisoformat(created), uuid.UUID(ident))
-        except (TypeError, ValueError):
-            raise BadRequest("cursor is not one this server handed out") from None
-    size = min(limit or settings.page_size_default, settings.page_size_max)
-    rows = await repository.list_processes(session, flt, size + 1, after)
-    more = len(rows) > size
-    rows = rows[:size]
-    next_cursor = None
-    if more:
-        last = rows[-1].process
-        next_cursor = encode_cursor([last.created_at.isoformat(), str(last.id)])
-    return ProcessPage(items=[service.to_read(r) for r in rows], next_cursor=next_cursor)
+    return await service.list_page(
+        session, caller, settings, flt, emitter=emitter, cursor=cursor, limit=limit
+    )
 
 
 @router.get(

@@ -8,12 +8,15 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actors.access import find_actor
 from app.bus.routing import pipeline_graph
+from app.config import Settings
 from app.core.deps import Principal
-from app.core.exceptions import Conflict, NotFound
+from app.core.exceptions import BadRequest, Conflict, NotFound
+from app.core.pagination import decode_cursor, encode_cursor
 from app.models import Actor, Pipeline, Process
 from app.processes import repository
-from app.processes.schemas import NodeRead, Postmortem, ProcessDetail, ProcessRead
+from app.processes.schemas import NodeRead, Postmortem, ProcessDetail, ProcessPage, ProcessRead
 from app.requests.schemas import RequestSummary
 
 
@@ -43,6 +46,40 @@ def to_read(row: repository.ProcessRow) -> ProcessRead:
         result_acked=p.result_acked,
         postmortem=pm,
     )
+
+
+async def list_page(
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    flt: repository.ProcessFilter,
+    *,
+    emitter: str | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+) -> ProcessPage:
+    """A page of processes, newest first: the admin's of every process, an account's of
+    those its emitters started. `emitter` is an actor id or name."""
+    flt.account_id = None if principal.admin else principal.account_id
+    if emitter is not None:
+        actor = await find_actor(session, emitter)
+        flt.emitter_ids = [actor.id] if actor is not None else []
+    after = None
+    if cursor:
+        created, ident = decode_cursor(cursor, 2)
+        try:
+            after = (datetime.fromisoformat(created), uuid.UUID(ident))
+        except (TypeError, ValueError):
+            raise BadRequest("cursor is not one this server handed out") from None
+    size = min(limit or settings.page_size_default, settings.page_size_max)
+    rows = await repository.list_processes(session, flt, size + 1, after)
+    more = len(rows) > size
+    rows = rows[:size]
+    next_cursor = None
+    if more:
+        last = rows[-1].process
+        next_cursor = encode_cursor([last.created_at.isoformat(), str(last.id)])
+    return ProcessPage(items=[to_read(r) for r in rows], next_cursor=next_cursor)
 
 
 async def visible_process(
