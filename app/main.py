@@ -22,6 +22,7 @@ from app.bus.notify import Notifier
 from app.bus.routing import Targets
 from app.certs.pki import CertificateAuthority
 from app.config import Settings
+from app.console import web as console
 from app.core.bodylimit import BodyLimitMiddleware
 from app.core.deps import authenticate
 from app.core.errors import PROBLEM_JSON, install_error_handlers
@@ -168,6 +169,8 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    if settings.console_enabled:
+        console.install(app)
     install_metrics(app, settings)
     declare_webhooks(app)
     app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size)

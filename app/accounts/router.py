@@ -172,7 +172,7 @@ def _ca(state: AppState) -> CertificateAuthority:
     return state.ca
 
 
-async def _commit_and_announce(session: AsyncSession, state: AppState) -> None:
+async def commit_and_announce(session: AsyncSession, state: AppState) -> None:
     """Commit now, then tell the NATS layer who may connect: it must see the change."""
     await session.commit()
     try:
@@ -208,7 +208,7 @@ async def accept_account(
 ) -> AccountCertificate:
     days = body.cert_expire_days if body is not None else None
     account = await service.accept_registration(session, _ca(state), id, days)
-    await _commit_and_announce(session, state)
+    await commit_and_announce(session, state)
     return AccountCertificate.of(account)
 
 
@@ -221,7 +221,7 @@ async def accept_account(
 )
 async def reject_account(id: AccountRef, _: Admin, session: Session, state: State) -> AccountRead:
     account = await service.reject_registration(session, id)
-    await _commit_and_announce(session, state)
+    await commit_and_announce(session, state)
     return AccountRead.of(account)
 
 
@@ -236,7 +236,7 @@ async def reset_account_cert(
     id: AccountRef, _: Admin, session: Session, state: State
 ) -> AccountCertificate:
     account = await service.reset_certificate(session, id)
-    await _commit_and_announce(session, state)
+    await commit_and_announce(session, state)
     return AccountCertificate.of(account)
 
 
@@ -270,7 +270,7 @@ async def renew_account_cert(
         as_account=principal.account_id if principal is not None else None,
         signature=body.signature,
     )
-    await _commit_and_announce(session, state)
+    await commit_and_announce(session, state)
     return CertificateRenewed(
         certificate=issued.pem,
         ca=ca.pem,

@@ -123,6 +123,7 @@ async def detail(session: AsyncSession, row: repository.ProcessRow) -> ProcessDe
                 created_at=request.created_at,
                 ended_at=request.ended_at,
                 last_error=request.last_error,
+                lease_expires_at=request.lease_expires_at,
             )
         )
     nodes = [

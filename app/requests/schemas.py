@@ -68,6 +68,9 @@ class RequestSummary(BaseModel):
     created_at: datetime
     ended_at: datetime | None
     last_error: str | None
+    lease_expires_at: datetime | None = Field(
+        None, description="While leased or running: when the lease runs out"
+    )
 
 
 class ActorRequestBatch(BaseModel):

@@ -141,7 +141,7 @@ async def retry_now(
         actor = await session.get(Actor, request.actor_id)
         if actor is not None and actor.webhook_suspended_at is not None:
             raise Conflict(
-                f"the webhook of actor {actor.name!r} is {_state(actor).value} "
+                f"the webhook of actor {actor.name!r} is {webhook_state(actor).value} "
                 f"({actor.webhook_suspended_reason}); enable it "
                 f"(POST /api/v1/actors/{actor.name}/webhook/enable) to deliver its requests"
             )
@@ -155,7 +155,7 @@ async def retry_now(
     return request
 
 
-def _state(actor: Actor) -> WebhookState:
+def webhook_state(actor: Actor) -> WebhookState:
     if actor.webhook_suspended_at is None:
         return WebhookState.ACTIVE
     if actor.webhook_probe_at is None:
@@ -176,7 +176,7 @@ async def webhook_view(session: AsyncSession, actor: Actor) -> WebhookRead:
     return WebhookRead(
         actor_id=actor.id,
         actor_name=actor.name,
-        state=_state(actor),
+        state=webhook_state(actor),
         suspended_at=actor.webhook_suspended_at,
         reason=actor.webhook_suspended_reason,
         next_probe_at=actor.webhook_probe_at,
@@ -213,7 +213,7 @@ async def enable(session: AsyncSession, principal: Principal, ref: str) -> Webho
 async def disable(session: AsyncSession, principal: Principal, ref: str) -> WebhookRead:
     """Hold every request of the webhook (pending, none failed, no probes) until enabled."""
     actor = await _webhook_actor(session, principal, ref)
-    if _state(actor) != WebhookState.DISABLED:
+    if webhook_state(actor) != WebhookState.DISABLED:
         actor.webhook_suspended_at = utcnow()
         actor.webhook_suspended_reason = f"disabled by {principal.name}"
         actor.webhook_probe_at = None

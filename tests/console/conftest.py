@@ -1,0 +1,138 @@
+"""Console fixtures: HTTP clients signed in through the sign-in form, and for the browser
+tests a real server on a free port and a headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from tests.bus.conftest import Bus, bus  # noqa: F401  (fixture)
+from tests.conftest import ADMIN_KEY
+
+BASE = "http://xbus.test"
+ORIGIN = {"Origin": BASE}
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+async def sign_in(app: FastAPI, key: str) -> httpx.AsyncClient:
+    """A client holding a console session of the account of `key`."""
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
+    r = await client.post("/console/login", data={"api_key": key}, headers=ORIGIN)
+    assert r.status_code == 303, r.text
+    return client
+
+
+@pytest.fixture
+async def console(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    client = await sign_in(app, ADMIN_KEY)
+    yield client
+    await client.aclose()
+
+
+# --------------------------------------------------------------------------- browser
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_path() -> str:
+    """Debian's chromium: XBUS_TEST_CHROMIUM, or on the PATH (scripts/test installs it)."""
+    path = os.environ.get("XBUS_TEST_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        pytest.fail(
+            "chromium not found: `apt-get install -y chromium` (scripts/test does it as root), "
+            "or set XBUS_TEST_CHROMIUM"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save a screenshot of each page: XBUS_CONSOLE_SCREENSHOTS
+    (docs/console to refresh the documentation's pictures), else a temporary directory."""
+    wanted = os.environ.get("XBUS_CONSOLE_SCREENSHOTS")
+    where = Path(wanted) if wanted else tmp_path_factory.mktemp("console-screenshots")
+    where.mkdir(parents=True, exist_ok=True)
+    print(f"\nconsole screenshots: {where}")
+    return where
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def live_url(app: FastAPI) -> AsyncIterator[str]:
+    """The test's app served over real HTTP on 127.0.0.1 (in this event loop)."""
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def page(browser: Any) -> AsyncIterator[Any]:
+    context = await browser.new_context(viewport={"width": 1360, "height": 900})
+    tab = await context.new_page()
+    tab.set_default_timeout(15_000)
+    try:
+        yield tab
+    finally:
+        await context.close()
+
+
+def chromium_version() -> str:
+    out = subprocess.run([chromium_path(), "--version"], capture_output=True, text=True)
+    return out.stdout.strip()
