@@ -181,25 +181,47 @@ async def process_ack(process_id: uuid.UUID, session: Session, user: FormUser) -
     return back_to(f"{PREFIX}/processes/{process_id}")
 
 
-@router.post("/processes/{process_id}/{action}")
-async def process_control(
+async def _control(
+    action: control.Action,
     process_id: uuid.UUID,
-    action: str,
     session: Session,
     director: DirectorDep,
     user: FormUser,
 ) -> Response:
-    if action not in ("pause", "resume", "cancel", "replay"):
-        raise BadRequest(f"no action {action!r} on a process")
     await require_admin(user.principal)
     process = await control.apply(
-        session,
-        director,
-        action,  # type: ignore[arg-type]
-        process_id,
-        operator=user.principal.name,
+        session, director, action, process_id, operator=user.principal.name
     )
     return back_to(f"{PREFIX}/processes/{process.id}")
+
+
+@router.post("/processes/{process_id}/pause")
+async def process_pause(
+    process_id: uuid.UUID, session: Session, director: DirectorDep, user: FormUser
+) -> Response:
+    return await _control("pause", process_id, session, director, user)
+
+
+@router.post("/processes/{process_id}/resume")
+async def process_resume(
+    process_id: uuid.UUID, session: Session, director: DirectorDep, user: FormUser
+) -> Response:
+    return await _control("resume", process_id, session, director, user)
+
+
+@router.post("/processes/{process_id}/cancel")
+async def process_cancel(
+    process_id: uuid.UUID, session: Session, director: DirectorDep, user: FormUser
+) -> Response:
+    return await _control("cancel", process_id, session, director, user)
+
+
+@router.post("/processes/{process_id}/replay")
+async def process_replay(
+    process_id: uuid.UUID, session: Session, director: DirectorDep, user: FormUser
+) -> Response:
+    """The new process's page follows."""
+    return await _control("replay", process_id, session, director, user)
 
 
 async def _envelope_view(

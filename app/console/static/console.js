@@ -30,6 +30,7 @@
       container: container,
       elements: elements,
       userZoomingEnabled: false,
+      maxZoom: 1.2,
       boxSelectionEnabled: false,
       autoungrabify: true,
       style: [
