@@ -36,10 +36,7 @@ async def _consume(account_http: httpx.AsyncClient, actor: str, status: str, tex
     level = "notice" if status == "success" else "error"
     r = await account_http.post(
         f"/api/v1/requests/{request_id}/state",
-        json={
-            "status": status,
-            "messages": [{"level": "notice" if status == "success" else "error", "text": text}],
-        },
+        json={"status": status, "messages": [{"level": level, "text": text}]},
     )
     assert r.status_code == 200, r.text
     return request_id
