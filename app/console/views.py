@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.pipelines.graph import DEFAULT_PORT, Graph
@@ -146,7 +146,7 @@ def timeline(
             )
             if request.lease_expires_at is not None and request.status in ("leased", "running"):
                 leased = request.lease_expires_at.timestamp() - lease_seconds
-                detail += f" · leased at {datetime.fromtimestamp(leased).strftime('%H:%M:%S')}"
+                detail += f" · leased at {datetime.fromtimestamp(leased, UTC).strftime('%H:%M:%S')}"
             if request.last_error:
                 detail += f" · {request.last_error[:120]}"
             bars.append(
