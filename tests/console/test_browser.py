@@ -110,9 +110,13 @@ async def test_admin_sees_the_graph_and_follows_a_process_to_done(
     assert process_id in await page.inner_html("#processes")
     await shot(page, screenshots, "processes")
 
+    # One more, left waiting for its consumers: the overview counts it.
+    r = await shop.http.post(f"/api/v1/actors/{orders['name']}/output", json=ENVELOPE)
+    assert r.status_code == 202
     await page.goto(f"{live_url}/console/")
     await page.wait_for_selector("#per-minute[data-drawn='1']")
-    assert await page.text_content("[data-figure='running']") == "0"
+    assert await page.text_content("[data-figure='running']") == "1"
+    assert await page.text_content("[data-figure='pending']") == "2"
     await shot(page, screenshots, "overview")
 
 
