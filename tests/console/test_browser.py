@@ -94,10 +94,11 @@ async def test_admin_sees_the_graph_and_follows_a_process_to_done(
     await page.wait_for_selector("#process-live[data-process-status='done']", timeout=20_000)
     assert await page.evaluate("window.notReloaded === true"), "the page was reloaded"
     states = await page.evaluate(
-        "() => { const cy = document.getElementById('graph'); "
-        "return JSON.parse(document.getElementById('process-live').dataset.nodeStates); }"
+        "JSON.parse(document.getElementById('process-live').dataset.nodeStates)"
     )
     assert states == {"orders": "done", "invoicing": "done", "archive": "done"}
+    # The graph drawn at the start is kept through the live updates (hx-preserve).
+    assert await page.locator("#graph[data-drawn='3'] canvas").count() >= 1
     timeline = await page.text_content(".timeline")
     assert "shop.invoicing" in timeline
     assert "attempt 1/" in timeline

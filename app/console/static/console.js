@@ -30,7 +30,7 @@
       container: container,
       elements: elements,
       userZoomingEnabled: false,
-      maxZoom: 1.2,
+      maxZoom: 1.5,
       boxSelectionEnabled: false,
       autoungrabify: true,
       style: [
