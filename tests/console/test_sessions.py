@@ -83,6 +83,9 @@ async def test_pages_need_a_session(client: httpx.AsyncClient) -> None:
     # The API keys do not open the console: only its own session does.
     r = await client.get("/console/", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert r.status_code == 303
+    r = await client.get("/console")  # the router's trailing-slash redirect
+    assert r.status_code == 307
+    assert r.headers["location"].endswith("/console/")
     r = await client.get("/console/login")
     assert r.status_code == 200
     assert 'name="api_key"' in r.text

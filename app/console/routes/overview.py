@@ -19,11 +19,6 @@ async def _live(session: Session, user: User) -> dict[str, object]:
     }
 
 
-@router.get("")
-async def root() -> Response:
-    return Response(status_code=307, headers={"Location": f"{PREFIX}/"})
-
-
 @router.get("/")
 async def overview_page(request: Request, session: Session, user: User) -> Response:
     return render(request, "overview.html", await _live(session, user), user=user)
