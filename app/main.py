@@ -63,6 +63,14 @@ ROUTERS = [
     ops_router.router,
 ]
 
+# The order requests are matched in. FastAPI, then the metrics middleware to name the
+# request, try the routes one by one (~2 µs each, ~70 routes: up to 0.25 ms a request), so
+# the routers of the hot paths (lease and report, emit) come first. No two routes of one
+# method match the same path (tests/core/test_routes.py): the order changes how many are
+# tried, never which one answers.
+MATCHED_FIRST = [requests_router.router, envelopes_router.router]
+MATCH_ORDER = [*MATCHED_FIRST, *(router for router in ROUTERS if router not in MATCHED_FIRST)]
+
 PROBLEM_SCHEMA = {
     "type": "object",
     "title": "Problem",
@@ -166,7 +174,7 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     install_error_handlers(app)
-    for router in ROUTERS:
+    for router in MATCH_ORDER:
         app.include_router(router)
     install_metrics(app, settings)
     declare_webhooks(app)
@@ -182,7 +190,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title,
         version=app.version,
         summary=app.summary,
-        routes=app.routes,
+        routes=sorted(app.routes, key=_documented_rank),
         webhooks=app.webhooks.routes,
     )
     schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
@@ -208,6 +216,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     add_examples(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _documented_rank(route: Any) -> int:
+    """Where a route of `app.routes` comes in the document: its router's place in ROUTERS
+    (an included router is one entry of `app.routes`), the app's own routes after them."""
+    router = getattr(route, "original_router", None)
+    return ROUTERS.index(router) if router in ROUTERS else len(ROUTERS)
 
 
 def _hoist_body_schemas(schema: dict[str, Any]) -> None:
