@@ -222,8 +222,10 @@ def profiled(pid: int, kind: str, directory: Path | None) -> Iterator[None]:
     name = "".join(c if c.isalnum() else "-" for c in kind).strip("-")
     out = directory / f"{name}.txt"
     spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
-        + ["--nonblocking", "--subprocesses", "--output", str(out)],
+        [
+            *("py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw"),
+            *("--nonblocking", "--subprocesses", "--output", str(out)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

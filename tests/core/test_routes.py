@@ -26,7 +26,8 @@ def _may_overlap(a: str, b: str) -> bool:
     left, right = a.strip("/").split("/"), b.strip("/").split("/")
     if len(left) != len(right):
         return False
-    return all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(left, right))
+    pairs = zip(left, right, strict=True)
+    return all(x == y or x.startswith("{") or y.startswith("{") for x, y in pairs)
 
 
 def test_no_two_routes_of_one_method_match_the_same_path() -> None:
