@@ -157,7 +157,7 @@ async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncEx
         assert all(r.status == 202 for r in answers), [r.text for r in answers]
 
     sends = [idle, healthz, whoami, emit, lease, state, empty_poll, emit_at_once]
-    kinds = dict(zip(["idle", *KINDS], sends, strict=True))
+    kinds: dict[str, Send] = dict(zip(["idle", *KINDS], sends, strict=True))
     return Server(xbusd.proc.pid, exclude, http, kinds, emitters=emitters)
 
 
