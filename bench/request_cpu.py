@@ -91,8 +91,9 @@ class Server:
     emitters: list[RawClient] = field(default_factory=list)
 
     async def hang_up(self) -> None:
-        """Close the keep-alive connections (uvicorn closes one idle for 5 s: a kind that
-        comes minutes after its setup would find it gone); the next request opens anew."""
+        """Close the keep-alive connections (uvicorn closes one idle for 5 s: a server's
+        connections wait while the other server takes its block, longer than that on a busy
+        machine); the next request opens anew."""
         for client in (self.http, *self.emitters):
             await client.close()
 
@@ -168,6 +169,7 @@ async def measure(servers: list[Server], kind: str, repeat: int, postgres: int |
     for start in range(0, repeat, BLOCK):
         for server in servers:
             send = server.sends[kind]
+            await server.hang_up()
             before = cpu_seconds(server.pid, server.exclude)
             pg_before = cpu_seconds(postgres)
             began = time.perf_counter()
@@ -205,8 +207,6 @@ async def run(
         servers = [await setup(xbusd, exclude, stack) for xbusd in xbusds]
         await measure(servers, "idle", repeat, postgres)
         for kind in KINDS:
-            for server in servers:
-                await server.hang_up()
             with profiled(servers[0].pid, kind, profile):
                 await measure(servers, kind, repeat, postgres)
         return [per_request(server, repeat) for server in servers]
