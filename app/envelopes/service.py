@@ -103,8 +103,8 @@ async def emit(
 ) -> EmissionRead:
     """Store a complete envelope and start its process, in the caller's transaction; or,
     with `groups` and an envelope that cannot conflict, in the next group commit (stored
-    once this returns; the caller's transaction is committed before, and must hold
-    nothing else)."""
+    once this returns; the caller's transaction is committed, and must hold nothing
+    else)."""
     check_emitter(emitter)
     types = list(dict.fromkeys(e.type for e in envelope.events))
     # Routed first: an envelope that no pipeline takes is refused before a byte is written.
@@ -112,11 +112,7 @@ async def emit(
     await repository.check_new_envelope(session, envelope)
     rows = repository.envelope_rows(envelope, emitter_id=emitter.id)
     if groups is not None and groups.takes(envelope, (rows, types, route)):
-        # The caller's connection (a cache miss may have read with it) goes back to the
-        # pool first: requests waiting on a group while holding connections could starve
-        # the group's own writer of one.
-        await session.commit()
-        process = await groups.start(emitter, (rows, types, route))
+        process = await groups.start(emitter, (rows, types, route), session)
     else:
         try:
             process = await director.start_process(
