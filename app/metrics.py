@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.notify import on_commit
+from app.commit_hooks import on_commit
 
 ENVELOPES_RECEIVED = Counter(
     "xbus_envelopes_received_total", "Envelopes received from emitters", ["transport"]

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.bus.notify import NATS_WORK, actor_key, notify_after_commit, on_commit, process_key
+from app.bus.notify import NATS_WORK, actor_key, process_key
 from app.bus.routing import Route, Targets, node_targets, route_for
+from app.commit_hooks import notify_after_commit, on_commit
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
 from app.envelopes.repository import (

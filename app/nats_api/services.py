@@ -15,7 +15,8 @@ from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.accounts import keys
 from app.bus.director import OPEN_REQUEST, add_log
-from app.bus.notify import actor_key, notify_after_commit
+from app.bus.notify import actor_key
+from app.commit_hooks import notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
 from app.envelopes.repository import items_page
