@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.accounts import keys
+from app.accounts.principal import Principal
 from app.bus.director import OPEN_REQUEST, add_log
 from app.bus.notify import actor_key
 from app.commit_hooks import notify_after_commit
@@ -194,7 +195,6 @@ class EnvelopeStorageServer(Base):
             actor = await session.get(Actor, actor_id)
             if clientKind != "actor" or actor is None:
                 raise client_error(f"unknown client {clientKind}.{clientID}")
-            from app.core.deps import Principal  # the same access rule as HTTP
 
             account = await session.get(Account, actor.account_id)
             assert account is not None
