@@ -44,7 +44,7 @@ from app.models.enums import (
 )
 from app.models.ids import new_id
 from app.pipelines.graph import Graph
-from app.pipelines.service import graph_of
+from app.pipelines.graphs import graph_of
 from app.store import processes as store
 from app.store.connection import driver_connection
 from app.store.processes import (
