@@ -19,7 +19,7 @@ from app.bus.director import Director, add_log, utcnow
 from app.bus.notify import CONFIG
 from app.commit_hooks import notify_after_commit
 from app.db import Database
-from app.envelopes.service import mark_stalled
+from app.envelopes.repository import mark_stalled
 from app.models import Actor
 from app.models.enums import LogLevel
 from app.ops import repository, stats
