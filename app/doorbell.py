@@ -1,6 +1,7 @@
 """Wake-ups across replicas over NATS: a replica that commits new work rings, every replica
-wakes its local long-polls for those keys. Lives outside the bus core's pure parts: it is
-the glue between the notifier and the NATS connection."""
+wakes its local long-polls for those keys. Lives outside the bus core (which knows nothing of
+NATS): it is the glue between the notifier and the NATS connection, started by the
+lifespan."""
 
 from __future__ import annotations
 
