@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.commit_hooks import notify_after_commit
+from app.models import Account, Actor, Pipeline, SessionToken
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,6 @@ class Notifier:
 
 
 def _config_classes() -> tuple[type, ...]:
-    from app.models import Account, Actor, Pipeline, SessionToken
-
     return (Account, Actor, Pipeline, SessionToken)
 
 

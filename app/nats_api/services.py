@@ -21,8 +21,8 @@ from app.commit_hooks import notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
 from app.envelopes.repository import items_page
-from app.models import Account, Actor, ActorRequest, LogEntry, Process, SessionToken
-from app.models.enums import AccountStatus, LogLevel, ProcessStatus, RequestStatus
+from app.models import Account, Actor, ActorRequest, Envelope, LogEntry, Process, SessionToken
+from app.models.enums import AccountStatus, EnvelopeStatus, LogLevel, ProcessStatus, RequestStatus
 from app.nats_api import broker
 from app.nats_api.convert import (
     LOG_LEVEL_TO_PB,
@@ -172,9 +172,6 @@ class BrokerServer(Base):
             return broker.ack(bytes(req.envelope.id), broker.ERROR, exc.detail)
 
     async def _mark_error(self, raw_id: bytes, reason: str) -> None:
-        from app.models import Envelope
-        from app.models.enums import EnvelopeStatus
-
         try:
             envelope_id = uuid_of(bytes(raw_id), "envelope id")
         except ValueError:
