@@ -17,7 +17,6 @@ from app.accounts import router as accounts_router
 from app.accounts.bootstrap import ensure_admin
 from app.actors import router as actors_router
 from app.bus.director import Director, Limits
-from app.bus.doorbell import doorbell
 from app.bus.notify import Notifier
 from app.bus.routing import Targets
 from app.certs.pki import CertificateAuthority
@@ -28,6 +27,7 @@ from app.core.errors import PROBLEM_JSON, install_error_handlers
 from app.core.spec_examples import add_examples
 from app.core.spec_security import document_security
 from app.db import Database, create_engine
+from app.doorbell import doorbell
 from app.duties import DUTIES, Duty
 from app.envelopes import router as envelopes_router
 from app.envelopes.group import EmissionGroups

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import service
+from app.accounts.principal import Principal
 from app.accounts.schemas import (
     AcceptRegistration,
     AccountBrief,
@@ -27,7 +28,6 @@ from app.core.deps import (
     Admin,
     AnyKey,
     Caller,
-    Principal,
     Session,
     SettingsDep,
     State,

@@ -268,18 +268,3 @@ async def close_upload(
     types = await repository.event_types(session, envelope_id)
     started = await director.start_process(session, emitter, envelope_id, types)
     return EmissionRead(envelope_id=envelope_id, process_id=started.id, status=started.status)
-
-
-async def mark_stalled(session: AsyncSession, stall_timeout: float) -> int:
-    """Receiving envelopes with no fragment for the stall timeout become `stalled`."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
-    result = await session.execute(
-        sa.update(Envelope)
-        .where(Envelope.status == EnvelopeStatus.RECEIVING, Envelope.last_fragment_at < cutoff)
-        .values(
-            status=EnvelopeStatus.STALLED,
-            status_reason=f"no fragment received for {stall_timeout:g} s",
-        )
-        .returning(Envelope.id)
-    )
-    return len(result.all())

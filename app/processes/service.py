@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.principal import Principal
 from app.bus.routing import pipeline_graph
-from app.core.deps import Principal
 from app.core.exceptions import Conflict, NotFound
 from app.models import Actor, Pipeline, Process
 from app.processes import repository

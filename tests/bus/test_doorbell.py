@@ -13,8 +13,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from app.bus.doorbell import SUBJECT, doorbell
 from app.bus.notify import Notifier
+from app.doorbell import SUBJECT, doorbell
 from app.nats import NatsConnection
 
 pytestmark = pytest.mark.timeout(60)

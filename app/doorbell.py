@@ -1,6 +1,7 @@
 """Wake-ups across replicas over NATS: a replica that commits new work rings, every other
-replica wakes its local long-polls for those keys. Lives outside the bus core's pure parts:
-it is the glue between the notifier and the NATS connection.
+replica wakes its local long-polls for those keys. Lives outside the bus core (which knows
+nothing of NATS): it is the glue between the notifier and the NATS connection, started by
+the lifespan.
 
 A ring costs a NATS publish after each commit (a task, a TLS write, the echo read back):
 about a fifth of a lone emission's CPU here. So a replica rings only while another one
