@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.bus.notify import Notifier
+from app.commit_hooks import NOTIFIER, Publisher
 from app.config import Settings
 from app.store.connection import drop_broken_connections, lost
 
@@ -46,10 +46,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine, notifier: Notifier | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, notifier: Publisher | None = None) -> None:
         self.engine = engine
         # Sessions carry the notifier so that wake-ups go out after each commit.
-        info = {"xbus_notifier": notifier} if notifier is not None else {}
+        info = {NOTIFIER: notifier} if notifier is not None else {}
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False, info=info)
 
     @asynccontextmanager

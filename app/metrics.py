@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.notify import on_commit
+from app.commit_hooks import on_commit
+from app.logs import dropped_records
 
 ENVELOPES_RECEIVED = Counter(
     "xbus_envelopes_received_total", "Envelopes received from emitters", ["transport"]
@@ -73,8 +74,6 @@ class LogDropsCollector(Collector):
     """xbus_log_records_dropped_total, read from the logging pipeline (app/logs.py)."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        from app.logs import dropped_records
-
         family = CounterMetricFamily(
             "xbus_log_records_dropped",
             "Log records dropped because the log output was slow or closed",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bus.director import Director
 from app.bus.notify import Notifier
@@ -14,6 +17,8 @@ from app.db import Database
 from app.envelopes.group import EmissionGroups
 from app.nats import NatsConnection
 from app.store.cache import Cache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,3 +44,12 @@ class AppState:
     async def accounts_changed(self) -> None:
         for hook in self.accounts_changed_hooks:
             await hook()
+
+    async def commit_and_announce(self, session: AsyncSession) -> None:
+        """Commit now, then tell the NATS layer who may connect: it must see the change."""
+        await session.commit()
+        try:
+            await self.accounts_changed()
+        except Exception:
+            # The change is stored; the NATS layer also refreshes on its own.
+            log.exception("accounts_changed hook failed")

@@ -1,6 +1,6 @@
 """xbusd's CPU per request, endpoint by endpoint, on a real server.
 
-    uv run python -m bench.request_cpu [--repeat R] [--workers W] [--against REV]
+    uv run python -m bench.request_cpu [--repeat R] [--workers W] [--against REV] [--profile DIR]
 
 Starts PostgreSQL and nats-server from the embedded packages and `xbusd serve` (one worker
 unless --workers), sets up an emitter and a consumer, then sends R requests of each kind
@@ -26,6 +26,10 @@ servers in alternating blocks of 50. CPU time per request on a shared or throttl
 machine drifts by ±30% from one minute to the next; alternating blocks puts both servers
 under the same drift, so their difference is the code's. Everything on 127.0.0.1; servers
 stopped by pid.
+
+`--profile DIR` samples this tree's xbusd with py-spy (`pip install py-spy`; it must be on
+the PATH) during each kind, one file of collapsed stacks per kind in DIR: where one kind of
+request spends its CPU, without the others mixed in.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +88,14 @@ class Server:
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind
     wall: dict[str, float] = field(default_factory=dict)
     postgres: float = 0.0  # PostgreSQL's CPU seconds during the concurrent kind
+    emitters: list[RawClient] = field(default_factory=list)
+
+    async def hang_up(self) -> None:
+        """Close the keep-alive connections (uvicorn closes one idle for 5 s: a server's
+        connections wait while the other server takes its block, longer than that on a busy
+        machine); the next request opens anew."""
+        for client in (self.http, *self.emitters):
+            await client.close()
 
 
 async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncExitStack) -> Server:
@@ -145,7 +158,8 @@ async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncEx
         assert all(r.status == 202 for r in answers), [r.text for r in answers]
 
     sends = [idle, healthz, whoami, emit, lease, state, empty_poll, emit_at_once]
-    return Server(xbusd.proc.pid, exclude, http, dict(zip(["idle", *KINDS], sends, strict=True)))
+    kinds: dict[str, Send] = dict(zip(["idle", *KINDS], sends, strict=True))
+    return Server(xbusd.proc.pid, exclude, http, kinds, emitters=emitters)
 
 
 async def measure(servers: list[Server], kind: str, repeat: int, postgres: int | None) -> None:
@@ -155,6 +169,7 @@ async def measure(servers: list[Server], kind: str, repeat: int, postgres: int |
     for start in range(0, repeat, BLOCK):
         for server in servers:
             send = server.sends[kind]
+            await server.hang_up()
             before = cpu_seconds(server.pid, server.exclude)
             pg_before = cpu_seconds(postgres)
             began = time.perf_counter()
@@ -182,16 +197,44 @@ def per_request(server: Server, repeat: int) -> dict[str, float]:
 
 
 async def run(
-    xbusds: list[Xbusd], exclude: frozenset[int], repeat: int, postgres: int | None
+    xbusds: list[Xbusd],
+    exclude: frozenset[int],
+    repeat: int,
+    postgres: int | None,
+    profile: Path | None = None,
 ) -> list[dict[str, float]]:
     async with contextlib.AsyncExitStack() as stack:
         servers = [await setup(xbusd, exclude, stack) for xbusd in xbusds]
         await measure(servers, "idle", repeat, postgres)
-        for server in servers:
-            await server.http.close()  # uvicorn closes a keep-alive connection idle for 5 s
         for kind in KINDS:
-            await measure(servers, kind, repeat, postgres)
+            with profiled(servers[0].pid, kind, profile):
+                await measure(servers, kind, repeat, postgres)
         return [per_request(server, repeat) for server in servers]
+
+
+@contextlib.contextmanager
+def profiled(pid: int, kind: str, directory: Path | None) -> Iterator[None]:
+    """With `directory`, py-spy samples `pid` while the block runs, into one file per kind
+    (py-spy's raw format: collapsed stacks, one per line, for flame graphs or grep)."""
+    if directory is None:
+        yield
+        return
+    name = "".join(c if c.isalnum() else "-" for c in kind).strip("-")
+    out = directory / f"{name}.txt"
+    spy = subprocess.Popen(
+        [
+            *("py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw"),
+            *("--nonblocking", "--subprocesses", "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
 
 
 @contextlib.contextmanager
@@ -212,12 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", "-r", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--against", metavar="REV", help="compare with this git revision")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="sample this tree's xbusd with py-spy (on the PATH) during each kind, into DIR",
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         other = stack.enter_context(worktree(args.against)) if args.against else None
         xbusds, pids = stack.enter_context(embedded_xbusd(args.workers, other))
         exclude = frozenset(pid for pid in pids.values() if pid is not None)
-        rows = asyncio.run(run(xbusds, exclude, args.repeat, pids["postgres"]))
+        rows = asyncio.run(run(xbusds, exclude, args.repeat, pids["postgres"], args.profile))
     print(
         f"bench.request_cpu: {args.repeat} sequential requests of each kind, "
         f"workers={args.workers}; xbusd CPU ms per request, the duties' idle share taken off"

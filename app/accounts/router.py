@@ -4,9 +4,9 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import service
+from app.accounts.principal import Principal
 from app.accounts.schemas import (
     AcceptRegistration,
     AccountBrief,
@@ -27,7 +27,6 @@ from app.core.deps import (
     Admin,
     AnyKey,
     Caller,
-    Principal,
     Session,
     SettingsDep,
     State,
@@ -172,16 +171,6 @@ def _ca(state: AppState) -> CertificateAuthority:
     return state.ca
 
 
-async def commit_and_announce(session: AsyncSession, state: AppState) -> None:
-    """Commit now, then tell the NATS layer who may connect: it must see the change."""
-    await session.commit()
-    try:
-        await state.accounts_changed()
-    except Exception:
-        # The change is stored; the NATS layer also refreshes on its own.
-        log.exception("accounts_changed hook failed")
-
-
 async def optional_key(request: Request) -> Principal | None:
     """The presented API key's account (401 when wrong), or None when no key is presented."""
     if request.headers.get("authorization") or request.headers.get("xbus-api-key"):
@@ -208,7 +197,7 @@ async def accept_account(
 ) -> AccountCertificate:
     days = body.cert_expire_days if body is not None else None
     account = await service.accept_registration(session, _ca(state), id, days)
-    await commit_and_announce(session, state)
+    await state.commit_and_announce(session)
     return AccountCertificate.of(account)
 
 
@@ -221,7 +210,7 @@ async def accept_account(
 )
 async def reject_account(id: AccountRef, _: Admin, session: Session, state: State) -> AccountRead:
     account = await service.reject_registration(session, id)
-    await commit_and_announce(session, state)
+    await state.commit_and_announce(session)
     return AccountRead.of(account)
 
 
@@ -236,7 +225,7 @@ async def reset_account_cert(
     id: AccountRef, _: Admin, session: Session, state: State
 ) -> AccountCertificate:
     account = await service.reset_certificate(session, id)
-    await commit_and_announce(session, state)
+    await state.commit_and_announce(session)
     return AccountCertificate.of(account)
 
 
@@ -270,7 +259,7 @@ async def renew_account_cert(
         as_account=principal.account_id if principal is not None else None,
         signature=body.signature,
     )
-    await commit_and_announce(session, state)
+    await state.commit_and_announce(session)
     return CertificateRenewed(
         certificate=issued.pem,
         ca=ca.pem,

@@ -9,8 +9,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.principal import Principal
 from app.accounts.repository import storable_ref
-from app.core.deps import Principal
 from app.core.exceptions import NotFound
 from app.models import Actor
 from app.models.enums import ActorKind, ActorStatus

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
+from app.accounts.principal import Principal
 from app.accounts.service import Page, make_page, page_limit, violated_constraint
 from app.actors import repository as repo
 from app.actors.access import load_owned_actor
@@ -21,7 +22,6 @@ from app.actors.config import (
 )
 from app.actors.schemas import ActorCreate, ActorUpdate
 from app.config import Settings
-from app.core.deps import Principal
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.models import Actor
 from app.models.enums import ActorKind, ActorStatus

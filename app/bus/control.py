@@ -35,7 +35,7 @@ from app.models.enums import (
     ProcessStatus,
     RequestStatus,
 )
-from app.pipelines.service import PipelineRef
+from app.pipelines.graphs import PipelineRef
 
 CANCELED = "canceled"
 ACTIVE = (ProcessStatus.INITIAL, ProcessStatus.RUNNING, ProcessStatus.PAUSED)

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.bus.notify import NATS_WORK, actor_key, notify_after_commit, on_commit, process_key
+from app.bus.notify import NATS_WORK, actor_key, process_key
 from app.bus.routing import Route, Targets, node_targets, route_for
+from app.commit_hooks import notify_after_commit, on_commit
 from app.core.exceptions import Conflict, Forbidden, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
 from app.envelopes.repository import (
@@ -43,7 +44,7 @@ from app.models.enums import (
 )
 from app.models.ids import new_id
 from app.pipelines.graph import Graph
-from app.pipelines.service import graph_of
+from app.pipelines.graphs import graph_of
 from app.store import processes as store
 from app.store.connection import driver_connection
 from app.store.processes import (

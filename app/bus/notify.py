@@ -1,9 +1,9 @@
 """Wake-ups for long-polls: "a request is due for actor X", "process Y changed".
 
-Code that changes state calls `notify_after_commit(session, key)`; once the transaction
-commits, local waiters wake and the key is handed to `remote` (the NATS doorbell, so
-waiters on other replicas wake too). A waiter always re-reads the database: a wake-up is a
-hint, never the data, so a lost one only costs the poll interval."""
+Code that changes state calls `notify_after_commit(session, key)` (`app.commit_hooks`); once
+the transaction commits, local waiters wake and the key is handed to `remote` (the NATS
+doorbell, so waiters on other replicas wake too). A waiter always re-reads the database: a
+wake-up is a hint, never the data, so a lost one only costs the poll interval."""
 
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from app.commit_hooks import notify_after_commit
+from app.models import Account, Actor, Pipeline, SessionToken
+
 log = logging.getLogger(__name__)
-
-_PENDING = "xbus_notify"
-_CALLBACKS = "xbus_on_commit"
-
 
 ANY = "*"  # wait(ANY) wakes on every key
 # Requests for actors connected over NATS are due: the NATS dispatcher claims them.
@@ -102,25 +100,8 @@ class Notifier:
                 if not waiters:
                     del self._waiters[key]
 
-    def attach(self, session: AsyncSession) -> None:
-        session.info["xbus_notifier"] = self
-
-
-def notify_after_commit(session: AsyncSession | Session, key: str) -> None:
-    sync = session.sync_session if isinstance(session, AsyncSession) else session
-    sync.info.setdefault(_PENDING, set()).add(key)
-
-
-def on_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
-    """Run `callback` once the transaction commits (metrics, anything that must not count
-    work that was rolled back)."""
-    sync = session.sync_session if isinstance(session, AsyncSession) else session
-    sync.info.setdefault(_CALLBACKS, []).append(callback)
-
 
 def _config_classes() -> tuple[type, ...]:
-    from app.models import Account, Actor, Pipeline, SessionToken
-
     return (Account, Actor, Pipeline, SessionToken)
 
 
@@ -141,22 +122,3 @@ def _config_statement(state: ORMExecuteState) -> None:
     classes = _config_classes()
     if any(mapper.class_ in classes for mapper in state.all_mappers):
         notify_after_commit(state.session, CONFIG)
-
-
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    for callback in session.info.pop(_CALLBACKS, ()):
-        try:
-            callback()
-        except Exception:
-            log.exception("after-commit callback failed")
-    keys = session.info.pop(_PENDING, None)
-    notifier = session.info.get("xbus_notifier")
-    if keys and isinstance(notifier, Notifier):
-        notifier.publish(sorted(keys))
-
-
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
-    session.info.pop(_CALLBACKS, None)

@@ -14,8 +14,8 @@ from app.core.exceptions import Unprocessable
 from app.models import Actor, Pipeline
 from app.models.enums import ActorKind, ActorStatus, RequestChannel
 from app.pipelines.graph import Graph, Node
-from app.pipelines.service import PipelineRef, active_pipelines
-from app.pipelines.service import pipeline_graph as stored_graph
+from app.pipelines.graphs import PipelineRef, active_pipelines
+from app.pipelines.graphs import pipeline_graph as stored_graph
 from app.store.cache import Cache
 
 

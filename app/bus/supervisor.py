@@ -12,7 +12,7 @@ import uuid
 
 from app.bus.director import Director
 from app.db import Database
-from app.envelopes.service import mark_stalled
+from app.envelopes.repository import mark_stalled
 from app.store import processes as store
 from app.store.connection import driver_connection
 

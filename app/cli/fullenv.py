@@ -188,6 +188,7 @@ def run(
     Ctrl-C), 1 a step failed (batch: an expectation was not met), 2 the file or the options
     are wrong (nothing started), 130 interrupted."""
     from app.cli.fullenv_run import FullEnv, RunOptions
+    from app.cli.fullenv_shell import CommandShell
 
     commands = no_prompt or shell
     if commands and batch:
@@ -217,7 +218,9 @@ def run(
     )
     # In command mode stdout carries the replies only: the summary and tables go to stderr.
     out = console_for(sys.stderr if commands else sys.stdout)
-    code = FullEnv(env, options, out, console_for(sys.stderr)).run()
+    code = FullEnv(env, options, out, console_for(sys.stderr)).run(
+        lambda fe: CommandShell(fe).loop()
+    )
     raise typer.Exit(code)
 
 

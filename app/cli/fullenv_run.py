@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +63,23 @@ class RunError(Exception):
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived."""
+
+
+def write(text: str) -> None:
+    """Text to stdout at once; a reader that went away stops everything, quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        raise Interrupted(signal.SIGPIPE) from None
+
+
+def reply(line: str) -> None:
+    """One reply line: `< OK`, `< OK: <value>` or `< ERR: <message>`."""
+    write(" ".join(line.splitlines()) + "\n")
 
 
 @dataclass
@@ -196,15 +213,16 @@ class FullEnv:
         self.quit_requested = False
 
     # ------------------------------------------------------------------------ the run
-    def run(self) -> int:
+    def run(self, command_loop: Callable[[FullEnv], int] | None = None) -> int:
+        """The environment's whole run; in command mode, `command_loop` reads the commands
+        (app/cli/fullenv_shell.py)."""
         self.signals.install()
         code = 1
         try:
             self._prepare_dir()
             if self.options.commands:
-                from app.cli.fullenv_shell import CommandShell
-
-                code = CommandShell(self).loop()
+                assert command_loop is not None, "command mode needs its command loop"
+                code = command_loop(self)
             else:
                 self.startup()
                 code = self._batch() if self.options.batch else self._serve()
@@ -226,8 +244,6 @@ class FullEnv:
             finally:
                 self.signals.restore()
             if self.quit_requested:
-                from app.cli.fullenv_shell import reply
-
                 reply("< OK")
         return code
 

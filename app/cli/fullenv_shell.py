@@ -4,20 +4,23 @@ stdout (`< OK`, `< OK: <value>`, `< ERR: <message>`); everything else goes to st
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
-import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from app.cli.client_http import BusError, BusHttp
-from app.cli.fullenv_run import ENV_JSON, Interrupted, RunError, bus_messages, describe
-
-if TYPE_CHECKING:
-    from app.cli.fullenv_run import FullEnv
+from app.cli.fullenv_run import (
+    ENV_JSON,
+    FullEnv,
+    Interrupted,
+    RunError,
+    bus_messages,
+    describe,
+    reply,
+    write,
+)
 
 PROMPT = "xbus-fullenv> "
 COMMANDS_HELP = (
@@ -27,23 +30,6 @@ COMMANDS_HELP = (
 
 class CommandError(Exception):
     """A command of the command mode failed: answered `< ERR: <message>`."""
-
-
-def write(text: str) -> None:
-    """Text to stdout at once; a reader that went away stops everything, quietly."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        raise Interrupted(signal.SIGPIPE) from None
-
-
-def reply(line: str) -> None:
-    """One reply line: `< OK`, `< OK: <value>` or `< ERR: <message>`."""
-    write(" ".join(line.splitlines()) + "\n")
 
 
 class CommandShell:

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.deps import Principal
+from app.accounts.principal import Principal
 from app.models import Actor, ActorRequest, DeliveryAttempt, Envelope, Process
 from app.models.enums import PostmortemStatus, ProcessStatus, RequestStatus
 from app.processes.repository import ProcessFilter

@@ -11,18 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.accounts.principal import Principal
 from app.console import sessions
-from app.core.deps import Principal, Session
-from app.core.exceptions import Forbidden, XbusError
+from app.core.deps import Session
+from app.core.exceptions import Forbidden
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
@@ -145,54 +143,3 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except ValueError:
         return None
-
-
-def _is_console(request: Request) -> bool:
-    path = request.url.path
-    return path == PREFIX or path.startswith(PREFIX + "/")
-
-
-def install(app: FastAPI) -> None:
-    """Mount the console's pages and static files, and answer errors on its paths as pages."""
-    from app.console.routes import ROUTERS
-
-    for router in ROUTERS:
-        app.include_router(router)
-    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
-
-    async def on_sign_in(request: Request, exc: Exception) -> Response:
-        target = f"{PREFIX}/login"
-        if request.method == "GET" and request.url.path != target:
-            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            target += "?next=" + quote(here, safe="")
-        if request.headers.get("hx-request"):
-            # htmx follows this header with a full page load.
-            return Response(status_code=200, headers={"HX-Redirect": target})
-        return RedirectResponse(target, status_code=303)
-
-    app.add_exception_handler(SignInRequired, on_sign_in)
-
-    for kind in (XbusError, RequestValidationError, StarletteHTTPException):
-        api_handler = app.exception_handlers[kind]
-
-        async def on_error(request: Request, exc: Exception, api_handler: Any = api_handler) -> Any:
-            if not _is_console(request) or request.url.path.startswith(f"{PREFIX}/static/"):
-                return await api_handler(request, exc)
-            status, detail = 500, "error"
-            if isinstance(exc, XbusError):
-                status, detail = exc.status, exc.detail
-            elif isinstance(exc, RequestValidationError):
-                first = exc.errors()[0] if exc.errors() else {}
-                where = ".".join(str(p) for p in first.get("loc", ()))
-                status, detail = 422, f"{where}: {first.get('msg', 'invalid input')}"
-            elif isinstance(exc, StarletteHTTPException):
-                status, detail = exc.status_code, str(exc.detail)
-            return render(
-                request,
-                "error.html",
-                {"status": status, "detail": detail},
-                user=None,
-                status_code=status,
-            )
-
-        app.add_exception_handler(kind, on_error)

@@ -6,9 +6,7 @@ an emission, a lease or a report solves four dependencies, not eleven."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -17,11 +15,12 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import keys
+from app.accounts.principal import Principal
 from app.bus.director import Director
 from app.config import Settings
 from app.core.errors import Forbidden, Unauthorized
 from app.models import Account, SessionToken
-from app.models.enums import AccountStatus, AccountType
+from app.models.enums import AccountStatus
 from app.state import AppState
 from app.store.connection import lost
 
@@ -68,15 +67,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # "function" scope: the commit runs when the route returns, before the response goes out. (The
 # default scope would commit after the response is sent: a 2xx for what is not stored yet.)
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    account_id: uuid.UUID
-    name: str
-    type: AccountType
-    status: AccountStatus
-    admin: bool
 
 
 def _presented_key(request: Request) -> str | None:

@@ -8,7 +8,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.deps import Principal
+from app.accounts.principal import Principal
 from app.core.exceptions import NotFound
 from app.models import Actor, ActorRequest, Envelope
 

@@ -4,8 +4,9 @@ Envelopes emitted one per request while a group is being written wait for the ne
 each group is one transaction (one statement for all its envelopes, processes, nodes,
 requests and log lines; one WAL flush), and each emitter is answered once the group that
 holds its envelope has committed, so "202 only once stored" holds. Nothing waits on
-purpose: alone, an envelope is a group of one, written at once; under load, a group is what
-arrived while the previous one was written (at most `most` envelopes).
+purpose: alone, an envelope is a group of one, written at once by its own request (in the
+request's session: no task, no second session); under load, a group is what arrived while
+the previous one was written (at most `most` envelopes).
 
 Only envelopes that cannot conflict are grouped: no id chosen by the client (the ids are
 new), no idempotency key, no items left for COPY (a large envelope). The others are written
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bus.director import Director, Emitter, Planned, ProcessRow
 from app.db import Database
@@ -39,6 +42,7 @@ class EmissionGroups:
         self.most = most
         self._queue: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
+        self._alone = 0  # lone emissions being written by their own requests
 
     @staticmethod
     def takes(envelope: EnvelopeData, planned: Planned) -> bool:
@@ -48,16 +52,40 @@ class EmissionGroups:
             envelope.id is None and not rows.copied and all(e.id is None for e in envelope.events)
         )
 
-    async def start(self, emitter: Emitter, planned: Planned) -> ProcessRow:
+    async def start(
+        self, emitter: Emitter, planned: Planned, session: AsyncSession | None = None
+    ) -> ProcessRow:
         """Store this routed envelope with its process in the next group; return its process
-        once the group has committed."""
+        once the group has committed. With the request's `session` and nothing else being
+        written, the envelope is written and committed in that session, at once (emissions
+        that come meanwhile form the next group); otherwise the session is committed first
+        (its connection goes back to the pool: requests waiting on a group while holding
+        connections could starve the group's writer of one)."""
+        if session is not None and self._writer is None and not self._queue and not self._alone:
+            return await self._write_alone(session, emitter, planned)
+        if session is not None:
+            await session.commit()
         started: asyncio.Future[ProcessRow] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(emitter, planned, started))
-        if self._writer is None:
+        if self._writer is None and not self._alone:  # else started when the lone one ends
             self._writer = asyncio.create_task(self._write_all(), name="emission-groups")
         # A request cancelled meanwhile does not take its envelope out of a group being
         # written: it is stored or not with the others, like a lone emission past its send.
         return await asyncio.shield(started)
+
+    async def _write_alone(
+        self, session: AsyncSession, emitter: Emitter, planned: Planned
+    ) -> ProcessRow:
+        self._alone += 1
+        try:
+            EMISSION_GROUP_SIZE.observe(1)
+            [process] = await self.director.start_many(session, [(emitter, planned)])
+            await session.commit()
+            return process
+        finally:
+            self._alone -= 1
+            if self._queue and self._writer is None:
+                self._writer = asyncio.create_task(self._write_all(), name="emission-groups")
 
     async def close(self) -> None:
         """Write what is queued, then stop (at shutdown)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.exceptions import Conflict
 from app.envelopes.codec import EnvelopeData, EventData
 from app.models import Envelope, Event, Item
+from app.models.enums import EnvelopeStatus
 from app.models.ids import new_id
 from app.store.connection import driver_connection
 
@@ -251,3 +252,18 @@ async def load_envelope(session: AsyncSession, envelope_id: uuid.UUID) -> Envelo
         if data is not None:
             events[-1].items.append(data)
     return EnvelopeData(events, envelope.id)
+
+
+async def mark_stalled(session: AsyncSession, stall_timeout: float) -> int:
+    """Receiving envelopes with no fragment for the stall timeout become `stalled`."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
+    result = await session.execute(
+        sa.update(Envelope)
+        .where(Envelope.status == EnvelopeStatus.RECEIVING, Envelope.last_fragment_at < cutoff)
+        .values(
+            status=EnvelopeStatus.STALLED,
+            status_reason=f"no fragment received for {stall_timeout:g} s",
+        )
+        .returning(Envelope.id)
+    )
+    return len(result.all())

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import metrics
 from app.actors.access import ActorInfo, load_owned_actor, owned_actor_info
 from app.bus.director import Planned
-from app.bus.notify import on_commit
+from app.commit_hooks import on_commit
 from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import (

@@ -103,8 +103,8 @@ async def emit(
 ) -> EmissionRead:
     """Store a complete envelope and start its process, in the caller's transaction; or,
     with `groups` and an envelope that cannot conflict, in the next group commit (stored
-    once this returns; the caller's transaction is committed before, and must hold
-    nothing else)."""
+    once this returns; the caller's transaction is committed, and must hold nothing
+    else)."""
     check_emitter(emitter)
     types = list(dict.fromkeys(e.type for e in envelope.events))
     # Routed first: an envelope that no pipeline takes is refused before a byte is written.
@@ -112,11 +112,7 @@ async def emit(
     await repository.check_new_envelope(session, envelope)
     rows = repository.envelope_rows(envelope, emitter_id=emitter.id)
     if groups is not None and groups.takes(envelope, (rows, types, route)):
-        # The caller's connection (a cache miss may have read with it) goes back to the
-        # pool first: requests waiting on a group while holding connections could starve
-        # the group's own writer of one.
-        await session.commit()
-        process = await groups.start(emitter, (rows, types, route))
+        process = await groups.start(emitter, (rows, types, route), session)
     else:
         try:
             process = await director.start_process(
@@ -272,18 +268,3 @@ async def close_upload(
     types = await repository.event_types(session, envelope_id)
     started = await director.start_process(session, emitter, envelope_id, types)
     return EmissionRead(envelope_id=envelope_id, process_id=started.id, status=started.status)
-
-
-async def mark_stalled(session: AsyncSession, stall_timeout: float) -> int:
-    """Receiving envelopes with no fragment for the stall timeout become `stalled`."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
-    result = await session.execute(
-        sa.update(Envelope)
-        .where(Envelope.status == EnvelopeStatus.RECEIVING, Envelope.last_fragment_at < cutoff)
-        .values(
-            status=EnvelopeStatus.STALLED,
-            status_reason=f"no fragment received for {stall_timeout:g} s",
-        )
-        .returning(Envelope.id)
-    )
-    return len(result.all())

@@ -24,10 +24,10 @@ from app.bus.notify import NATS_WORK
 from app.core.exceptions import XbusError
 from app.models import Account, Actor, ActorRequest
 from app.models.enums import ActorStatus, LogLevel, RequestChannel, RequestStatus
-from app.nats_api.auth import server_inbox_prefix
 from app.nats_api.convert import LOG_LEVEL_FROM_PB
 from app.nats_api.liveness import Liveness
 from app.nats_api.payload import process_request
+from app.nats_auth import server_inbox_prefix
 from app.state import AppState
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from app.bus.director import add_log
-from app.bus.notify import CONFIG, NATS_WORK, actor_key, notify_after_commit
+from app.bus.notify import CONFIG, NATS_WORK, actor_key
+from app.commit_hooks import notify_after_commit
 from app.models import Actor
 from app.models.enums import LogLevel
 from app.state import AppState

@@ -14,8 +14,9 @@ from typing import Any
 from nats.aio.client import Client
 from xbus import xbus_nrpc, xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
+from app import nats_auth as auth
 from app.models.enums import ProcessStatus
-from app.nats_api import auth, services
+from app.nats_api import services
 from app.nats_api.convert import process_pb
 from app.nats_api.dispatcher import NatsDispatcher
 from app.nats_api.liveness import Liveness

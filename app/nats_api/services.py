@@ -14,13 +14,15 @@ import sqlalchemy as sa
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.accounts import keys
+from app.accounts.principal import Principal
 from app.bus.director import OPEN_REQUEST, add_log
-from app.bus.notify import actor_key, notify_after_commit
+from app.bus.notify import actor_key
+from app.commit_hooks import notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
 from app.envelopes.repository import items_page
-from app.models import Account, Actor, ActorRequest, LogEntry, Process, SessionToken
-from app.models.enums import AccountStatus, LogLevel, ProcessStatus, RequestStatus
+from app.models import Account, Actor, ActorRequest, Envelope, LogEntry, Process, SessionToken
+from app.models.enums import AccountStatus, EnvelopeStatus, LogLevel, ProcessStatus, RequestStatus
 from app.nats_api import broker
 from app.nats_api.convert import (
     LOG_LEVEL_TO_PB,
@@ -170,9 +172,6 @@ class BrokerServer(Base):
             return broker.ack(bytes(req.envelope.id), broker.ERROR, exc.detail)
 
     async def _mark_error(self, raw_id: bytes, reason: str) -> None:
-        from app.models import Envelope
-        from app.models.enums import EnvelopeStatus
-
         try:
             envelope_id = uuid_of(bytes(raw_id), "envelope id")
         except ValueError:
@@ -193,7 +192,6 @@ class EnvelopeStorageServer(Base):
             actor = await session.get(Actor, actor_id)
             if clientKind != "actor" or actor is None:
                 raise client_error(f"unknown client {clientKind}.{clientID}")
-            from app.core.deps import Principal  # the same access rule as HTTP
 
             account = await session.get(Account, actor.account_id)
             assert account is not None

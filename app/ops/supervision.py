@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.actors.access import ActorInfo
 from app.bus import control
 from app.bus.director import Director, add_log, utcnow
-from app.bus.notify import CONFIG, notify_after_commit
+from app.bus.notify import CONFIG
+from app.commit_hooks import notify_after_commit
 from app.db import Database
-from app.envelopes.service import mark_stalled
+from app.envelopes.repository import mark_stalled
 from app.models import Actor
 from app.models.enums import LogLevel
 from app.ops import repository, stats

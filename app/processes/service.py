@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.principal import Principal
 from app.actors.access import find_actor
 from app.bus.routing import pipeline_graph
 from app.config import Settings
-from app.core.deps import Principal
 from app.core.exceptions import BadRequest, Conflict, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models import Actor, Pipeline, Process

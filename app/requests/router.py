@@ -9,10 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.principal import Principal
 from app.actors.access import owned_actor_info
 from app.bus.director import Message
 from app.bus.notify import actor_key
-from app.core.deps import Caller, Principal, Session, State
+from app.core.deps import Caller, Session, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (

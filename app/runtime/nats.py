@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from app.certs.pki import ServerTls
-from app.nats_api.auth import render as render_auth
+from app.nats_auth import render as render_auth
 from app.runtime import children
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class EmbeddedNats:
         self.tls = tls
         self.base = data_dir.resolve() / "nats"
         # Who may connect and with which permissions: written by xbusd from the accounts,
-        # reloaded with SIGHUP (see app/nats_api/auth.py).
+        # reloaded with SIGHUP (see app/nats_auth.py).
         self.auth_file = self.base / "auth.conf"
         self.store = self.base / "jetstream"
         self.pid_file = self.base / "nats-server.pid"

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.principal import Principal
 from app.accounts.service import Page, page_limit
 from app.actors.access import load_owned_actor
 from app.bus.director import add_log
-from app.bus.notify import actor_key, notify_after_commit
+from app.bus.notify import actor_key
+from app.commit_hooks import notify_after_commit
 from app.config import Settings
-from app.core.deps import Principal
 from app.core.exceptions import BadRequest, Conflict, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models import Actor, ActorRequest

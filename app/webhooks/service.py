@@ -31,7 +31,8 @@ from http import HTTPStatus
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bus.director import Director, Message, OutputConflict, add_log
-from app.bus.notify import actor_key, notify_after_commit
+from app.bus.notify import actor_key
+from app.commit_hooks import notify_after_commit
 from app.config import Settings
 from app.core.exceptions import Conflict, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from app.certs.pki import CertificateAuthority, ServerTls, ensure_server_tls
-from app.nats_api.auth import render as render_auth
+from app.nats_auth import render as render_auth
 from app.runtime import children
 from app.runtime.nats import EmbeddedNats
 

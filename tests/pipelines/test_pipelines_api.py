@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.accounts import keys
-from app.pipelines import service
+from app.pipelines import graphs
 from tests.conftest import assert_problem, new_name, row_counts
 
 URL = "/api/v1/pipelines"
@@ -423,7 +423,7 @@ async def test_activate_a_valid_pipeline(
     assert (await stored(db, created["id"]))["status"] == "active"
 
     async with app.state.xbus.db.session() as session:
-        active = await service.active_pipelines(session)
+        active = await graphs.active_pipelines(session)
     assert [(p.name, sorted(g.nodes)) for p, g in active] == [
         (created["name"], ["relay", "sink", "source"])
     ]
@@ -823,9 +823,9 @@ async def test_active_pipelines_reuse_parsed_graphs(
     await activate(admin, created["id"])
     db = app.state.xbus.db
     async with db.session() as session:
-        [(pipeline, graph)] = await service.active_pipelines(session)
+        [(pipeline, graph)] = await graphs.active_pipelines(session)
     async with db.session() as session:
-        [(_, again)] = await service.active_pipelines(session)
+        [(_, again)] = await graphs.active_pipelines(session)
     assert again is graph
     assert graph.matches("source", ["demo.hello"])
     assert str(pipeline.id) == created["id"]
@@ -833,9 +833,9 @@ async def test_active_pipelines_reuse_parsed_graphs(
     # A new activation (new updated_at) parses again; an inactive pipeline is left out.
     await set_status(admin, created["id"], "inactive")
     async with db.session() as session:
-        assert await service.active_pipelines(session) == []
+        assert await graphs.active_pipelines(session) == []
     await activate(admin, created["id"])
     async with db.session() as session:
-        [(_, fresh)] = await service.active_pipelines(session)
+        [(_, fresh)] = await graphs.active_pipelines(session)
     assert fresh is not graph
     assert fresh == graph

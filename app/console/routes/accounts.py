@@ -9,7 +9,6 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from app.accounts import service
-from app.accounts.router import commit_and_announce
 from app.accounts.schemas import AccountCreate
 from app.console.web import PREFIX, FormUser, User, back_to, render
 from app.core.deps import Session, SettingsDep, State, require_admin
@@ -79,7 +78,7 @@ async def account_accept(ref: str, session: Session, state: State, user: FormUse
     if state.ca is None:
         raise ServiceUnavailable("the certificate authority is not loaded yet; try again")
     await service.accept_registration(session, state.ca, ref)
-    await commit_and_announce(session, state)
+    await state.commit_and_announce(session)
     return back_to(f"{PREFIX}/accounts")
 
 
@@ -87,5 +86,5 @@ async def account_accept(ref: str, session: Session, state: State, user: FormUse
 async def account_reject(ref: str, session: Session, state: State, user: FormUser) -> Response:
     await require_admin(user.principal)
     await service.reject_registration(session, ref)
-    await commit_and_announce(session, state)
+    await state.commit_and_announce(session)
     return back_to(f"{PREFIX}/accounts")

@@ -15,6 +15,7 @@ from app.core.deps import Session, SettingsDep, require_admin
 from app.core.exceptions import Unprocessable
 from app.models.enums import PipelineStatus
 from app.pipelines import service
+from app.pipelines.graphs import pipeline_graph
 from app.pipelines.schemas import PipelineCreate
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -46,7 +47,7 @@ async def pipeline_page(
 ) -> Response:
     await require_admin(user.principal)
     pipeline = await service.get_pipeline(session, pipeline_id)
-    graph = service.pipeline_graph(pipeline)
+    graph = pipeline_graph(pipeline)
     versions, _ = await service.list_pipelines(
         session, limit=settings.page_size_default, name=pipeline.name
     )

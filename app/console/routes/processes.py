@@ -23,6 +23,7 @@ from app.models import Pipeline
 from app.models.enums import ProcessStatus
 from app.ops import control
 from app.pipelines import service as pipelines_service
+from app.pipelines.graphs import pipeline_graph
 from app.processes import repository, service
 from app.processes.repository import ProcessFilter
 from app.processes.schemas import ProcessDetail
@@ -117,7 +118,7 @@ async def _live(
 
 
 def _graph(detail: ProcessDetail, pipeline: Any, admin: bool) -> list[dict[str, Any]]:
-    graph = pipelines_service.pipeline_graph(pipeline) if pipeline is not None else None
+    graph = pipeline_graph(pipeline) if pipeline is not None else None
     if graph is None:
         return []
     states = {n.node_id: n.status.value for n in detail.nodes}

@@ -1,0 +1,99 @@
+"""The NATS doorbell between replicas, on the real nats-server: a lone replica rings nobody (no
+publish after its commits), two replicas learn of each other at once and wake each other's
+waiters, and a replica that leaves is no longer rung."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from app.bus.notify import Notifier
+from app.doorbell import SUBJECT, doorbell
+from app.nats import NatsConnection
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Replica:
+    def __init__(self, url: str) -> None:
+        self.notifier = Notifier()
+        self.notifier.bind(asyncio.get_running_loop())
+        self.nats = NatsConnection(url)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.nats.start()
+        self.task = asyncio.create_task(doorbell(self.nats, self.notifier))
+        await until(lambda: asyncio.sleep(0, self.notifier.remote is not None))
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.nats.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def rings(nats_url: str) -> AsyncIterator[list[bytes]]:
+    """What goes out on the ring subject (a listener that is not a replica)."""
+    seen: list[bytes] = []
+    client = await nats.connect(nats_url)
+
+    async def take(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    await client.subscribe(SUBJECT, cb=take)
+    yield seen
+    await client.close()
+
+
+async def _commit(replica: Replica, key: str) -> None:
+    replica.notifier.publish([key])
+    await asyncio.sleep(0.2)  # a ring, if any, reaches the listener well within this
+
+
+async def test_a_lone_replica_rings_nobody_two_wake_each_other(
+    nats_url: str, rings: list[bytes]
+) -> None:
+    a = Replica(nats_url)
+    await a.start()
+    await _commit(a, "actor.alone")
+    assert rings == []  # nobody else listens: no publish after the commit
+
+    b = Replica(nats_url)
+    await b.start()
+    woken = asyncio.create_task(b.notifier.wait("actor.x", 10))
+
+    async def rung() -> bool:
+        # A learns of B from B's "here" (B from A's answer): A's next commit rings.
+        a.notifier.publish(["actor.x"])
+        await asyncio.sleep(0.05)
+        return woken.done()
+
+    await until(rung, timeout=5)
+    assert woken.result() is True
+    assert any(ring.endswith(b"\nactor.x") for ring in rings)
+    # B learnt of A as well (from A's answer to its "here", not 5 s later).
+    back = asyncio.create_task(a.notifier.wait("actor.y", 10))
+    b.notifier.publish(["actor.y"])
+    assert await asyncio.wait_for(back, 2) is True
+
+    await b.stop()  # it says bye
+    rings.clear()
+    await _commit(a, "actor.after")
+    assert rings == []
+    await a.stop()
