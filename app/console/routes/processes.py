@@ -175,6 +175,29 @@ async def process_live(
     return render(request, "_process_live.html", live, user=user)
 
 
+@router.get("/processes/{process_id}/log")
+async def process_log(
+    request: Request,
+    process_id: uuid.UUID,
+    session: Session,
+    user: User,
+    after: int = 0,
+) -> Response:
+    """The whole log of a process, LOG_PAGE lines at a time (keyset on the entry id)."""
+    row = await service.visible_process(session, user.principal, process_id)
+    logs = await repository.process_logs(session, process_id, max(after, 0), LOG_PAGE + 1)
+    return render(
+        request,
+        "log.html",
+        {
+            "process": row.process,
+            "logs": logs[:LOG_PAGE],
+            "next": logs[LOG_PAGE - 1].id if len(logs) > LOG_PAGE else None,
+        },
+        user=user,
+    )
+
+
 @router.post("/processes/{process_id}/ack")
 async def process_ack(process_id: uuid.UUID, session: Session, user: FormUser) -> Response:
     row = await service.visible_process(session, user.principal, process_id)
