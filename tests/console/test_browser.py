@@ -6,6 +6,7 @@ screenshot (see `screenshots` in conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +157,27 @@ async def test_disable_and_enable_a_webhook(
     page: Any, live_url: str, bus: Bus, db: asyncpg.Connection, screenshots: Path
 ) -> None:
     shop = await bus.account()
-    await bus.actor(shop, "emitter", name="shop.web-orders")
+    emitter = await bus.actor(shop, "emitter", name="shop.web-orders")
+    # Nothing listens on port 9: each attempt fails to connect and is retried later.
     hook = await bus.actor(
         shop, "consumer", name="shop.crm", config={"http.webhook.url": "http://127.0.0.1:9/hook"}
     )
+    await bus.pipeline(chain(emitter["name"], ("consumer", hook["name"])))
+    r = await shop.http.post(f"/api/v1/actors/{emitter['name']}/output", json=ENVELOPE)
+    assert r.status_code == 202
+    for _ in range(100):
+        if await db.fetchval("SELECT count(*) FROM delivery_attempts"):
+            break
+        await asyncio.sleep(0.1)
     await browser_sign_in(page, live_url, ADMIN_KEY, "/console/actors")
     assert await page.text_content("tr[data-actor='shop.crm'] .badge.wh-active") == "active"
     await shot(page, screenshots, "actors")
     await page.click("a:text-is('shop.crm')")
+    await page.wait_for_selector("[data-webhook-state='active']")
+    assert "retry" in await page.text_content("#webhook table")  # the failed attempt
+    # Retry now: the waiting request is due at once (and fails again, later).
+    async with page.expect_navigation():
+        await page.click("button:text-is('Retry now')")
     await page.wait_for_selector("[data-webhook-state='active']")
     await page.click("#webhook button:text-is('Disable')")
     await page.wait_for_selector("[data-webhook-state='disabled']")
