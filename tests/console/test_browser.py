@@ -158,9 +158,15 @@ async def test_disable_and_enable_a_webhook(
 ) -> None:
     shop = await bus.account()
     emitter = await bus.actor(shop, "emitter", name="shop.web-orders")
-    # Nothing listens on port 9: each attempt fails to connect and is retried later.
+    # Nothing listens on port 9: each attempt fails to connect and is retried 10 min later.
     hook = await bus.actor(
-        shop, "consumer", name="shop.crm", config={"http.webhook.url": "http://127.0.0.1:9/hook"}
+        shop,
+        "consumer",
+        name="shop.crm",
+        config={
+            "http.webhook.url": "http://127.0.0.1:9/hook",
+            "http.webhook.backoff-initial": "600",
+        },
     )
     await bus.pipeline(chain(emitter["name"], ("consumer", hook["name"])))
     r = await shop.http.post(f"/api/v1/actors/{emitter['name']}/output", json=ENVELOPE)
@@ -174,11 +180,17 @@ async def test_disable_and_enable_a_webhook(
     await shot(page, screenshots, "actors")
     await page.click("a:text-is('shop.crm')")
     await page.wait_for_selector("[data-webhook-state='active']")
-    assert "retry" in await page.text_content("#webhook table")  # the failed attempt
-    # Retry now: the waiting request is due at once (and fails again, later).
+    assert "cannot connect" in await page.text_content("#webhook table")  # the failed attempt
+    # Retry now: the request waiting out its backoff is due at once, and attempted again.
     async with page.expect_navigation():
         await page.click("button:text-is('Retry now')")
     await page.wait_for_selector("[data-webhook-state='active']")
+    for _ in range(100):
+        if await db.fetchval("SELECT count(*) FROM delivery_attempts") == 2:
+            break
+        await asyncio.sleep(0.1)
+    await page.reload()
+    assert await page.locator("#webhook table tbody tr").count() == 2
     await page.click("#webhook button:text-is('Disable')")
     await page.wait_for_selector("[data-webhook-state='disabled']")
     state = "SELECT webhook_suspended_at IS NOT NULL FROM actors WHERE id = $1"
