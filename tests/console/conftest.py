@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -73,14 +74,25 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def screenshots() -> Path:
     """Where the browser tests save a screenshot of each page: XBUS_CONSOLE_SCREENSHOTS
-    (docs/console to refresh the documentation's pictures), else a temporary directory."""
+    (docs/console to refresh the documentation's pictures), else <tmp>/xbus-console-screenshots;
+    the run names it at its end."""
     wanted = os.environ.get("XBUS_CONSOLE_SCREENSHOTS")
-    where = Path(wanted) if wanted else tmp_path_factory.mktemp("console-screenshots")
+    # Not under the session's temporary root: scripts/test removes that when it ends.
+    where = Path(wanted or Path(tempfile.gettempdir()) / "xbus-console-screenshots")
     where.mkdir(parents=True, exist_ok=True)
-    print(f"\nconsole screenshots: {where}")
+    _SCREENSHOTS.append(where)
     return where
+
+
+_SCREENSHOTS: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where the screenshots went, at the end of the run."""
+    for where in _SCREENSHOTS:
+        terminalreporter.write_line(f"console screenshots: {where}")
 
 
 @pytest.fixture(scope="session")
