@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.principal import Principal
-from app.core.deps import _principal as principal_of_key  # the API's own check of a key
+from app.core.deps import principal_of_key  # the API's own check of a key
 from app.core.exceptions import Forbidden, Unauthorized
 from app.models import Account, ConsoleSession
 from app.models.enums import AccountStatus

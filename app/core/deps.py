@@ -93,7 +93,7 @@ async def authenticate(request: Request) -> Principal:
     async def lookup() -> tuple[Principal, datetime | None] | None:
         async with state.db.sessionmaker() as session:
             try:
-                return await _principal(session, key)
+                return await principal_of_key(session, key)
             except BaseException as error:
                 await lost(session, error)
                 raise
@@ -107,7 +107,9 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-async def _principal(session: AsyncSession, key: str) -> tuple[Principal, datetime | None] | None:
+async def principal_of_key(
+    session: AsyncSession, key: str
+) -> tuple[Principal, datetime | None] | None:
     """The account a key (or a session token) acts for, and when it expires."""
     digest = keys.digest(key)
     account = (
