@@ -6,7 +6,13 @@ from app.models.base import Base
 from app.models.console import ConsoleSession
 from app.models.envelopes import Envelope, Event, IdempotencyKey, Item
 from app.models.pipelines import Pipeline
-from app.models.processes import LogEntry, Process, ProcessNode
+from app.models.processes import (
+    LogEntry,
+    Process,
+    ProcessNode,
+    process_count_deltas,
+    process_counts,
+)
 from app.models.requests import ActorRequest, DeliveryAttempt
 
 __all__ = [
@@ -25,4 +31,6 @@ __all__ = [
     "Process",
     "ProcessNode",
     "SessionToken",
+    "process_count_deltas",
+    "process_counts",
 ]

@@ -101,3 +101,30 @@ class LogEntry(Base):
     request_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     processing_error: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     details: Mapped[dict[str, Any] | None]
+
+
+# Process counts kept beside the rows (migration 0007), so that the process summary does not
+# scan the history. Statement-level triggers on `processes` append, for each statement that
+# changes them, one row per key with the net change (+ inserted, - deleted, both for a key
+# that changed); the process-counts duty folds those deltas into the totals. The counts are
+# the sum of both tables by key: exact in any snapshot, since a delta commits with its change.
+# Append-only deltas and no index: concurrent writers never wait for one another here.
+# No foreign keys: a deleted pipeline or actor sets its processes' ids to NULL, and those
+# updates move their counts like any other.
+PROCESS_COUNT_KEY = ("pipeline_id", "emitter_id", "status", "result_acked", "pm_level", "pm_status")
+
+
+def _count_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("pipeline_id", sa.Uuid),
+        sa.Column("emitter_id", sa.Uuid),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("result_acked", sa.Boolean, nullable=False),
+        sa.Column("pm_level", sa.String(16)),
+        sa.Column("pm_status", sa.String(16)),
+        sa.Column("n", sa.BigInteger, nullable=False),  # processes (negative: removed)
+    ]
+
+
+process_counts = sa.Table("process_counts", Base.metadata, *_count_columns())
+process_count_deltas = sa.Table("process_count_deltas", Base.metadata, *_count_columns())
