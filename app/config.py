@@ -276,6 +276,13 @@ class Settings(BaseSettings):
     stats_interval: float = Field(
         600.0, gt=0, description="Period of the storage statistics refresh (ANALYZE) duty (s)."
     )
+    process_counts_fold_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Period of the duty that folds the process count deltas into their "
+        "totals (s): the process summary reads the deltas not folded yet, so a longer period "
+        "makes it slower, never wrong.",
+    )
     stats_exact_max_rows: int = Field(
         1_000_000,
         ge=0,

@@ -65,6 +65,16 @@ async def _storage_stats(state: AppState) -> None:
     )
 
 
+async def _process_counts(state: AppState) -> None:
+    await run_periodically(
+        state.db.engine,
+        "process-counts",
+        state.settings.process_counts_fold_interval,
+        lambda: supervision.fold_process_counts(state.db),
+        counted=_counter("process-counts"),
+    )
+
+
 async def _webhooks(state: AppState) -> None:
     await Dispatcher(state.db, state.director, state.settings, state.notifier).run()
 
@@ -81,6 +91,7 @@ DUTIES: list[tuple[str, Duty]] = [
     ("stalled-emissions", _stalled_emissions),
     ("unresponsive-actors", _unresponsive_actors),
     ("storage-stats", _storage_stats),
+    ("process-counts", _process_counts),
     ("webhooks", _webhooks),
     ("sentry-reports", _sentry_reports),
 ]

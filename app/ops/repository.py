@@ -23,6 +23,8 @@ from app.models import (
     Pipeline,
     Process,
     ProcessNode,
+    process_count_deltas,
+    process_counts,
 )
 from app.models.enums import (
     ActorStatus,
@@ -32,6 +34,7 @@ from app.models.enums import (
     RequestChannel,
     RequestStatus,
 )
+from app.models.processes import PROCESS_COUNT_KEY
 from app.processes.repository import ProcessRow
 
 Conditions = Sequence[sa.ColumnElement[bool]]
@@ -299,20 +302,13 @@ async def first_logs(
 
 
 # ---------------------------------------------------------------------------- summary
-async def process_counts(session: AsyncSession, conds: Conditions) -> Rows:
-    """(pipeline id, name, version, emitter id, name, status, acked, count) groups."""
-    grouped = (
-        sa.select(
-            Process.pipeline_id,
-            Process.emitter_id,
-            Process.status,
-            Process.result_acked,
-            sa.func.count().label("n"),
-        )
-        .where(*conds)
-        .group_by(Process.pipeline_id, Process.emitter_id, Process.status, Process.result_acked)
-        .subquery()
-    )
+def _count_key(columns: sa.ColumnCollection[str, Any]) -> list[sa.ColumnElement[Any]]:
+    return [columns[name] for name in PROCESS_COUNT_KEY]
+
+
+async def _named_counts(session: AsyncSession, grouped: sa.Subquery) -> Rows:
+    """(pipeline id, name, version, emitter id, name, status, acked, pm level, pm status,
+    count) rows of counts grouped by the key, with the names of their pipeline and emitter."""
     rows = await session.execute(
         sa.select(
             grouped.c.pipeline_id,
@@ -320,8 +316,7 @@ async def process_counts(session: AsyncSession, conds: Conditions) -> Rows:
             Pipeline.version.label("pipeline_version"),
             grouped.c.emitter_id,
             Actor.name.label("emitter_name"),
-            grouped.c.status,
-            grouped.c.result_acked,
+            *_count_key(grouped.c)[2:],
             grouped.c.n,
         )
         .outerjoin(Pipeline, Pipeline.id == grouped.c.pipeline_id)
@@ -330,13 +325,83 @@ async def process_counts(session: AsyncSession, conds: Conditions) -> Rows:
     return rows.all()
 
 
-async def postmortem_counts(session: AsyncSession, conds: Conditions) -> Rows:
-    rows = await session.execute(
-        sa.select(Process.pm_level, Process.pm_status, sa.func.count())
-        .where(Process.pm_level.is_not(None), *conds)
-        .group_by(Process.pm_level, Process.pm_status)
+async def counted_processes(session: AsyncSession, conds: Conditions) -> Rows:
+    """The processes matching `conds`, counted row by row: as costly as the rows they
+    select (a range of created_at reads that range through its index)."""
+    key = _count_key(Process.__table__.c)
+    grouped = sa.select(*key, sa.func.count().label("n")).where(*conds).group_by(*key).subquery()
+    return await _named_counts(session, grouped)
+
+
+async def kept_process_counts(
+    session: AsyncSession,
+    statuses: Sequence[ProcessStatus],
+    pipeline_id: uuid.UUID | None,
+    emitter_ids: Sequence[uuid.UUID] | None,
+) -> Rows:
+    """The same counts from those kept beside the rows (migration 0007): the folded totals
+    plus the deltas not folded yet, in one statement (one snapshot, so exact), whatever the
+    number of processes stored."""
+    kept = sa.union_all(sa.select(process_counts), sa.select(process_count_deltas)).subquery("kept")
+    conds: list[sa.ColumnElement[bool]] = []
+    if statuses:
+        conds.append(kept.c.status.in_([str(s) for s in statuses]))
+    if pipeline_id is not None:
+        conds.append(kept.c.pipeline_id == pipeline_id)
+    if emitter_ids is not None:
+        conds.append(kept.c.emitter_id.in_(emitter_ids))
+    key = _count_key(kept.c)
+    total = sa.func.sum(kept.c.n)
+    grouped = (
+        sa.select(*key, sa.cast(total, sa.BigInteger).label("n"))
+        .where(*conds)
+        .group_by(*key)
+        .having(total != 0)
+        .subquery()
     )
-    return rows.all()
+    return await _named_counts(session, grouped)
+
+
+_COLUMNS = ", ".join(PROCESS_COUNT_KEY)
+_NIL = "'00000000-0000-0000-0000-000000000000'::uuid"
+
+
+def _same_key(name: str) -> str:
+    """Key column `name` of totals row c equals that of m, NULL matching NULL (coalesce is
+    hashable, IS NOT DISTINCT FROM is not)."""
+    if name in ("pipeline_id", "emitter_id"):
+        return f"coalesce(c.{name}, {_NIL}) = coalesce(m.{name}, {_NIL})"
+    if name in ("pm_level", "pm_status"):
+        return f"coalesce(c.{name}, '') = coalesce(m.{name}, '')"
+    return f"c.{name} = m.{name}"
+
+
+# The deltas visible now move into the totals: the totals of the keys they touch are deleted
+# and written again with the deltas added (keys whose count falls to 0 are not). One
+# statement: a reader sees the deltas or their sum, never both. Deltas committed meanwhile
+# are left for the next fold. Two folds at once (the duty runs on one replica at a time) would
+# still count right: a key could then have two total rows, which readers and the next fold
+# add up.
+FOLD_PROCESS_COUNTS = sa.text(f"""
+WITH moved AS (
+    DELETE FROM process_count_deltas RETURNING {_COLUMNS}, n
+), touched AS (
+    DELETE FROM process_counts c USING (SELECT DISTINCT {_COLUMNS} FROM moved) m
+    WHERE {" AND ".join(_same_key(name) for name in PROCESS_COUNT_KEY)}
+    RETURNING {", ".join(f"c.{name}" for name in PROCESS_COUNT_KEY)}, c.n
+), folded AS (
+    INSERT INTO process_counts ({_COLUMNS}, n)
+    SELECT {_COLUMNS}, sum(n) FROM (SELECT * FROM moved UNION ALL SELECT * FROM touched) d
+    GROUP BY {_COLUMNS} HAVING sum(n) <> 0
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved) AS deltas, (SELECT count(*) FROM folded) AS keys""")  # noqa: S608
+
+
+async def fold_process_counts(session: AsyncSession) -> tuple[int, int]:
+    """(deltas folded, keys written)."""
+    deltas, keys = (await session.execute(FOLD_PROCESS_COUNTS)).one()
+    return int(deltas), int(keys)
 
 
 # ---------------------------------------------------------------------------- storage

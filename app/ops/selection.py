@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -30,11 +31,17 @@ async def conditions(
         created_after=selection.created_after,
         created_before=created_before,
     )
-    if selection.emitter is not None:
-        actor = await find_actor(session, selection.emitter)
-        # An unknown emitter selects nothing (as the list does), it is not an error.
-        flt.emitter_ids = [actor.id] if actor is not None else []
+    flt.emitter_ids = await emitter_ids(session, selection)
     conds = flt.conditions()
     if selection.ids is not None:
         conds.append(Process.id.in_(selection.ids))
     return conds
+
+
+async def emitter_ids(session: AsyncSession, selection: ProcessSelection) -> list[uuid.UUID] | None:
+    """The emitter the selection names (by id or name), or None when it names none."""
+    if selection.emitter is None:
+        return None
+    actor = await find_actor(session, selection.emitter)
+    # An unknown emitter selects nothing (as the list does), it is not an error.
+    return [actor.id] if actor is not None else []

@@ -11,11 +11,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Base
-from app.ops import repository
+from app.ops import repository, selection
 from app.ops.schemas import (
     EmitterCount,
     KindStats,
     PipelineCount,
+    ProcessSelection,
     ProcessSummary,
     StorageStats,
     TableStats,
@@ -23,7 +24,7 @@ from app.ops.schemas import (
 
 # Kinds of stored things, each with its main table first.
 KINDS: dict[str, tuple[str, ...]] = {
-    "processes": ("processes", "process_nodes"),
+    "processes": ("processes", "process_nodes", "process_counts", "process_count_deltas"),
     "logs": ("log_entries",),
     "requests": ("requests", "delivery_attempts"),
     "envelopes": ("envelopes", "events", "items", "idempotency_keys"),
@@ -37,15 +38,29 @@ def bus_tables() -> dict[str, sa.Table]:
     return {table.name: table for table in Base.metadata.sorted_tables}
 
 
-async def process_summary(
-    session: AsyncSession, conds: list[sa.ColumnElement[bool]]
-) -> ProcessSummary:
+async def process_summary(session: AsyncSession, wanted: ProcessSelection) -> ProcessSummary:
+    """Counts of the processes `wanted` selects (its status, pipeline, emitter and created
+    range). Without a created range they come from the counts kept beside the rows, at a
+    cost that does not grow with the history; a range is counted row by row (through the
+    created_at index: as costly as the processes in it)."""
+    if wanted.created_after is None and wanted.created_before is None:
+        rows = await repository.kept_process_counts(
+            session,
+            wanted.status or [],
+            wanted.pipeline_id,
+            await selection.emitter_ids(session, wanted),
+        )
+    else:
+        rows = await repository.counted_processes(
+            session, await selection.conditions(session, wanted)
+        )
     by_status: Counter[str] = Counter()
     acked = 0
     pipelines: dict[Any, dict[str, Any]] = {}
     emitters: dict[Any, dict[str, Any]] = {}
-    for row in await repository.process_counts(session, conds):
-        status = row.status.value
+    postmortem: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        status = str(row.status)
         by_status[status] += row.n
         if row.result_acked:
             acked += row.n
@@ -58,9 +73,8 @@ async def process_summary(
             row.emitter_id, {"name": row.emitter_name, "counts": Counter()}
         )
         emitter["counts"][status] += row.n
-    postmortem: dict[str, dict[str, int]] = defaultdict(dict)
-    for level, status, count in await repository.postmortem_counts(session, conds):
-        postmortem[level.value][status.value if status else "none"] = int(count)
+        if row.pm_level is not None:
+            postmortem[str(row.pm_level)][str(row.pm_status or "none")] += row.n
     total = sum(by_status.values())
     return ProcessSummary(
         total=total,
@@ -92,7 +106,7 @@ async def process_summary(
             ),
             key=lambda c: (-c.total, c.name or ""),
         ),
-        postmortem=dict(postmortem),
+        postmortem={level: dict(counts) for level, counts in postmortem.items()},
     )
 
 

@@ -1,8 +1,9 @@
 """Supervision passes, run as background duties once across replicas (app/bus/singleton.py):
 processes waiting on a stalled envelope upload are canceled, polling actors that leave their
-requests waiting are marked unresponsive (and cleared when they poll again), and storage
-statistics are kept fresh. Lease expiry stays with the supervisor of every replica
-(app/bus/supervisor.py): it is safe anywhere thanks to SKIP LOCKED."""
+requests waiting are marked unresponsive (and cleared when they poll again), storage
+statistics are kept fresh, and process count deltas are folded into their totals. Lease
+expiry stays with the supervisor of every replica (app/bus/supervisor.py): it is safe anywhere
+thanks to SKIP LOCKED."""
 
 from __future__ import annotations
 
@@ -103,3 +104,13 @@ async def refresh_storage_stats(db: Database) -> None:
         ", ".join(analyzed) or "none",
         "; ".join(f"{k.kind} ~{k.rows} rows {k.bytes // 1024} KiB" for k in snapshot.kinds),
     )
+
+
+async def fold_process_counts(db: Database) -> int:
+    """Moves the process count deltas written since the last pass into their totals (they
+    are exact either way: this keeps the summary's read short). Returns the deltas moved."""
+    async with db.session() as session:
+        deltas, keys = await repository.fold_process_counts(session)
+    if deltas:
+        log.debug("process counts: %d deltas folded into %d totals", deltas, keys)
+    return deltas
