@@ -843,6 +843,7 @@ class Xbusd:
     base_url: str
     admin_key: str
     log_file: Path
+    database_url: str = ""
 
 
 def start_xbusd(
@@ -876,7 +877,7 @@ def start_xbusd(
     proc = kids.spawn("xbusd", args, log_file, env, cwd=source)
     base_url = f"http://{HOST}:{port}"
     wait_ready(f"{base_url}/readyz", proc, log_file, 120)
-    return Xbusd(proc, base_url, admin_key, log_file)
+    return Xbusd(proc, base_url, admin_key, log_file, env.get("XBUS_DATABASE_URL", ""))
 
 
 def server_pids(runtime: EmbeddedRuntime) -> dict[str, int | None]:

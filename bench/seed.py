@@ -10,8 +10,9 @@ Column lists come from `information_schema`, so a column added later is copied a
 
 For speed, the seeding session commits with `synchronous_commit = off`, skips the per-row
 foreign-key triggers (`session_replication_role = replica`: the copies are consistent by
-construction), and from 100,000 copies drops the seeded tables' secondary indexes and builds
-them again at the end (so they are freshly built, denser than a live bus's would be).
+construction; the process counts, kept by triggers too, are added by hand), and from 100,000
+copies drops the seeded tables' secondary indexes and builds them again at the end (so they
+are freshly built, denser than a live bus's would be).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 BATCH = 50_000
+# The key of the process counts kept beside the rows (migration 0007), where they are.
+_COUNT_KEY = "pipeline_id, emitter_id, status, result_acked, pm_level, pm_status"
 
 # Tables in insertion order (foreign keys), with the template rows each takes.
 # $1: the template process id, $2: its trigger envelope id.
@@ -155,6 +158,11 @@ async def clone_process(
             f"WHERE {_TEMPLATE_ROWS[table]}"
         )
     timings: dict[str, float] = {}
+    # Where the database keeps process counts and this session skips the triggers.
+    counted = await conn.fetchval(
+        "SELECT to_regclass('process_count_deltas') IS NOT NULL "
+        "AND current_setting('session_replication_role') = 'replica'"
+    )
     done = 0
     while done < count:
         n = min(BATCH, count - done)
@@ -194,6 +202,15 @@ async def clone_process(
                 t0 = time.perf_counter()
                 await conn.execute(sql, *args)
                 timings[table] = timings.get(table, 0.0) + time.perf_counter() - t0
+            if counted:
+                # The triggers that keep the process counts do not fire in the replica
+                # role (see `seed`): the copies are counted here, in their transaction.
+                await conn.execute(
+                    f"INSERT INTO process_count_deltas ({_COUNT_KEY}, n) "
+                    f"SELECT {_COUNT_KEY}, $2 FROM processes WHERE id = $1",
+                    template,
+                    n,
+                )
         done += n
         if progress is not None:
             progress(done)
