@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 BATCH = 50_000
-# The key of the process counts kept beside the rows (migration 0007), where they are.
+# The key of the process counts kept beside the rows (migration 0008), where they are.
 _COUNT_KEY = "pipeline_id, emitter_id, status, result_acked, pm_level, pm_status"
 
 # Tables in insertion order (foreign keys), with the template rows each takes.

@@ -157,7 +157,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-# Kept by triggers and rewritten by a background duty at any time (migration 0007): not
+# Kept by triggers and rewritten by a background duty at any time (migration 0008): not
 # something a request stores; `processes` itself is counted.
 DERIVED_TABLES = {"process_counts", "process_count_deltas"}
 

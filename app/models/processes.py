@@ -103,7 +103,7 @@ class LogEntry(Base):
     details: Mapped[dict[str, Any] | None]
 
 
-# Process counts kept beside the rows (migration 0007), so that the process summary does not
+# Process counts kept beside the rows (migration 0008), so that the process summary does not
 # scan the history. Statement-level triggers on `processes` append, for each statement that
 # changes them, one row per key with the net change (+ inserted, - deleted, both for a key
 # that changed); the process-counts duty folds those deltas into the totals. The counts are

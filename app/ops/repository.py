@@ -339,7 +339,7 @@ async def kept_process_counts(
     pipeline_id: uuid.UUID | None,
     emitter_ids: Sequence[uuid.UUID] | None,
 ) -> Rows:
-    """The same counts from those kept beside the rows (migration 0007): the folded totals
+    """The same counts from those kept beside the rows (migration 0008): the folded totals
     plus the deltas not folded yet, in one statement (one snapshot, so exact), whatever the
     number of processes stored."""
     kept = sa.union_all(sa.select(process_counts), sa.select(process_count_deltas)).subquery("kept")

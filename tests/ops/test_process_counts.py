@@ -1,4 +1,4 @@
-"""The process summary from the counts kept beside the rows (migration 0007): always equal
+"""The process summary from the counts kept beside the rows (migration 0008): always equal
 to a COUNT of the processes table, after every kind of change, across folds of the deltas,
 under concurrent writers, and filled by the migration for the rows already there."""
 
@@ -409,7 +409,7 @@ async def test_the_migration_counts_the_rows_already_there(pg_server_url: str) -
     database = "xbus_counts_migration"
     await _recreate_database(pg_server_url, database)
     url = _with_database(pg_server_url, database)
-    await asyncio.to_thread(migrations.upgrade, url, "0006")
+    await asyncio.to_thread(migrations.upgrade, url, "0007")
     conn = await asyncpg.connect(_plain(url))
     try:
         account = await conn.fetchval(
@@ -449,7 +449,7 @@ async def test_the_migration_counts_the_rows_already_there(pg_server_url: str) -
         )
         assert summary_of(both) == await counted(conn)
         # down and up again: counted again from the rows
-        await asyncio.to_thread(migrations.downgrade, url, "0006")
+        await asyncio.to_thread(migrations.downgrade, url, "0007")
         assert await conn.fetchval("SELECT to_regclass('process_counts')") is None
         triggers = await conn.fetchval(
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'processes'::regclass "
