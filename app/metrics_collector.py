@@ -35,7 +35,7 @@ from app.config import Settings
 from app.core.errors import Problem
 from app.core.exceptions import Unauthorized
 from app.metrics import LogDropsCollector
-from app.models import Actor, ActorRequest, Envelope, Process
+from app.models import Actor, ActorRequest, Envelope, Process, process_count_deltas, process_counts
 from app.models.enums import (
     ActorKind,
     EnvelopeStatus,
@@ -87,13 +87,20 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
     return GaugeMetricFamily(name, doc, labels=labels or [])
 
 
+def _kept_counts() -> sa.Subquery:
+    """The process counts kept beside the rows (migration 0008: the folded totals and the
+    deltas not folded yet), as cheap to read at a million processes as at ten."""
+    return sa.union_all(sa.select(process_counts), sa.select(process_count_deltas)).subquery()
+
+
 async def _processes(conn: AsyncConnection, statuses: tuple[ProcessStatus, ...]) -> list[Metric]:
+    kept = _kept_counts()
     rows = await conn.execute(
-        sa.select(Process.status, sa.func.count())
-        .where(Process.status.in_(statuses))
-        .group_by(Process.status)
+        sa.select(kept.c.status, sa.func.sum(kept.c.n))
+        .where(kept.c.status.in_([status.value for status in statuses]))
+        .group_by(kept.c.status)
     )
-    counts = {ProcessStatus(status): n for status, n in rows}
+    counts = {ProcessStatus(status): int(n) for status, n in rows}
     family = _gauge("xbus_processes", "Stored processes by status", ["status"])
     for status in statuses:
         family.add_metric([status.value], counts.get(status, 0))
@@ -105,18 +112,20 @@ async def _active_processes(conn: AsyncConnection) -> list[Metric]:
 
 
 async def _final_processes(conn: AsyncConnection) -> list[Metric]:
-    # Separate from the active ones: on a huge history this one may hit the timeout alone.
     return await _processes(conn, FINAL)
 
 
 async def _postmortems(conn: AsyncConnection) -> list[Metric]:
+    kept = _kept_counts()
+    total = sa.func.sum(kept.c.n)
     rows = await conn.execute(
-        sa.select(Process.pm_status, Process.pm_level, sa.func.count())
+        sa.select(kept.c.pm_status, kept.c.pm_level, total)
         .where(
-            Process.pm_level.is_not(None),
-            Process.pm_status.in_((PostmortemStatus.NEW, PostmortemStatus.OPENED)),
+            kept.c.pm_level.is_not(None),
+            kept.c.pm_status.in_([PostmortemStatus.NEW.value, PostmortemStatus.OPENED.value]),
         )
-        .group_by(Process.pm_status, Process.pm_level)
+        .group_by(kept.c.pm_status, kept.c.pm_level)
+        .having(total != 0)
     )
     family = _gauge(
         "xbus_postmortems_open",
@@ -124,7 +133,7 @@ async def _postmortems(conn: AsyncConnection) -> list[Metric]:
         ["status", "level"],
     )
     for pm_status, level, n in rows:
-        family.add_metric([str(pm_status), str(level)], n)
+        family.add_metric([str(pm_status), str(level)], int(n))
     return [family]
 
 
