@@ -127,8 +127,9 @@ def timeline(
     lease_seconds: float,
 ) -> list[Bar]:
     """Bars from the process's start to its end (or now): each node from its start to its
-    end, each of its requests from creation to end with its attempt count and actor (and,
-    while leased, since when), each webhook attempt with its code and latency."""
+    end, each of its requests from creation to end with its attempt count and actor, when
+    its last attempt was leased and how long its actor took to answer, each webhook attempt
+    with its code and latency."""
     by_request: dict[Any, list[Any]] = {}
     for attempt in attempts:
         by_request.setdefault(attempt.request_id, []).append(attempt)
@@ -144,7 +145,13 @@ def timeline(
                 f"{request.actor_name or '?'} · {request.channel} · attempt "
                 f"{request.attempts}/{request.max_attempts}"
             )
-            if request.lease_expires_at is not None and request.status in ("leased", "running"):
+            if request.leased_at is not None:
+                detail += f" · leased at {request.leased_at.astimezone(UTC):%H:%M:%S}"
+                if request.ended_at is not None:
+                    took = (request.ended_at - request.leased_at).total_seconds()
+                    detail += f", answered in {took:.1f} s"
+            elif request.lease_expires_at is not None and request.status in ("leased", "running"):
+                # Leased before requests recorded when (migration 0009): from its lease's end.
                 leased = request.lease_expires_at.timestamp() - lease_seconds
                 detail += f" · leased at {datetime.fromtimestamp(leased, UTC).strftime('%H:%M:%S')}"
             if request.last_error:

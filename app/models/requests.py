@@ -58,6 +58,8 @@ class ActorRequest(Base):
     max_attempts: Mapped[int]
     available_at: Mapped[datetime] = now_column()
     lease_expires_at: Mapped[datetime | None]
+    # When the last attempt was leased (migration 0009): the timeline's "taken at".
+    leased_at: Mapped[datetime | None]
     leased_by: Mapped[str | None] = mapped_column(sa.String(255))
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = now_column()

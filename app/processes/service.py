@@ -124,6 +124,7 @@ async def detail(session: AsyncSession, row: repository.ProcessRow) -> ProcessDe
                 ended_at=request.ended_at,
                 last_error=request.last_error,
                 lease_expires_at=request.lease_expires_at,
+                leased_at=request.leased_at,
             )
         )
     nodes = [

@@ -71,6 +71,9 @@ class RequestSummary(BaseModel):
     lease_expires_at: datetime | None = Field(
         None, description="While leased or running: when the lease runs out"
     )
+    leased_at: datetime | None = Field(
+        None, description="When its last attempt was leased (taken by its actor)"
+    )
 
 
 class ActorRequestBatch(BaseModel):

@@ -304,7 +304,7 @@ WITH due AS (
     LIMIT $3
     FOR UPDATE OF r SKIP LOCKED
 )
-UPDATE requests r SET status = 'leased', attempts = r.attempts + 1,
+UPDATE requests r SET status = 'leased', attempts = r.attempts + 1, leased_at = $2,
     lease_expires_at = $4, leased_by = $5, updated_at = $2, channel = coalesce($6, r.channel)
 FROM due WHERE r.id = due.id
 RETURNING {_REQUEST_COLUMNS}"""

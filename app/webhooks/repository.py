@@ -137,7 +137,7 @@ _CLAIM = sa.text(
     UPDATE requests r SET
         status = 'leased', attempts = r.attempts + 1, max_attempts = picked.max_attempts,
         lease_expires_at = CAST(:now AS timestamptz) + make_interval(secs => picked.lease),
-        leased_by = :holder, updated_at = :now
+        leased_by = :holder, updated_at = :now, leased_at = :now
     FROM picked WHERE r.id = picked.id
     RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r.created_at,
         r.inputs, r.lease_expires_at
@@ -150,7 +150,7 @@ _CLAIM_PROBE = sa.text(
         status = 'leased', attempts = r.attempts + 1, max_attempts = :max_attempts,
         lease_expires_at = CAST(:now AS timestamptz)
             + make_interval(secs => CAST(:lease AS float8)),
-        leased_by = :holder, updated_at = :now
+        leased_by = :holder, updated_at = :now, leased_at = :now
     WHERE r.id = (
         SELECT r2.id FROM requests r2 JOIN processes p ON p.id = r2.process_id
         WHERE r2.actor_id = :actor_id AND r2.channel = 'webhook' AND r2.status = 'pending'

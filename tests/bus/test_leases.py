@@ -4,6 +4,7 @@ limit its node ends in error."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -69,6 +70,11 @@ async def test_running_state_extends_the_lease(bus: Bus) -> None:
     await acct.http.post(f"/api/v1/requests/{job['request_id']}/state", json={"status": "success"})
     process = (await acct.http.get(f"/api/v1/processes/{emission['process_id']}")).json()
     assert process["status"] == "done"
+    # When it was taken is kept (not moved by the running reports): ~1 s before its answer.
+    [request] = next(n for n in process["nodes"] if n["node_id"] == "consumer0")["requests"]
+    leased, ended = (datetime.fromisoformat(request[k]) for k in ("leased_at", "ended_at"))
+    assert datetime.fromisoformat(request["created_at"]) <= leased
+    assert (ended - leased).total_seconds() >= 1.0
 
 
 async def test_late_answer_after_redelivery_is_accepted_once(bus: Bus) -> None:

@@ -67,6 +67,7 @@ def test_timeline_bars_span_the_process() -> None:
         attempts=2,
         max_attempts=5,
         lease_expires_at=None,
+        leased_at=t0 + timedelta(seconds=5),
         status="success",
         last_error=None,
         created_at=t0 + timedelta(seconds=1),
@@ -95,4 +96,5 @@ def test_timeline_bars_span_the_process() -> None:
     assert (bars[1].left, bars[1].width) == (10.0, 80.0)
     assert (bars[2].left, bars[2].width) == (50.0, 20.0)
     assert "attempt 2/5" in bars[1].detail
+    assert "leased at 00:00:05, answered in 4.0 s" in bars[1].detail
     assert "HTTP 200 2000 ms" in bars[2].detail

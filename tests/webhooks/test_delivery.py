@@ -49,6 +49,8 @@ async def test_success_delivers_the_polling_body(bus: Bus, receiver: Receiver) -
     process = await finished(acct.http, emission["process_id"])
     assert process["status"] == "done"
     assert process["postmortem"] is None
+    [request] = next(n for n in process["nodes"] if n["node_id"] == "consumer0")["requests"]
+    assert request["leased_at"] is not None  # the claim that sent it
     assert got.headers["content-type"] == "application/json"
     assert "webhook-signature" not in got.headers  # no secret, no signature
     body = json.loads(got.body)
