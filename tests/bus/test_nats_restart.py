@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,16 +18,6 @@ from tests.bus.conftest import ENVELOPE, Bus, chain
 from tests.bus.test_doorbell import Replica, until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats-own", "127.0.0.1", 0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

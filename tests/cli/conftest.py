@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from tests.bus.conftest import bus
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, served
 
 __all__ = ["Result", "Run", "bus"]
 
@@ -35,24 +33,8 @@ Run = Callable[..., Awaitable[Result]]
 
 @pytest.fixture
 async def server(app: FastAPI) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    # The app fixture runs the lifespan already.
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-    served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve(sockets=[sock]))
-    while not served.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        served.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with served(app) as url:
+        yield url
 
 
 @pytest.fixture

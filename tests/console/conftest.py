@@ -3,11 +3,9 @@ tests a real server on a free port and a headless Chromium driven by Playwright.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -16,11 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from tests.bus.conftest import Bus, bus  # noqa: F401  (fixture)
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, served
 
 BASE = "http://xbus.test"
 ORIGIN = {"Origin": BASE}
@@ -109,29 +106,11 @@ async def browser() -> AsyncIterator[Any]:
             await chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def live_url(app: FastAPI) -> AsyncIterator[str]:
     """The test's app served over real HTTP on 127.0.0.1 (in this event loop)."""
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with served(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -226,16 +224,6 @@ async def test_slow_query_loses_only_its_series(
     assert blocked.value("xbus_metrics_source_up", source="database") == 1
     free = await scrape(client)
     assert free.value("xbus_processes", status="running") == 0
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats-own", "127.0.0.1", 0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_nats_varz_series(settings: Settings, clean_db: None, own_nats: EmbeddedNats) -> None:
