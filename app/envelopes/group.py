@@ -67,8 +67,7 @@ class EmissionGroups:
             await session.commit()
         started: asyncio.Future[ProcessRow] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(emitter, planned, started))
-        if self._writer is None and not self._alone:  # else started when the lone one ends
-            self._writer = asyncio.create_task(self._write_all(), name="emission-groups")
+        self._wake_writer()
         # A request cancelled meanwhile does not take its envelope out of a group being
         # written: it is stored or not with the others, like a lone emission past its send.
         return await asyncio.shield(started)
@@ -84,8 +83,13 @@ class EmissionGroups:
             return process
         finally:
             self._alone -= 1
-            if self._queue and self._writer is None:
-                self._writer = asyncio.create_task(self._write_all(), name="emission-groups")
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Start the group writer for what is queued, unless it runs already or a lone
+        emission is being written (its end starts it: what came meanwhile is one group)."""
+        if self._queue and self._writer is None and not self._alone:
+            self._writer = asyncio.create_task(self._write_all(), name="emission-groups")
 
     async def close(self) -> None:
         """Write what is queued, then stop (at shutdown)."""
