@@ -35,7 +35,7 @@ from app.config import Settings
 from app.core.errors import Problem
 from app.core.exceptions import Unauthorized
 from app.metrics import LogDropsCollector
-from app.models import Actor, ActorRequest, Envelope, Process, process_count_deltas, process_counts
+from app.models import Actor, ActorRequest, Envelope, Process
 from app.models.enums import (
     ActorKind,
     EnvelopeStatus,
@@ -44,6 +44,7 @@ from app.models.enums import (
     RequestChannel,
     RequestStatus,
 )
+from app.ops.repository import kept_counts
 from app.runtime.watchdog import UP, read_status
 from app.state import AppState
 from app.store.processes import STRANDED_COUNT
@@ -87,14 +88,8 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
     return GaugeMetricFamily(name, doc, labels=labels or [])
 
 
-def _kept_counts() -> sa.Subquery:
-    """The process counts kept beside the rows (migration 0008: the folded totals and the
-    deltas not folded yet), as cheap to read at a million processes as at ten."""
-    return sa.union_all(sa.select(process_counts), sa.select(process_count_deltas)).subquery()
-
-
 async def _processes(conn: AsyncConnection, statuses: tuple[ProcessStatus, ...]) -> list[Metric]:
-    kept = _kept_counts()
+    kept = kept_counts()
     rows = await conn.execute(
         sa.select(kept.c.status, sa.func.sum(kept.c.n))
         .where(kept.c.status.in_([status.value for status in statuses]))
@@ -116,7 +111,7 @@ async def _final_processes(conn: AsyncConnection) -> list[Metric]:
 
 
 async def _postmortems(conn: AsyncConnection) -> list[Metric]:
-    kept = _kept_counts()
+    kept = kept_counts()
     total = sa.func.sum(kept.c.n)
     rows = await conn.execute(
         sa.select(kept.c.pm_status, kept.c.pm_level, total)

@@ -333,6 +333,12 @@ async def counted_processes(session: AsyncSession, conds: Conditions) -> Rows:
     return await _named_counts(session, grouped)
 
 
+def kept_counts() -> sa.Subquery:
+    """The process counts kept beside the rows (migration 0008): the folded totals and the
+    deltas not folded yet, rows of (key, n) to sum by key, in one snapshot."""
+    return sa.union_all(sa.select(process_counts), sa.select(process_count_deltas)).subquery("kept")
+
+
 async def kept_process_counts(
     session: AsyncSession,
     statuses: Sequence[ProcessStatus],
@@ -342,7 +348,7 @@ async def kept_process_counts(
     """The same counts from those kept beside the rows (migration 0008): the folded totals
     plus the deltas not folded yet, in one statement (one snapshot, so exact), whatever the
     number of processes stored."""
-    kept = sa.union_all(sa.select(process_counts), sa.select(process_count_deltas)).subquery("kept")
+    kept = kept_counts()
     conds: list[sa.ColumnElement[bool]] = []
     if statuses:
         conds.append(kept.c.status.in_([str(s) for s in statuses]))
