@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from app.bus.notify import Notifier
 from app.doorbell import SUBJECT, doorbell
 from app.nats import NatsConnection
+from app.runtime.nats import EmbeddedNats
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,6 +46,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> No
     while not await check():
         assert time.monotonic() < deadline, "not within the time"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def nats_url(own_nats: EmbeddedNats) -> str:
+    """A nats-server of the test's own: no replica of another test (an app still stopping,
+    saying "here" on the session's server) may count as a peer."""
+    return own_nats.url()
 
 
 @pytest.fixture
