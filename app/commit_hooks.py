@@ -1,13 +1,14 @@
 """What a unit of work does once its transaction commits, and only then: callbacks (metrics,
 anything that must not count work that was rolled back) and wake-up keys handed to the
-session's notifier (`app.bus.notify`, given to the sessions by `app.db.Database`). A rollback
-forgets both."""
+unit's notifier (`app.bus.notify`, given to the units by `app.db.Database`). A rollback
+forgets both. A unit is a SQLAlchemy session, or a `Work` of `app.store.connection` (a pooled
+asyncpg connection without the ORM): both keep what is pending in their `info`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,32 +28,51 @@ class Publisher(Protocol):
     def publish(self, keys: list[str]) -> None: ...
 
 
-def notify_after_commit(session: AsyncSession | Session, key: str) -> None:
-    sync = session.sync_session if isinstance(session, AsyncSession) else session
-    sync.info.setdefault(_PENDING, set()).add(key)
+class HasInfo(Protocol):
+    """A unit of work other than a session: what it keeps for after its commit."""
+
+    info: dict[str, Any]
 
 
-def on_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
+def _info(unit: AsyncSession | Session | HasInfo) -> dict[str, Any]:
+    if isinstance(unit, AsyncSession):
+        return unit.sync_session.info
+    return unit.info
+
+
+def notify_after_commit(unit: AsyncSession | Session | HasInfo, key: str) -> None:
+    _info(unit).setdefault(_PENDING, set()).add(key)
+
+
+def on_commit(unit: AsyncSession | Session | HasInfo, callback: Callable[[], None]) -> None:
     """Run `callback` once the transaction commits (metrics, anything that must not count
     work that was rolled back)."""
-    sync = session.sync_session if isinstance(session, AsyncSession) else session
-    sync.info.setdefault(_CALLBACKS, []).append(callback)
+    _info(unit).setdefault(_CALLBACKS, []).append(callback)
 
 
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    for callback in session.info.pop(_CALLBACKS, ()):
+def committed(info: dict[str, Any]) -> None:
+    """A unit's transaction committed: run its callbacks, hand its keys to its notifier."""
+    for callback in info.pop(_CALLBACKS, ()):
         try:
             callback()
         except Exception:
             log.exception("after-commit callback failed")
-    keys = session.info.pop(_PENDING, None)
-    notifier: Publisher | None = session.info.get(NOTIFIER)
+    keys = info.pop(_PENDING, None)
+    notifier: Publisher | None = info.get(NOTIFIER)
     if keys and notifier is not None:
         notifier.publish(sorted(keys))
 
 
+def rolled_back(info: dict[str, Any]) -> None:
+    info.pop(_PENDING, None)
+    info.pop(_CALLBACKS, None)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    committed(session.info)
+
+
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
-    session.info.pop(_CALLBACKS, None)
+    rolled_back(session.info)

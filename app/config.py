@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     # --- database
     db_pool_size: int = Field(20, ge=1, description="SQLAlchemy pool size per process.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections over the pool size.")
+    db_hot_pool_size: int = Field(
+        10,
+        ge=1,
+        description="Connections of the plain asyncpg pool that the hot routes (emit, lease, "
+        "report) use without the ORM, per process, opened as needed.",
+    )
     # --- envelopes
     envelope_max_items: int = Field(100_000, ge=1, description="Most items in one envelope.")
     envelope_max_bytes: int = Field(256 * MiB, ge=1, description="Largest envelope (item bytes).")
@@ -320,7 +326,7 @@ class Settings(BaseSettings):
 
     @property
     def db_connections_per_worker(self) -> int:
-        return self.db_pool_size + self.db_max_overflow
+        return self.db_pool_size + self.db_max_overflow + self.db_hot_pool_size
 
     @property
     def admin_key_file(self) -> Path:

@@ -1,10 +1,15 @@
-"""The async engine and sessions. One session per request, committed once at the end."""
+"""The async engine and sessions, and the plain asyncpg pool of the hot routes' units of
+work. One unit per request, committed once at the end."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
 
 from app.commit_hooks import NOTIFIER, Publisher
 from app.config import Settings
-from app.store.connection import drop_broken_connections, lost
+from app.store.connection import Work, drop_broken_connections, lost
 
 
 def async_url(url: str) -> str:
@@ -45,12 +50,98 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
+# Options of SQLAlchemy's asyncpg dialect that asyncpg.connect does not take.
+_DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
+
+
+async def _json_codecs(connection: Any) -> None:
+    """JSON and JSONB as SQLAlchemy's asyncpg dialect sets them on its connections (the
+    statements of `app.store` run on either): Python values out, JSON text in."""
+    await connection.set_type_codec(
+        "json",
+        encoder=str.encode,
+        decoder=lambda value: json.loads(value.decode()),
+        schema="pg_catalog",
+        format="binary",
+    )
+    await connection.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + value.encode(),  # JSONB's binary format: version 1
+        decoder=lambda value: json.loads(value[1:].decode()),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def _no_reset(_connection: Any) -> None:
+    """A unit gives its connection back with its transaction ended and nothing else set:
+    asyncpg's default reset (RESET ALL, UNLISTEN *, ...) would be a round trip per unit."""
+
+
 class Database:
-    def __init__(self, engine: AsyncEngine, notifier: Publisher | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, notifier: Publisher | None = None, pool_size: int = 10
+    ) -> None:
         self.engine = engine
         # Sessions carry the notifier so that wake-ups go out after each commit.
-        info = {NOTIFIER: notifier} if notifier is not None else {}
-        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False, info=info)
+        self._info = {NOTIFIER: notifier} if notifier is not None else {}
+        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False, info=self._info)
+        # The hot routes' pool, opened at its first use (as the engine's: a database down at
+        # start does not stop xbusd from starting).
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        async with self._pool_lock:
+            if self._pool is None:
+                _, options = self.engine.dialect.create_connect_args(self.engine.url)
+                for name in _DIALECT_ONLY:
+                    options.pop(name, None)
+                self._pool = await asyncpg.create_pool(
+                    min_size=0,
+                    max_size=self._pool_size,
+                    init=_json_codecs,
+                    reset=_no_reset,
+                    server_settings={"application_name": "xbusd"},
+                    **options,
+                )
+            return self._pool
+
+    async def _acquire(self) -> Any:
+        pool = self._pool or await self._open_pool()
+        return await pool.acquire()
+
+    async def _release(self, connection: Any) -> None:
+        assert self._pool is not None
+        await self._pool.release(connection)
+
+    def hot_pool(self) -> tuple[int, int, int]:
+        """The hot routes' pool: its most connections, those open now, those idle now."""
+        if self._pool is None:
+            return self._pool_size, 0, 0
+        return self._pool.get_max_size(), self._pool.get_size(), self._pool.get_idle_size()
+
+    def work(self) -> Work:
+        """A new unit of work on the pool (`app.store.connection.Work`): commit or close it."""
+        return Work(self._acquire, self._release, self.sessionmaker, dict(self._info))
+
+    @asynccontextmanager
+    async def working(self) -> AsyncIterator[Work]:
+        """A `Work` that commits when the block ends, and rolls back on an exception."""
+        work = self.work()
+        try:
+            yield work
+        except BaseException as error:
+            await work.close(error)
+            raise
+        await work.commit()
+
+    async def close(self) -> None:
+        """Close the pool and the engine (at shutdown)."""
+        if self._pool is not None:
+            await self._pool.close()
+        await self.engine.dispose()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

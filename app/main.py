@@ -117,7 +117,7 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
         )
         state = AppState(
             settings=settings,
-            db=Database(engine, notifier),
+            db=Database(engine, notifier, settings.db_hot_pool_size),
             nats=None,
             director=director,
             notifier=notifier,
@@ -162,7 +162,7 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
                     log.warning("background duty %s did not stop in time", task.get_name())
             if state.nats is not None:
                 await state.nats.close()
-            await engine.dispose()
+            await state.db.close()
             if sentry:
                 close_sentry()
 

@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.commit_hooks import on_commit
+from app.commit_hooks import HasInfo, on_commit
 from app.logs import dropped_records
 
 ENVELOPES_RECEIVED = Counter(
@@ -58,8 +58,8 @@ SENTRY_REPORTS = Counter(
 )
 
 
-def requests_ended(session: AsyncSession, ended: Iterable[tuple[str, str]]) -> None:
-    """Count requests that ended, as (channel, status) pairs, once the session commits."""
+def requests_ended(session: AsyncSession | HasInfo, ended: Iterable[tuple[str, str]]) -> None:
+    """Count requests that ended, as (channel, status) pairs, once the unit commits."""
     pairs = [(str(channel), str(status)) for channel, status in ended]
     if pairs:
         on_commit(session, lambda: _count_requests(Tally(pairs)))

@@ -392,6 +392,7 @@ def pool_families(state: AppState) -> list[Metric]:
     pool = state.db.engine.sync_engine.pool
     if not isinstance(pool, QueuePool):
         return []
+    hot_most, hot_open, hot_idle = state.db.hot_pool()
     figures = [
         ("xbus_db_pool_size", "Connections the pool keeps (db_pool_size)", pool.size()),
         (
@@ -405,6 +406,17 @@ def pool_families(state: AppState) -> list[Metric]:
             "xbus_db_pool_overflow",
             "Connections open over the pool size now",
             max(pool.overflow(), 0),
+        ),
+        (
+            "xbus_db_hot_pool_size",
+            "Most connections of the hot routes' asyncpg pool (db_hot_pool_size)",
+            hot_most,
+        ),
+        ("xbus_db_hot_pool_open", "Connections of the hot routes' pool open now", hot_open),
+        (
+            "xbus_db_hot_pool_in_use",
+            "Connections of the hot routes' pool in use now",
+            hot_open - hot_idle,
         ),
     ]
     families: list[Metric] = []

@@ -29,7 +29,9 @@ stopped by pid.
 
 `--profile DIR` samples this tree's xbusd with py-spy (`pip install py-spy`; it must be on
 the PATH) during each kind, one file of collapsed stacks per kind in DIR: where one kind of
-request spends its CPU, without the others mixed in.
+request spends its CPU, without the others mixed in. With `--native`, the C frames too
+(uvloop, asyncpg's protocol, libc): slower (py-spy pauses xbusd at each sample), but it
+shows what the Python frames hide.
 """
 
 from __future__ import annotations
@@ -202,20 +204,23 @@ async def run(
     repeat: int,
     postgres: int | None,
     profile: Path | None = None,
+    native: bool = False,
 ) -> list[dict[str, float]]:
     async with contextlib.AsyncExitStack() as stack:
         servers = [await setup(xbusd, exclude, stack) for xbusd in xbusds]
         await measure(servers, "idle", repeat, postgres)
         for kind in KINDS:
-            with profiled(servers[0].pid, kind, profile):
+            with profiled(servers[0].pid, kind, profile, native):
                 await measure(servers, kind, repeat, postgres)
         return [per_request(server, repeat) for server in servers]
 
 
 @contextlib.contextmanager
-def profiled(pid: int, kind: str, directory: Path | None) -> Iterator[None]:
+def profiled(pid: int, kind: str, directory: Path | None, native: bool) -> Iterator[None]:
     """With `directory`, py-spy samples `pid` while the block runs, into one file per kind
-    (py-spy's raw format: collapsed stacks, one per line, for flame graphs or grep)."""
+    (py-spy's raw format: collapsed stacks, one per line, for flame graphs or grep); with
+    `native`, the C frames too (uvloop, asyncpg's protocol, httptools, ssl), which py-spy
+    otherwise folds into the Python frame that called them."""
     if directory is None:
         yield
         return
@@ -224,7 +229,9 @@ def profiled(pid: int, kind: str, directory: Path | None) -> Iterator[None]:
     spy = subprocess.Popen(
         [
             *("py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw"),
-            *("--nonblocking", "--subprocesses", "--output", str(out)),
+            *("--subprocesses", "--output", str(out)),
+            # Native frames need the process paused at each sample (slower, more exact).
+            *(["--native"] if native else ["--nonblocking"]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -261,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="sample this tree's xbusd with py-spy (on the PATH) during each kind, into DIR",
     )
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: the C frames too (py-spy --native)"
+    )
     args = parser.parse_args(argv)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -268,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         other = stack.enter_context(worktree(args.against)) if args.against else None
         xbusds, pids = stack.enter_context(embedded_xbusd(args.workers, other))
         exclude = frozenset(pid for pid in pids.values() if pid is not None)
-        rows = asyncio.run(run(xbusds, exclude, args.repeat, pids["postgres"], args.profile))
+        rows = asyncio.run(
+            run(xbusds, exclude, args.repeat, pids["postgres"], args.profile, args.native)
+        )
     print(
         f"bench.request_cpu: {args.repeat} sequential requests of each kind, "
         f"workers={args.workers}; xbusd CPU ms per request, the duties' idle share taken off"

@@ -15,6 +15,7 @@ from app.core.exceptions import NotFound
 from app.models import Actor
 from app.models.enums import ActorKind, ActorStatus
 from app.store.cache import Cache
+from app.store.connection import Unit, read_with
 
 
 def _as_uuid(ref: str) -> uuid.UUID | None:
@@ -87,10 +88,10 @@ async def _info(session: AsyncSession, ref: str) -> ActorInfo | None:
 
 
 async def owned_actor_info(
-    session: AsyncSession, cache: Cache, principal: Principal, ref: str
+    session: Unit, cache: Cache, principal: Principal, ref: str
 ) -> ActorInfo:
     """`load_owned_actor` from the cache (dropped on any change of actors)."""
-    actor = await cache.get(("actor", ref), lambda: _info(session, ref))
+    actor = await cache.get(("actor", ref), lambda: read_with(session, lambda orm: _info(orm, ref)))
     if actor is None or not (principal.admin or actor.account_id == principal.account_id):
         raise NotFound(f"no actor {ref!r}")
     return actor

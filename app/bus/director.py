@@ -46,7 +46,7 @@ from app.models.ids import new_id
 from app.pipelines.graph import Graph
 from app.pipelines.graphs import graph_of
 from app.store import processes as store
-from app.store.connection import driver_connection
+from app.store.connection import Unit, driver_connection
 from app.store.processes import (
     OPEN_REQUEST,
     Changes,
@@ -202,7 +202,7 @@ class Director:
     # ------------------------------------------------------------------ writing
     async def _save(
         self,
-        session: AsyncSession,
+        session: Unit,
         conn: Any,
         ctx: ProcessContext,
         joined: store.Joined | None = None,
@@ -221,7 +221,7 @@ class Director:
         self._told(session, ctx, canceled)
         return canceled
 
-    def _told(self, session: AsyncSession, ctx: ProcessContext, canceled: list[str]) -> None:
+    def _told(self, session: Unit, ctx: ProcessContext, canceled: list[str]) -> None:
         """A decision is written: what it tells (wake-ups, metrics, end listeners) goes out
         once the transaction commits."""
         ended = ctx.ended + [(channel, RequestStatus.CANCELED.value) for channel in canceled]
@@ -235,14 +235,14 @@ class Director:
         ctx.ended = []
         ctx.after_commit = []
 
-    async def save(self, session: AsyncSession, ctx: ProcessContext) -> None:
+    async def save(self, session: Unit, ctx: ProcessContext) -> None:
         """Write a change made to a locked context (operator control)."""
         await self._save(session, await driver_connection(session), ctx)
 
     # ------------------------------------------------------------------ starting
     async def start_process(
         self,
-        session: AsyncSession,
+        session: Unit,
         emitter: Emitter,
         envelope_id: uuid.UUID,
         event_types: list[str],
@@ -277,7 +277,7 @@ class Director:
         return ctx.process
 
     async def start_many(
-        self, session: AsyncSession, starts: list[tuple[Emitter, Planned]]
+        self, session: Unit, starts: list[tuple[Emitter, Planned]]
     ) -> list[ProcessRow]:
         """Start a process for each of these new envelopes (routed already), of one emitter
         or several, all written by one statement with their envelopes: a batch of emissions
@@ -307,7 +307,7 @@ class Director:
 
     async def _plan_start(
         self,
-        session: AsyncSession,
+        session: Unit,
         emitter: Emitter,
         envelope_id: uuid.UUID,
         event_types: list[str],
@@ -354,7 +354,7 @@ class Director:
 
     async def route(
         self,
-        session: AsyncSession,
+        session: Unit,
         emitter: Emitter,
         event_types: list[str],
         *,
@@ -370,7 +370,7 @@ class Director:
     # ------------------------------------------------------------------ graph walking
     async def _propagate(
         self,
-        session: AsyncSession,
+        session: Unit,
         ctx: ProcessContext,
         node_id: str,
         port: str,
@@ -386,7 +386,7 @@ class Director:
             if set(target.inputs) >= ctx.graph.connected_inputs(edge.target):
                 await self._dispatch(session, ctx, edge.target)
 
-    async def _dispatch(self, session: AsyncSession, ctx: ProcessContext, node_id: str) -> None:
+    async def _dispatch(self, session: Unit, ctx: ProcessContext, node_id: str) -> None:
         node = ctx.graph.nodes[node_id]
         pn = ctx.node(node_id)
         actors = await node_targets(session, node, self.targets)
@@ -481,9 +481,7 @@ class Director:
         self._end(ctx, ProcessStatus.DONE, None, LogLevel.WARNING if warnings else None)
 
     # ------------------------------------------------------------------ loading
-    async def _context(
-        self, session: AsyncSession, row: Any, *, graph: bool = True
-    ) -> ProcessContext:
+    async def _context(self, session: Unit, row: Any, *, graph: bool = True) -> ProcessContext:
         process, nodes = store.process_of(row)
         if not graph:
             return ProcessContext(process, Graph(nodes={}, edges=()), nodes)
@@ -496,7 +494,7 @@ class Director:
 
     async def lock_context(
         self,
-        session: AsyncSession,
+        session: Unit,
         process_id: uuid.UUID,
         *,
         skip_locked: bool = False,
@@ -514,7 +512,7 @@ class Director:
     # ------------------------------------------------------------------ actor answers
     async def report(
         self,
-        session: AsyncSession,
+        session: Unit,
         request_id: uuid.UUID,
         status: RequestStatus,
         messages: list[Message],
@@ -606,7 +604,7 @@ class Director:
 
     async def _answered(
         self,
-        session: AsyncSession,
+        session: Unit,
         ctx: ProcessContext,
         request: RequestRow,
         actor_name: str | None,
@@ -637,7 +635,7 @@ class Director:
         ctx.notify.add(process_key(ctx.process.id))
 
     # ------------------------------------------------------------------ leases
-    async def expire_leases(self, session: AsyncSession, batch: int = 100) -> int:
+    async def expire_leases(self, session: Unit, batch: int = 100) -> int:
         """Requests whose lease ran out go back to pending (another delivery) or, past the
         attempt limit, end their node in error. Safe on any number of replicas."""
         now = utcnow()
@@ -705,7 +703,7 @@ class Director:
     # ------------------------------------------------------------------ polling
     async def lease(
         self,
-        session: AsyncSession,
+        session: Unit,
         actor_id: uuid.UUID | None,
         holder: str,
         *,
@@ -735,7 +733,7 @@ class Director:
         return [store.request_of(row) for row in rows]
 
     # ------------------------------------------------------------------ operator control
-    async def settle(self, session: AsyncSession, ctx: ProcessContext) -> None:
+    async def settle(self, session: Unit, ctx: ProcessContext) -> None:
         """End a running process that has no open request left (after a resume: answers that
         came while it was paused may have finished it)."""
         conn = await driver_connection(session)
@@ -745,7 +743,7 @@ class Director:
 
     async def cancel(
         self,
-        session: AsyncSession,
+        session: Unit,
         ctx: ProcessContext,
         reason: str,
         *,

@@ -17,6 +17,7 @@ from app.pipelines.graph import Graph, Node
 from app.pipelines.graphs import PipelineRef, active_pipelines
 from app.pipelines.graphs import pipeline_graph as stored_graph
 from app.store.cache import Cache
+from app.store.connection import Unit, read_with
 
 
 def pipeline_graph(pipeline: Pipeline) -> Graph:
@@ -128,19 +129,23 @@ class Targets:
         self.cache = cache or Cache(None)
 
     async def pipelines(
-        self, session: AsyncSession, *, fresh: bool = False
+        self, session: Unit, *, fresh: bool = False
     ) -> list[tuple[PipelineRef, Graph]]:
-        return await self.cache.get(("pipelines",), lambda: active_pipelines(session), fresh=fresh)
+        return await self.cache.get(
+            ("pipelines",), lambda: read_with(session, active_pipelines), fresh=fresh
+        )
 
-    async def of_node(self, session: AsyncSession, node: Node) -> list[Target]:
+    async def of_node(self, session: Unit, node: Node) -> list[Target]:
         """A node's enabled actors; none found is read again every time (an actor enabled a
         moment ago on another replica is not missed)."""
         key = ("targets", node.type, node.actors, node.roles, node.rolebroadcast)
-        return await self.cache.get(key, lambda: _enabled_actors(session, node))
+        return await self.cache.get(
+            key, lambda: read_with(session, lambda orm: _enabled_actors(orm, node))
+        )
 
 
 async def route_for(
-    session: AsyncSession,
+    session: Unit,
     emitter: Any,
     event_types: list[str],
     targets: Targets,
@@ -181,7 +186,7 @@ async def _enabled_actors(session: AsyncSession, node: Node) -> list[Target]:
     return [Target(i, name, channel_for(config or {}, online)) for i, name, config, online in rows]
 
 
-async def node_targets(session: AsyncSession, node: Node, targets: Targets) -> list[Target]:
+async def node_targets(session: Unit, node: Node, targets: Targets) -> list[Target]:
     """The enabled actors a node dispatches to: all of them with `rolebroadcast`, else one,
     taken round-robin."""
     candidates = await targets.of_node(session, node)

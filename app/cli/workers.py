@@ -118,11 +118,13 @@ async def _bootstrap(settings: Settings) -> None:
     needed = settings.serve_workers * settings.db_connections_per_worker
     if limit and needed > limit - _RESERVED_CONNECTIONS:
         log.warning(
-            "%d workers x (XBUS_DB_POOL_SIZE %d + XBUS_DB_MAX_OVERFLOW %d) = %d database "
-            "connections at most, over the server's max_connections %d: lower them, or raise it",
+            "%d workers x (XBUS_DB_POOL_SIZE %d + XBUS_DB_MAX_OVERFLOW %d + XBUS_DB_HOT_POOL_SIZE "
+            "%d) = %d database connections at most, over the server's max_connections %d: "
+            "lower them, or raise it",
             settings.serve_workers,
             settings.db_pool_size,
             settings.db_max_overflow,
+            settings.db_hot_pool_size,
             needed,
             limit,
         )
@@ -156,7 +158,7 @@ def serve_workers(settings: Settings) -> bool:
     )
     sock = config.bind_socket()
     log.info(
-        "%d workers, up to %d database connections (workers x (pool size + overflow))",
+        "%d workers, up to %d database connections (workers x (pool + overflow + hot pool))",
         workers,
         workers * settings.db_connections_per_worker,
     )

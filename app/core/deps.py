@@ -22,7 +22,7 @@ from app.core.errors import Forbidden, Unauthorized
 from app.models import Account, SessionToken
 from app.models.enums import AccountStatus
 from app.state import AppState
-from app.store.connection import lost
+from app.store.connection import Work, lost
 
 
 async def get_state(request: Request) -> AppState:
@@ -67,6 +67,22 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # "function" scope: the commit runs when the route returns, before the response goes out. (The
 # default scope would commit after the response is sent: a 2xx for what is not stored yet.)
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_work(request: Request) -> AsyncIterator[Work]:
+    """The hot routes' unit of work (emit, lease, report): a connection of the plain asyncpg
+    pool, no ORM session (`app.store.connection.Work`), committed once when the route
+    returns, before the response is sent; rolled back on an error."""
+    work = _state(request).db.work()
+    try:
+        yield work
+    except BaseException as error:
+        await work.close(error)
+        raise
+    await work.commit()
+
+
+Pooled = Annotated[Work, Depends(get_work, scope="function")]
 
 
 def _presented_key(request: Request) -> str | None:

@@ -5,7 +5,7 @@ each group is one transaction (one statement for all its envelopes, processes, n
 requests and log lines; one WAL flush), and each emitter is answered once the group that
 holds its envelope has committed, so "202 only once stored" holds. Nothing waits on
 purpose: alone, an envelope is a group of one, written at once by its own request (in the
-request's session: no task, no second session); under load, a group is what arrived while
+request's unit of work: no task, no second one); under load, a group is what arrived while
 the previous one was written (at most `most` envelopes).
 
 Only envelopes that cannot conflict are grouped: no id chosen by the client (the ids are
@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.bus.director import Director, Emitter, Planned, ProcessRow
 from app.db import Database
 from app.envelopes.codec import EnvelopeData
 from app.metrics import EMISSION_GROUP_SIZE
-from app.store.connection import lost
+from app.store.connection import Unit
 
 
 @dataclass(slots=True)
@@ -53,12 +51,12 @@ class EmissionGroups:
         )
 
     async def start(
-        self, emitter: Emitter, planned: Planned, session: AsyncSession | None = None
+        self, emitter: Emitter, planned: Planned, session: Unit | None = None
     ) -> ProcessRow:
         """Store this routed envelope with its process in the next group; return its process
-        once the group has committed. With the request's `session` and nothing else being
-        written, the envelope is written and committed in that session, at once (emissions
-        that come meanwhile form the next group); otherwise the session is committed first
+        once the group has committed. With the request's unit of work (`session`) and nothing
+        else being written, the envelope is written and committed in that unit, at once
+        (emissions that come meanwhile form the next group); otherwise the unit is committed first
         (its connection goes back to the pool: requests waiting on a group while holding
         connections could starve the group's writer of one)."""
         if session is not None and self._writer is None and not self._queue and not self._alone:
@@ -72,9 +70,7 @@ class EmissionGroups:
         # written: it is stored or not with the others, like a lone emission past its send.
         return await asyncio.shield(started)
 
-    async def _write_alone(
-        self, session: AsyncSession, emitter: Emitter, planned: Planned
-    ) -> ProcessRow:
+    async def _write_alone(self, session: Unit, emitter: Emitter, planned: Planned) -> ProcessRow:
         self._alone += 1
         try:
             EMISSION_GROUP_SIZE.observe(1)
@@ -111,15 +107,10 @@ class EmissionGroups:
     async def _write(self, group: list[_Waiting]) -> None:
         EMISSION_GROUP_SIZE.observe(len(group))
         try:
-            async with self.db.sessionmaker() as session:
-                try:
-                    processes = await self.director.start_many(
-                        session, [(w.emitter, w.planned) for w in group]
-                    )
-                    await session.commit()
-                except BaseException as error:
-                    await lost(session, error)
-                    raise
+            async with self.db.working() as work:
+                processes = await self.director.start_many(
+                    work, [(w.emitter, w.planned) for w in group]
+                )
         except BaseException as error:
             for waiting in group:
                 if not waiting.started.done():

@@ -17,7 +17,7 @@ from app.envelopes.codec import EnvelopeData, EventData
 from app.models import Envelope, Event, Item
 from app.models.enums import EnvelopeStatus
 from app.models.ids import new_id
-from app.store.connection import driver_connection
+from app.store.connection import Unit, driver_connection
 
 _COPY_THRESHOLD = 200
 
@@ -33,22 +33,16 @@ class EventSummary:
     complete: bool
 
 
-async def insert_items(session: AsyncSession, rows: Sequence[tuple[uuid.UUID, int, bytes]]) -> None:
+async def insert_items(session: Unit, rows: Sequence[tuple[uuid.UUID, int, bytes]]) -> None:
     if not rows:
         return
+    conn = await driver_connection(session)
     if len(rows) >= _COPY_THRESHOLD:
-        conn = await session.connection()
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
-        await driver.copy_records_to_table(
+        await conn.copy_records_to_table(
             "items", records=rows, columns=["event_id", "position", "data"]
         )
         return
-    await session.execute(
-        sa.insert(Item),
-        [{"event_id": e, "position": p, "data": d} for e, p, d in rows],
-    )
+    await conn.executemany("INSERT INTO items (event_id, position, data) VALUES ($1, $2, $3)", rows)
 
 
 # A complete envelope, its events and (below the COPY threshold) its items: the parts of one
@@ -87,7 +81,7 @@ class EnvelopeRows:
     copied: list[tuple[uuid.UUID, int, bytes]]
 
 
-async def check_new_envelope(session: AsyncSession, env: EnvelopeData) -> None:
+async def check_new_envelope(session: Unit, env: EnvelopeData) -> None:
     """Every check before the first write: ids the client chose must be free (a conflict
     leaves nothing behind)."""
     declared = [event.id for event in env.events if event.id is not None]
@@ -142,7 +136,7 @@ def envelope_rows(
 
 
 async def store_envelope(
-    session: AsyncSession,
+    session: Unit,
     env: EnvelopeData,
     *,
     emitter_id: uuid.UUID | None,

@@ -14,7 +14,7 @@ from app import metrics
 from app.actors.access import ActorInfo, load_owned_actor, owned_actor_info
 from app.bus.director import Planned
 from app.commit_hooks import on_commit
-from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
+from app.core.deps import Caller, DirectorDep, Pooled, Session, SettingsDep, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import (
     NotFound,
@@ -146,7 +146,7 @@ def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) ->
 async def output(
     emitter: str,
     request: Request,
-    session: Session,
+    session: Pooled,
     caller: Caller,
     state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,

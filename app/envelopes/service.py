@@ -4,13 +4,13 @@ Uploads: an envelope sent in fragments (open, append items per event, close)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bus.director import Director, Emitter
@@ -20,9 +20,10 @@ from app.envelopes import repository
 from app.envelopes.codec import EnvelopeData, EnvelopeFormatError, decode_item
 from app.envelopes.group import EmissionGroups
 from app.envelopes.schemas import EmissionRead, EventDeclaration
-from app.models import Actor, Envelope, Event, IdempotencyKey, Process
+from app.models import Actor, Envelope, Event, Process
 from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
 from app.models.ids import new_id
+from app.store.connection import Unit, driver_connection
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -43,59 +44,58 @@ def check_emitter(actor: Emitter) -> None:
 
 
 async def claim_idempotency_key(
-    session: AsyncSession, emitter_id: uuid.UUID, key: str, digest: str
+    session: Unit, emitter_id: uuid.UUID, key: str, digest: str
 ) -> tuple[int, dict[str, Any]] | None:
     """Reserve the key for this emission. Returns the stored answer when the key was used
     before with the same body; raises 409 when it was used with another body."""
     if not key or len(key) > IDEMPOTENCY_KEY_MAX:
         raise Unprocessable(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
-    inserted = await session.execute(
-        pg_insert(IdempotencyKey)
-        .values(emitter_id=emitter_id, key=key, body_hash=digest, status_code=0, response={})
-        .on_conflict_do_nothing()
-        .returning(IdempotencyKey.key)
-    )
-    if inserted.first() is not None:
+    conn = await driver_connection(session)
+    if await conn.fetchval(_CLAIM_KEY, emitter_id, key, digest) is not None:
         return None
     # Used before (or by a concurrent request that has now committed: the insert waited).
-    stored = (
-        await session.execute(
-            sa.select(IdempotencyKey)
-            .where(IdempotencyKey.emitter_id == emitter_id, IdempotencyKey.key == key)
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    if stored.body_hash != digest:
+    stored = await conn.fetchrow(_STORED_KEY, emitter_id, key)
+    if stored["body_hash"] != digest:
         raise Conflict(f"Idempotency-Key {key!r} was already used with a different body")
-    if stored.status_code == 0:
+    if stored["status_code"] == 0:
         raise Conflict(f"an emission with Idempotency-Key {key!r} is still in progress")
-    return stored.status_code, stored.response
+    return stored["status_code"], stored["response"]
 
 
-async def release_idempotency_key(session: AsyncSession, emitter_id: uuid.UUID, key: str) -> None:
+_CLAIM_KEY = """
+INSERT INTO idempotency_keys (emitter_id, key, body_hash, status_code, response)
+VALUES ($1, $2, $3, 0, '{}') ON CONFLICT DO NOTHING RETURNING key"""
+_STORED_KEY = """
+SELECT body_hash, status_code, response FROM idempotency_keys WHERE emitter_id = $1 AND key = $2"""
+
+
+async def release_idempotency_key(session: Unit, emitter_id: uuid.UUID, key: str) -> None:
     """An emission refused after its key was claimed: the key is free again (as a refused
     single emission leaves it, its transaction rolled back)."""
-    await session.execute(
-        sa.delete(IdempotencyKey).where(
-            IdempotencyKey.emitter_id == emitter_id,
-            IdempotencyKey.key == key,
-            IdempotencyKey.status_code == 0,
-        )
+    conn = await driver_connection(session)
+    await conn.execute(
+        "DELETE FROM idempotency_keys WHERE emitter_id = $1 AND key = $2 AND status_code = 0",
+        emitter_id,
+        key,
     )
 
 
 async def record_idempotent_answer(
-    session: AsyncSession, emitter_id: uuid.UUID, key: str, status_code: int, body: dict[str, Any]
+    session: Unit, emitter_id: uuid.UUID, key: str, status_code: int, body: dict[str, Any]
 ) -> None:
-    await session.execute(
-        sa.update(IdempotencyKey)
-        .where(IdempotencyKey.emitter_id == emitter_id, IdempotencyKey.key == key)
-        .values(status_code=status_code, response=body)
+    conn = await driver_connection(session)
+    await conn.execute(
+        "UPDATE idempotency_keys SET status_code = $3, response = $4::jsonb "
+        "WHERE emitter_id = $1 AND key = $2",
+        emitter_id,
+        key,
+        status_code,
+        json.dumps(body),
     )
 
 
 async def emit(
-    session: AsyncSession,
+    session: Unit,
     director: Director,
     emitter: Emitter,
     envelope: EnvelopeData,

@@ -36,6 +36,7 @@ from app.models.enums import (
 )
 from app.models.processes import PROCESS_COUNT_KEY
 from app.processes.repository import ProcessRow
+from app.store.connection import Unit, driver_connection
 
 Conditions = Sequence[sa.ColumnElement[bool]]
 Rows = Sequence[sa.Row[*tuple[Any, ...]]]
@@ -497,31 +498,28 @@ async def mark_unresponsive(session: AsyncSession, cutoff: datetime) -> Rows:
     return rows.all()
 
 
+# The actor polled: note when (at most once per interval, a poll is frequent) and clear
+# `unresponsive`, with the log line that says so when it was. `updated_at` stays: it tells
+# when an operator changed the actor. True when the actor was unresponsive until now.
+_RECORD_POLL = """
+WITH before AS (SELECT id, unresponsive FROM actors WHERE id = $1 FOR UPDATE),
+seen AS (
+    UPDATE actors a SET last_seen = $2, unresponsive = false
+    FROM before b
+    WHERE a.id = b.id AND (a.last_seen IS NULL OR a.last_seen < $3 OR a.unresponsive)
+    RETURNING b.unresponsive AS was
+),
+told AS (
+    INSERT INTO log_entries (time, level, text, actor_id, processing_error)
+    SELECT $2, 'notice', $4, $1, false FROM seen WHERE was
+)
+SELECT coalesce((SELECT was FROM seen), false)"""
+
+
 async def record_poll(
-    session: AsyncSession, actor_id: uuid.UUID, now: datetime, stale_before: datetime
+    session: Unit, actor_id: uuid.UUID, now: datetime, stale_before: datetime, back: str
 ) -> bool:
-    """The actor polled: note when (at most once per interval, a poll is frequent) and clear
-    `unresponsive`. `updated_at` stays: it tells when an operator changed the actor. True
-    when the actor was unresponsive until now."""
-    before = (
-        sa.select(Actor.id, Actor.unresponsive)
-        .where(Actor.id == actor_id)
-        .with_for_update()
-        .subquery()
-    )
-    result = await session.execute(
-        sa.update(Actor)
-        .where(
-            Actor.id == before.c.id,
-            sa.or_(
-                Actor.last_seen.is_(None),
-                Actor.last_seen < stale_before,
-                Actor.unresponsive.is_(True),
-            ),
-        )
-        .values(last_seen=now, unresponsive=False, updated_at=Actor.updated_at)
-        .returning(before.c.unresponsive)
-        # Neither cached nor routed on: no reason to drop the caches (app/store/cache.py).
-        .execution_options(synchronize_session=False, xbus_cache_neutral=True)
-    )
-    return bool(result.scalar_one_or_none())
+    """The actor polled (`_RECORD_POLL`); `back` is the log line written when it was
+    unresponsive until now (then True)."""
+    conn = await driver_connection(session)
+    return bool(await conn.fetchval(_RECORD_POLL, actor_id, now, stale_before, back))

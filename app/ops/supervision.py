@@ -12,8 +12,6 @@ import time
 import uuid
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.actors.access import ActorInfo
 from app.bus import control
 from app.bus.director import Director, add_log, utcnow
@@ -24,6 +22,8 @@ from app.envelopes.repository import mark_stalled
 from app.models import Actor
 from app.models.enums import LogLevel
 from app.ops import repository, stats
+from app.store.connection import Unit
+from app.store.processes import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def mark_unresponsive_actors(db: Database, after: float) -> int:
 _polls_written: dict[uuid.UUID, float] = {}
 
 
-async def record_poll(session: AsyncSession, actor: Actor | ActorInfo) -> None:
+async def record_poll(session: Unit, actor: Actor | ActorInfo) -> None:
     """An actor polls for requests: it is alive."""
     now = utcnow()
     if not actor.unresponsive:
@@ -84,13 +84,8 @@ async def record_poll(session: AsyncSession, actor: Actor | ActorInfo) -> None:
     if len(_polls_written) > 100_000:
         _polls_written.clear()
     _polls_written[actor.id] = time.monotonic()
-    if await repository.record_poll(session, actor.id, now, now - _SEEN_RESOLUTION):
-        add_log(
-            session,
-            LogLevel.NOTICE,
-            f"actor {actor.name} polls again: no longer unresponsive",
-            actor_id=actor.id,
-        )
+    back = clean_text(f"actor {actor.name} polls again: no longer unresponsive")
+    if await repository.record_poll(session, actor.id, now, now - _SEEN_RESOLUTION, back):
         log.info("actor %s polls again: no longer unresponsive", actor.name)
         notify_after_commit(session, CONFIG)  # its cached state is stale
 

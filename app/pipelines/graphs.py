@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import Pipeline
 from app.pipelines import repository
 from app.pipelines.graph import Graph, parse_graph
+from app.store.connection import Unit, read_with
 
 # Parsed graphs by pipeline id, with the updated_at they were parsed at. A pipeline's graph
 # changes only with a new updated_at (and an active one cannot be edited at all).
@@ -79,15 +80,13 @@ async def active_pipelines(session: AsyncSession) -> list[tuple[PipelineRef, Gra
     return result
 
 
-async def graph_of(
-    session: AsyncSession, pipeline_id: uuid.UUID, updated_at: datetime
-) -> Graph | None:
+async def graph_of(session: Unit, pipeline_id: uuid.UUID, updated_at: datetime) -> Graph | None:
     """The graph of this version of a pipeline (its last change at `updated_at`), from the
     cache, or read once."""
     graph = _cached(pipeline_id, updated_at)
     if graph is not None:
         return graph
-    stored = await repository.graphs(session, [pipeline_id])
+    stored = await read_with(session, lambda orm: repository.graphs(orm, [pipeline_id]))
     if pipeline_id not in stored:
         return None
     return _remember(pipeline_id, *stored[pipeline_id])

@@ -7,13 +7,12 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.principal import Principal
 from app.actors.access import owned_actor_info
 from app.bus.director import Message
 from app.bus.notify import actor_key
-from app.core.deps import Caller, Session, State
+from app.core.deps import Caller, Pooled, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (
@@ -35,7 +34,7 @@ from app.requests.schemas import (
 )
 from app.requests.service import request_payloads
 from app.state import AppState
-from app.store.connection import driver_connection
+from app.store.connection import Unit, driver_connection
 from app.store.processes import LOCK_PROCESSES_OF_REQUESTS
 
 router = APIRouter(prefix="/api/v1", tags=["requests"])
@@ -60,7 +59,7 @@ _RECHECK = 1.0
 async def lease_request(
     actor: str,
     http_request: Request,
-    session: Session,
+    session: Pooled,
     caller: Caller,
     state: State,
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a request")] = 0,
@@ -105,7 +104,7 @@ async def lease_request(
 async def report_state(
     request_id: uuid.UUID,
     body: RequestStateIn,
-    session: Session,
+    session: Pooled,
     caller: Caller,
     state: State,
 ) -> RequestStateRead:
@@ -120,7 +119,7 @@ async def report_state(
 )
 async def report_states(
     body: RequestStatesIn,
-    session: Session,
+    session: Pooled,
     caller: Caller,
     state: State,
 ) -> RequestStatesRead:
@@ -149,7 +148,7 @@ async def report_states(
 
 
 async def _report(
-    session: AsyncSession,
+    session: Unit,
     caller: Principal,
     state: AppState,
     request_id: uuid.UUID,

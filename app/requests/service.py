@@ -7,11 +7,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.envelopes.codec import EnvelopeData, EventData, envelope_to_json
 from app.requests.schemas import ActorRequestRead, RequestInput
-from app.store.connection import driver_connection
+from app.store.connection import Unit, driver_connection
 from app.store.processes import ENVELOPES
 
 
@@ -29,14 +27,12 @@ class HandedOut(Protocol):
     def lease_expires_at(self) -> Any: ...
 
 
-async def request_payload(
-    session: AsyncSession, request: HandedOut, inline_max: int
-) -> ActorRequestRead:
+async def request_payload(session: Unit, request: HandedOut, inline_max: int) -> ActorRequestRead:
     return (await request_payloads(session, [request], inline_max))[0]
 
 
 async def request_payloads(
-    session: AsyncSession, requests: Sequence[HandedOut], inline_max: int
+    session: Unit, requests: Sequence[HandedOut], inline_max: int
 ) -> list[ActorRequestRead]:
     ids = list(
         dict.fromkeys(uuid.UUID(entry["envelope_id"]) for r in requests for entry in r.inputs)

@@ -1,18 +1,26 @@
-"""The asyncpg connection under a SQLAlchemy session, in the session's transaction.
+"""The asyncpg connection of a unit of work, in the unit's transaction.
 
 The hot paths (emit, lease, report) run a handful of hand-written statements: through the
-ORM each costs more Python than the database spends on it. They run on the driver
-connection the session holds, so a caller mixing ORM work and hot-path statements still
-commits (or rolls back) everything at once."""
+ORM each costs more Python than the database spends on it. A unit of work is either a
+SQLAlchemy session (they then run on the driver connection the session holds, so a caller
+mixing ORM work and hot-path statements still commits or rolls back everything at once), or
+a `Work`: a connection of a plain asyncpg pool, with no session at all, which the hot HTTP
+routes use (a session costs more Python per request than the statements it carries)."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.commit_hooks import committed, rolled_back
+
+T = TypeVar("T")
 
 # What a connection that the database dropped (restart, pg_terminate_backend) raises; asyncpg
 # says "connection is closed" with a plain InterfaceError, the class of its client-side
@@ -74,6 +82,122 @@ def drop_broken_connections(engine: AsyncEngine) -> None:
             raise sa_exc.DisconnectionError("the connection was closed")
 
 
+class Work:
+    """A unit of work on a connection of an asyncpg pool, without the ORM. The connection is
+    taken at the first statement and given back at `commit` or `rollback`; a transaction is
+    opened only when a statement needs one (`driver_connection`'s `begin`), so a unit of one
+    statement costs no BEGIN or COMMIT. What is to happen after the commit (wake-ups,
+    metrics) is kept in `info`, as a session keeps it (`app.commit_hooks`).
+
+    `sessions` gives the ORM reads a cache may need on a miss (`reading`): they run in a
+    short session of their own, on committed data, never for a write."""
+
+    __slots__ = ("_acquire", "_conn", "_release", "_transaction", "info", "sessions")
+
+    def __init__(
+        self,
+        acquire: Callable[[], Awaitable[Any]],
+        release: Callable[[Any], Awaitable[None]],
+        sessions: async_sessionmaker[AsyncSession],
+        info: dict[str, Any],
+    ) -> None:
+        self._acquire = acquire
+        self._release = release
+        self.sessions = sessions
+        self.info = info
+        self._conn: Any = None
+        self._transaction: Any = None
+
+    async def connection(self, *, begin: bool = True) -> Any:
+        if self._conn is None:
+            self._conn = await self._acquire()
+        if begin and self._transaction is None:
+            transaction = self._conn.transaction()
+            await transaction.start()
+            self._transaction = transaction
+        return self._conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._transaction is not None
+
+    async def commit(self) -> None:
+        """Commit what is open and give the connection back; then what was kept for after
+        the commit runs (statements without a transaction committed on their own)."""
+        transaction, self._transaction = self._transaction, None
+        try:
+            if transaction is not None:
+                await transaction.commit()
+        except BaseException as error:
+            rolled_back(self.info)
+            await self._give_back(error)
+            raise
+        await self._give_back(None)
+        committed(self.info)
+
+    async def rollback(self) -> None:
+        transaction, self._transaction = self._transaction, None
+        rolled_back(self.info)
+        try:
+            if transaction is not None:
+                await transaction.rollback()
+        except BaseException as error:
+            await self._give_back(error)
+            raise
+        await self._give_back(None)
+
+    async def close(self, error: BaseException | None = None) -> None:
+        """The end of the unit after `error` (or none): anything open is rolled back; a
+        connection that `error` says is lost is closed rather than given back."""
+        if error is not None and connection_lost(error) and self._conn is not None:
+            _drop(self._conn)
+        try:
+            await self.rollback()
+        except Exception:
+            if error is None:
+                raise  # otherwise the first error is the one to tell
+
+    async def _give_back(self, error: BaseException | None) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if error is not None and connection_lost(error):
+            _drop(conn)
+        await self._release(conn)
+
+
+def _drop(conn: Any) -> None:
+    """Close a lost connection rather than give it back to the pool as it is (one asyncpg
+    already took back when it saw the connection close needs nothing more)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+# What the director and the hot-path statements take: a session, or a pooled unit.
+Unit = AsyncSession | Work
+
+
+@contextlib.asynccontextmanager
+async def reading(unit: Unit) -> AsyncIterator[AsyncSession]:
+    """An ORM session to read with (a cache filling on a miss): the unit itself when it is a
+    session; beside a `Work`, a short session of its own (committed data; nothing written)."""
+    if isinstance(unit, AsyncSession):
+        yield unit
+        return
+    async with unit.sessions() as session:
+        try:
+            yield session
+        except BaseException as error:
+            await lost(session, error)
+            raise
+
+
+async def read_with(unit: Unit, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """`read` run with an ORM session (`reading`): what a cache calls on a miss."""
+    async with reading(unit) as session:
+        return await read(session)
+
+
 async def lost(session: AsyncSession, error: BaseException) -> None:
     """After `error` in a unit of work: when it says the connection is gone, the session's
     connections are invalidated (closed, not given back to the pool)."""
@@ -81,10 +205,12 @@ async def lost(session: AsyncSession, error: BaseException) -> None:
         await session.invalidate()
 
 
-async def driver_connection(session: AsyncSession, *, begin: bool = True) -> Any:
-    """The session's asyncpg connection. With `begin` (the default) a transaction is open on
-    it, the one the session commits; without, a statement run before any other autocommits
+async def driver_connection(session: Unit, *, begin: bool = True) -> Any:
+    """The unit's asyncpg connection. With `begin` (the default) a transaction is open on
+    it, the one the unit commits; without, a statement run before any other autocommits
     on its own (a single statement is its own transaction: no BEGIN/COMMIT round trips)."""
+    if isinstance(session, Work):
+        return await session.connection(begin=begin)
     if session.new or session.dirty or session.deleted:
         await session.flush()  # ORM rows first: hot-path statements may refer to them
     connection = await session.connection()

@@ -118,6 +118,19 @@ async def test_bus_series_follow_the_flow(
         holding.value("xbus_db_pool_checked_out") - released.value("xbus_db_pool_checked_out") == 1
     )
     assert after.has("xbus_db_pool_overflow")
+    # The hot routes' pool (the emission above ran on it) likewise.
+    assert after.value("xbus_db_hot_pool_size") == app.state.xbus.settings.db_hot_pool_size
+    assert after.value("xbus_db_hot_pool_open") >= 1
+    work = app.state.xbus.db.work()
+    await work.connection()
+    try:
+        in_use = await scrape(client)
+    finally:
+        await work.commit()
+    assert in_use.value("xbus_db_hot_pool_in_use") - after.value("xbus_db_hot_pool_in_use") == 1
+    assert (await scrape(client)).value("xbus_db_hot_pool_in_use") == after.value(
+        "xbus_db_hot_pool_in_use"
+    )
     assert after.has("xbus_log_records_dropped_total")
     assert after.value("xbus_info") == 1
 

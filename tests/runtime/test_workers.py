@@ -194,10 +194,10 @@ def test_workers_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("XBUS_WORKERS", raising=False)
     assert load_settings(None).serve_workers == len(os.sched_getaffinity(0))
     monkeypatch.setenv("XBUS_WORKERS", "3")
-    settings = load_settings(None, db_pool_size=4, db_max_overflow=1)
+    settings = load_settings(None, db_pool_size=4, db_max_overflow=1, db_hot_pool_size=2)
     assert settings.serve_workers == 3
-    # The embedded PostgreSQL has room for every worker's pool and overflow.
-    assert EmbeddedRuntime(settings).connections_needed() == 3 * (4 + 1) + 20
+    # The embedded PostgreSQL has room for every worker's pools and overflow.
+    assert EmbeddedRuntime(settings).connections_needed() == 3 * (4 + 1 + 2) + 20
     config = tmp_path / "xbus.yaml"
     config.write_text("workers: 2\n")
     monkeypatch.delenv("XBUS_WORKERS")

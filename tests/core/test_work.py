@@ -1,0 +1,156 @@
+"""The hot routes' unit of work (`app.store.connection.Work`): a connection of the plain
+asyncpg pool, no ORM session. It must commit, roll back, run its after-commit hooks and read
+JSON exactly as a session does, since the same statements run on both."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from app.commit_hooks import notify_after_commit, on_commit
+from app.db import Database
+from app.models import Account
+from app.store.connection import driver_connection, reading
+
+
+def _db(app: FastAPI) -> Database:
+    db: Database = app.state.xbus.db
+    return db
+
+
+async def _backend(conn: Any) -> int:
+    pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+    return pid
+
+
+async def test_a_statement_without_begin_commits_by_itself(app: FastAPI) -> None:
+    db = _db(app)
+    work = db.work()
+    conn = await driver_connection(work, begin=False)
+    assert not work.in_transaction
+    assert await conn.fetchval("SELECT txid_current_if_assigned()") is None
+    await work.commit()
+    # The connection went back to the pool: none is in use.
+    _, opened, idle = db.hot_pool()
+    assert opened == idle >= 1
+
+
+async def test_commit_keeps_and_tells_rollback_forgets(
+    app: FastAPI, db: asyncpg.Connection
+) -> None:
+    told: list[str] = []
+    published: list[list[str]] = []
+    database = _db(app)
+    notifier = app.state.xbus.notifier
+    original = notifier.publish
+
+    def publish(keys: list[str]) -> None:
+        published.append(keys)
+        original(keys)
+
+    notifier.publish = publish
+    try:
+        for outcome in ("commit", "rollback"):
+            work = database.work()
+            conn = await driver_connection(work)
+            assert work.in_transaction
+            name = f"work-{outcome}-{uuid.uuid4().hex[:8]}"
+            await conn.execute(
+                "INSERT INTO accounts (id, name, type, status, is_admin, created_at, updated_at)"
+                " VALUES ($1, $2, 'gateway', 'enabled', false, now(), now())",
+                uuid.uuid4(),
+                name,
+            )
+            on_commit(work, lambda outcome=outcome: told.append(outcome))  # type: ignore[misc]
+            notify_after_commit(work, f"key-{outcome}")
+            # Nothing is visible, nor told, before the end of the unit.
+            assert await db.fetchval("SELECT count(*) FROM accounts WHERE name = $1", name) == 0
+            assert told == [] if outcome == "commit" else told == ["commit"]
+            await (work.commit() if outcome == "commit" else work.rollback())
+            stored = await db.fetchval("SELECT count(*) FROM accounts WHERE name = $1", name)
+            assert stored == (1 if outcome == "commit" else 0)
+    finally:
+        notifier.publish = original
+    assert told == ["commit"]
+    assert ["key-commit"] in published
+    assert ["key-rollback"] not in published
+
+
+async def test_json_reads_as_on_a_session(app: FastAPI) -> None:
+    """JSON and JSONB come out as Python values and go in as text on both kinds of unit."""
+    database = _db(app)
+    statement = "SELECT $1::jsonb, $2::json, '{\"a\": [1, 2]}'::jsonb"
+    async with database.session() as session:
+        on_session = await (await driver_connection(session)).fetchrow(
+            statement, '{"x": 1}', "[true]"
+        )
+    async with database.working() as work:
+        on_work = await (await driver_connection(work)).fetchrow(statement, '{"x": 1}', "[true]")
+    assert tuple(on_work) == tuple(on_session) == ({"x": 1}, [True], {"a": [1, 2]})
+
+
+async def test_reading_beside_a_work_sees_committed_data_only(app: FastAPI) -> None:
+    """What a cache reads on a miss goes through a session of its own: committed data, on
+    another connection than the unit's."""
+    database = _db(app)
+    async with database.working() as work:
+        conn = await driver_connection(work)
+        name = f"unseen-{uuid.uuid4().hex[:8]}"
+        await conn.execute(
+            "INSERT INTO accounts (id, name, type, status, is_admin, created_at, updated_at)"
+            " VALUES ($1, $2, 'gateway', 'enabled', false, now(), now())",
+            uuid.uuid4(),
+            name,
+        )
+        async with reading(work) as orm:
+            assert await orm.scalar(sa.select(Account.id).where(Account.name == name)) is None
+            orm_pid = await orm.scalar(sa.text("SELECT pg_backend_pid()"))
+        assert orm_pid != await _backend(conn)
+        await conn.execute("DELETE FROM accounts WHERE name = $1", name)
+
+
+async def test_a_lost_connection_is_closed_not_given_back(
+    app: FastAPI, db: asyncpg.Connection
+) -> None:
+    database = _db(app)
+    work = database.work()
+    conn = await driver_connection(work)
+    pid = await _backend(conn)
+    await db.execute("SELECT pg_terminate_backend($1)", pid)
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)) as raised:
+        await conn.fetchval("SELECT 1")
+    await work.close(raised.value)
+    # The next unit gets a live connection, another backend.
+    async with database.working() as again:
+        other = await driver_connection(again)
+        assert await other.fetchval("SELECT 1") == 1
+        assert await _backend(other) != pid
+
+
+async def test_the_hot_routes_run_on_the_pool(app: FastAPI) -> None:
+    """The routes that take a `Pooled` unit are the hot ones, and only they."""
+    from fastapi.routing import APIRoute
+
+    from app.core.deps import get_work
+
+    routes: list[Any] = []
+    for route in app.routes:
+        router = getattr(route, "original_router", None)
+        routes.extend(router.routes if router is not None else [route])
+    pooled: set[str] = set()
+    for route in routes:
+        if isinstance(route, APIRoute) and any(
+            dep.call is get_work for dep in route.dependant.dependencies
+        ):
+            pooled.update(f"{m} {route.path}" for m in route.methods or ())
+    assert pooled == {
+        "POST /api/v1/actors/{emitter}/output",
+        "GET /api/v1/actors/{actor}/requests",
+        "POST /api/v1/requests/{request_id}/state",
+        "POST /api/v1/requests/states",
+    }
