@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,6 +50,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
     drop_broken_connections(engine)
     return engine
 
+
+log = logging.getLogger(__name__)
+
+_POOL_CLOSE_GRACE = 10.0
 
 # Options of SQLAlchemy's asyncpg dialect that asyncpg.connect does not take.
 _DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
@@ -138,9 +143,14 @@ class Database:
         await work.commit()
 
     async def close(self) -> None:
-        """Close the pool and the engine (at shutdown)."""
+        """Close the pool and the engine (at shutdown). Connections still taken after a grace
+        (a unit never ended) are closed anyway: the pool's close would wait for them."""
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                await asyncio.wait_for(self._pool.close(), _POOL_CLOSE_GRACE)
+            except TimeoutError:
+                log.warning("database connections still in use at shutdown: closed")
+                self._pool.terminate()
         await self.engine.dispose()
 
     @asynccontextmanager

@@ -4,6 +4,7 @@ JSON exactly as a session does, since the same statements run on both."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -121,7 +122,8 @@ async def test_a_lost_connection_is_closed_not_given_back(
     work = database.work()
     conn = await driver_connection(work)
     pid = await _backend(conn)
-    await db.execute("SELECT pg_terminate_backend($1)", pid)
+    # With a timeout, pg_terminate_backend returns once the backend is gone.
+    assert await db.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)) as raised:
         await conn.fetchval("SELECT 1")
     await work.close(raised.value)
@@ -154,3 +156,25 @@ async def test_the_hot_routes_run_on_the_pool(app: FastAPI) -> None:
         "POST /api/v1/requests/{request_id}/state",
         "POST /api/v1/requests/states",
     }
+
+
+async def test_a_unit_never_ended_does_not_hold_the_shutdown(
+    database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg's pool closes only once every connection is back: one a unit never gave back
+    is closed after a grace instead of holding xbusd's shutdown forever."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from app import db as db_module
+
+    monkeypatch.setattr(db_module, "_POOL_CLOSE_GRACE", 0.5)
+    database = Database(create_async_engine(db_module.async_url(database_url)), None, 2)
+    forgotten = database.work()
+    pid = await _backend(await driver_connection(forgotten))
+    await asyncio.wait_for(database.close(), 5)
+    for _ in range(50):  # the backend ends as soon as it sees its client gone
+        if not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the connection of the unit never ended is still open")
