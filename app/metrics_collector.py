@@ -15,19 +15,22 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from timeit import default_timer
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import Instrumentator, routing
+from prometheus_fastapi_instrumentator import Instrumentator, metrics, routing
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import QueuePool
+from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
 
 from app.bus.supervisor import STRANDED_GRACE
@@ -427,21 +430,95 @@ def pool_families(state: AppState) -> list[Metric]:
     return families
 
 
-class _FlatRoutesMiddleware(PrometheusInstrumentatorMiddleware):
-    """The instrumentator names a request by its route template, matched against the app's
-    routes before the app runs; it flattens FastAPI's included routers at every request
-    (60-180 µs a request here, a third to two thirds of the lookup). The routes are fixed
-    once the app serves: they are flattened at the first request."""
+class _LeanInstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
+    """The instrumentator's middleware, with the same series and the library's own
+    instrumentations, at a fraction of its cost per request (a fifth of a bare request's CPU
+    was spent there): the handler is named after the app ran, by the route the router
+    matched (`scope["route"]`) instead of matching every route again before, and the
+    response is not rebuilt as a Starlette `Response` to read two headers. Requests without
+    a FastAPI route (404, mounts) are named the library's way. Used with the library's
+    defaults as `install_metrics` sets them (no in-progress gauge, no body handlers)."""
 
     _flat: list[BaseRoute] | None = None
 
-    def _get_handler(self, request: Request) -> tuple[str, bool]:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = default_timer()
+        sent: list[Any] = [500, (), None]  # status, headers, when the response started
+        where = scope["path"], scope.get("root_path", "")  # as a mount will have changed them
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                sent[:] = message["status"], message["headers"], default_timer()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self._record(scope, where, start, *sent)
+
+    def _record(
+        self,
+        scope: Any,
+        where: tuple[str, str],
+        start: float,
+        status_code: int,
+        headers: Any,
+        started: float | None,
+    ) -> None:
+        request = Request(scope)
+        handler, is_templated = self._handler(scope, where)
+        if self._is_handler_excluded(handler, is_templated):
+            return
+        if not is_templated and self.should_group_untemplated:
+            handler = "none"
+        status = str(int(status_code))
+        if self.should_group_status_codes:
+            status = status[0] + "xx"
+        now = default_timer()
+        duration = max(now - start, 0.0)
+        info = metrics.Info(
+            request=request,
+            response=_Sent(Headers(raw=list(headers)), status_code),  # type: ignore[arg-type]
+            method=scope["method"],
+            modified_handler=handler,
+            modified_status=status,
+            modified_duration=duration,
+            modified_duration_without_streaming=max(started - start, 0.0) if started else 0.0,
+        )
+        for instrumentation in self.instrumentations:
+            instrumentation(info)
+
+    def _handler(self, scope: Any, where: tuple[str, str]) -> tuple[str, bool]:
+        route = scope.get("route")
+        if (
+            isinstance(route, APIRoute)
+            and not self.should_include_root_path
+            and route.path_regex.match(scope["path"])  # the whole path: no prefix left out
+        ):
+            return route.path, True
+        # The library's lookup, on the request as it came in, on the app's routes flattened
+        # once (it flattens FastAPI's included routers at every request otherwise).
+        scope = {**scope, "path": where[0], "root_path": where[1]}
+        request = Request(scope)
         if self._flat is None:
             self._flat = routing._effective_routes(request.app.routes)
-        name = routing._get_route_name(request.scope, self._flat)
-        if name is None or self.should_include_root_path:  # the library's own way
+        name = routing._get_route_name(scope, self._flat)
+        if name is None or self.should_include_root_path:
             return super()._get_handler(request)
         return name, True
+
+
+class _Sent:
+    """What the instrumentations read of a response: its headers and status."""
+
+    __slots__ = ("headers", "status_code")
+
+    def __init__(self, headers: Headers, status_code: int) -> None:
+        self.headers = headers
+        self.status_code = status_code
 
 
 def install_metrics(app: FastAPI, settings: Settings) -> None:
@@ -452,10 +529,12 @@ def install_metrics(app: FastAPI, settings: Settings) -> None:
     # same process (tests) would find them taken and count nothing.
     http_registry = CollectorRegistry()
     Instrumentator(excluded_handlers=["/metrics"], registry=http_registry).instrument(app)
-    # The instrumentator's middleware, with the route lookup above (same arguments).
+    # The instrumentator's middleware, the lean one above in its place (same arguments).
     added: Any = app.user_middleware[0]
     assert added.cls is PrometheusInstrumentatorMiddleware
-    added.cls = _FlatRoutesMiddleware
+    assert not added.kwargs.get("should_instrument_requests_inprogress")
+    assert not added.kwargs.get("body_handlers")
+    added.cls = _LeanInstrumentatorMiddleware
     collector = BusCollector(settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)

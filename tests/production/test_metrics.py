@@ -172,6 +172,43 @@ async def test_error_ends_and_cancels_count(bus: Bus, client: httpx.AsyncClient)
     assert after.value("xbus_postmortems_open", status="new", level="error") == 1
 
 
+async def test_http_series_name_each_request_by_its_route(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    """Each request is counted under the template of the route that answered it (not its
+    path), its status class and method; a static file under its mount; one that no route
+    takes under "none"; /metrics not at all. Sizes and durations are observed beside."""
+
+    def total(scrape: Scrape, handler: str, method: str, status: str) -> float:
+        return scrape.value("http_requests_total", 0, handler=handler, method=method, status=status)
+
+    before = await scrape(client)
+    assert (await admin.get("/api/v1/actors/nobody-here")).status_code == 404
+    assert (await admin.get("/api/v1/actors/nobody-here/requests")).status_code == 404
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/no/such/route/at/all")).status_code == 404
+    assert (await client.get("/console/static/console.css")).status_code == 200
+    after = await scrape(client)
+    for handler, method, status in [
+        ("/api/v1/actors/{id_or_name}", "GET", "4xx"),
+        ("/api/v1/actors/{actor}/requests", "GET", "4xx"),
+        ("/healthz", "GET", "2xx"),
+        ("none", "GET", "4xx"),
+        ("/console/static", "GET", "2xx"),
+    ]:
+        grew = total(after, handler, method, status) - total(before, handler, method, status)
+        assert grew == 1, (handler, method, status)
+    handlers = {labels["handler"] for labels in after.labels("http_requests_total")}
+    assert not any("nobody-here" in handler for handler in handlers)
+    assert "/metrics" not in handlers
+    count = "http_request_duration_seconds_count"
+    assert after.value(count, handler="/healthz", method="GET") > before.value(
+        count, 0, handler="/healthz", method="GET"
+    )
+    size = "http_response_size_bytes_sum"
+    assert after.value(size, handler="/healthz") > before.value(size, 0, handler="/healthz")
+
+
 @pytest.mark.parametrize("settings_overrides", [{"metrics_token": "s3cret-scraper"}])
 async def test_metrics_token(client: httpx.AsyncClient) -> None:
     r = await client.get("/metrics")
