@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
 
 from app.commit_hooks import NOTIFIER, Publisher
 from app.config import Settings
-from app.store.connection import Work, drop_broken_connections, lost
+from app.store.connection import PoolTimeout, Work, drop_broken_connections, lost
 
 
 def async_url(url: str) -> str:
@@ -54,6 +54,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
 log = logging.getLogger(__name__)
 
 _POOL_CLOSE_GRACE = 10.0
+# As SQLAlchemy's pool_timeout: how long a unit waits for a connection of a busy pool.
+_ACQUIRE_TIMEOUT = 30.0
 
 # Options of SQLAlchemy's asyncpg dialect that asyncpg.connect does not take.
 _DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
@@ -115,7 +117,13 @@ class Database:
 
     async def _acquire(self) -> Any:
         pool = self._pool or await self._open_pool()
-        return await pool.acquire()
+        try:
+            return await pool.acquire(timeout=_ACQUIRE_TIMEOUT)
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no database connection came free in {_ACQUIRE_TIMEOUT:g} s "
+                f"(XBUS_DB_HOT_POOL_SIZE {self._pool_size}, all in use)"
+            ) from None
 
     async def _release(self, connection: Any) -> None:
         assert self._pool is not None

@@ -22,6 +22,12 @@ from app.commit_hooks import committed, rolled_back
 
 T = TypeVar("T")
 
+
+class PoolTimeout(ConnectionError):
+    """No connection of the pool came free in time (every one busy): the request is answered
+    503 with Retry-After, as when the database is out of reach, rather than left waiting."""
+
+
 # What a connection that the database dropped (restart, pg_terminate_backend) raises; asyncpg
 # says "connection is closed" with a plain InterfaceError, the class of its client-side
 # mistakes too (bad arguments), which `connection_lost` tells apart.

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -178,3 +179,25 @@ async def test_a_unit_never_ended_does_not_hold_the_shutdown(
         await asyncio.sleep(0.1)
     else:
         pytest.fail("the connection of the unit never ended is still open")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"db_hot_pool_size": 1}])
+async def test_a_busy_pool_answers_503_in_time(
+    app: FastAPI, admin: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection of the hot pool taken: a hot route waits a bounded time for one, then
+    answers 503 with Retry-After (not a request left hanging)."""
+    from app import db as db_module
+
+    monkeypatch.setattr(db_module, "_ACQUIRE_TIMEOUT", 0.3)
+    holder = _db(app).work()
+    await driver_connection(holder)  # the pool's one connection
+    report = f"/api/v1/requests/{uuid.uuid4()}/state"
+    try:
+        answer = await admin.post(report, json={"status": "success"})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert answer.headers["content-type"] == "application/problem+json"
+    finally:
+        await holder.commit()
+    assert (await admin.post(report, json={"status": "success"})).status_code == 404
