@@ -48,7 +48,7 @@ from app.envelopes.schemas import (
     UploadRead,
 )
 from app.models import Envelope
-from app.store.connection import driver_connection
+from app.store.connection import Unit, driver_connection, savepoint
 
 router = APIRouter(prefix="/api/v1", tags=["envelopes"])
 
@@ -243,7 +243,7 @@ def _batch(media: str, body: bytes, most: int) -> list[Any]:
 async def outputs(
     emitter: str,
     request: Request,
-    session: Session,
+    session: Pooled,
     caller: Caller,
     director: DirectorDep,
     settings: SettingsDep,
@@ -280,7 +280,7 @@ async def outputs(
                 planned.append((index, (rows, types, route)))
                 continue
             # In a savepoint: a conflict found by the database undoes this one alone.
-            async with session.begin_nested():
+            async with savepoint(session):
                 results[index] = await _emit_one(session, director, actor, index, parsed)
         except XbusError as exc:
             metrics.ENVELOPES_REJECTED.labels(BATCH, exc.code).inc()
@@ -327,7 +327,7 @@ def _batch_entry(entry: Any, settings: SettingsDep) -> BatchEntry:
 
 
 async def _emit_one(
-    session: Session,
+    session: Unit,
     director: DirectorDep,
     actor: ActorInfo,
     index: int,

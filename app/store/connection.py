@@ -198,6 +198,17 @@ async def reading(unit: Unit) -> AsyncIterator[AsyncSession]:
             raise
 
 
+@contextlib.asynccontextmanager
+async def savepoint(unit: Unit) -> AsyncIterator[None]:
+    """A savepoint in the unit's transaction: an error in the block undoes the block alone."""
+    if isinstance(unit, AsyncSession):
+        async with unit.begin_nested():
+            yield
+        return
+    async with (await unit.connection()).transaction():  # nested in asyncpg: a savepoint
+        yield
+
+
 async def read_with(unit: Unit, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """`read` run with an ORM session (`reading`): what a cache calls on a miss."""
     async with reading(unit) as session:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from app.commit_hooks import notify_after_commit, on_commit
 from app.db import Database
 from app.models import Account
-from app.store.connection import driver_connection, reading
+from app.store.connection import driver_connection, reading, savepoint
 
 
 def _db(app: FastAPI) -> Database:
@@ -153,6 +153,7 @@ async def test_the_hot_routes_run_on_the_pool(app: FastAPI) -> None:
             pooled.update(f"{m} {route.path}" for m in route.methods or ())
     assert pooled == {
         "POST /api/v1/actors/{emitter}/output",
+        "POST /api/v1/actors/{emitter}/outputs",
         "GET /api/v1/actors/{actor}/requests",
         "POST /api/v1/requests/{request_id}/state",
         "POST /api/v1/requests/states",
@@ -201,3 +202,26 @@ async def test_a_busy_pool_answers_503_in_time(
     finally:
         await holder.commit()
     assert (await admin.post(report, json={"status": "success"})).status_code == 404
+
+
+async def test_a_savepoint_undoes_its_block_alone(app: FastAPI, db: asyncpg.Connection) -> None:
+    """What a batch of emissions relies on: one envelope's failure undoes that one only."""
+    kept, undone = (f"savepoint-{n}-{uuid.uuid4().hex[:8]}" for n in ("kept", "undone"))
+    insert = (
+        "INSERT INTO accounts (id, name, type, status, is_admin, created_at, updated_at)"
+        " VALUES ($1, $2, 'gateway', 'enabled', false, now(), now())"
+    )
+    async with _db(app).working() as work:
+        conn = await driver_connection(work)
+        await conn.execute(insert, uuid.uuid4(), kept)
+
+        async def both() -> None:
+            async with savepoint(work):
+                await conn.execute(insert, uuid.uuid4(), undone)
+                await conn.execute(insert, uuid.uuid4(), kept)  # taken: the block fails
+
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await both()
+    names = {r["name"] for r in await db.fetch("SELECT name FROM accounts")}
+    assert kept in names
+    assert undone not in names
