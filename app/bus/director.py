@@ -717,8 +717,44 @@ class Director:
         moved to the channel `moved_to`. One statement: it commits on its own unless the
         session has a transaction open."""
         conn = await driver_connection(session, begin=False)
-        now = utcnow()
         statement = store.LEASE_FOR_NATS if actor_id is None else store.LEASE_FOR_ACTOR
+        args = self._lease_args(actor_id, holder, limit, channels, moved_to, lease)
+        rows = await conn.fetch(statement, *args)
+        return [store.request_of(row) for row in rows]
+
+    async def lease_handed(
+        self,
+        session: Unit,
+        actor_id: uuid.UUID,
+        holder: str,
+        *,
+        limit: int,
+        inline_max: int,
+    ) -> list[tuple[RequestRow, list[Any]]]:
+        """`lease` for an HTTP-polling actor, with what it hands out read by the same
+        statement: each request leased, with the rows of its input envelopes (those of
+        `app.store.processes.ENVELOPES`: events and items only of envelopes no larger than
+        `inline_max`)."""
+        conn = await driver_connection(session, begin=False)
+        channels = (RequestChannel.POLL, RequestChannel.NATS)
+        args = self._lease_args(actor_id, holder, limit, channels, None, None)
+        leased: list[tuple[RequestRow, list[Any]]] = []
+        for row in await conn.fetch(store.LEASE_FOR_ACTOR_HANDED, *args, inline_max):
+            if not leased or leased[-1][0].id != row[0]:
+                leased.append((store.request_of(row), []))
+            leased[-1][1].append(row[store.HANDED_ENVELOPE_AT :])
+        return leased
+
+    def _lease_args(
+        self,
+        actor_id: uuid.UUID | None,
+        holder: str,
+        limit: int,
+        channels: tuple[RequestChannel, ...],
+        moved_to: RequestChannel | None,
+        lease: timedelta | None,
+    ) -> list[Any]:
+        now = utcnow()
         args: list[Any] = [
             actor_id,
             now,
@@ -729,8 +765,7 @@ class Director:
         ]
         if actor_id is not None:
             args.append([c.value for c in channels])
-        rows = await conn.fetch(statement, *args)
-        return [store.request_of(row) for row in rows]
+        return args
 
     # ------------------------------------------------------------------ operator control
     async def settle(self, session: Unit, ctx: ProcessContext) -> None:

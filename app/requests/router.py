@@ -32,7 +32,7 @@ from app.requests.schemas import (
     RequestStatesIn,
     RequestStatesRead,
 )
-from app.requests.service import request_payloads
+from app.requests.service import handed_payloads
 from app.state import AppState
 from app.store.connection import Unit, driver_connection
 from app.store.processes import LOCK_PROCESSES_OF_REQUESTS
@@ -81,9 +81,15 @@ async def lease_request(
     deadline = time.monotonic() + min(wait, settings.long_poll_max)
     holder = f"http:{caller.name}"
     while True:
-        leased = await director.lease(session, target.id, holder, limit=batch or 1)
+        leased = await director.lease_handed(
+            session,
+            target.id,
+            holder,
+            limit=batch or 1,
+            inline_max=settings.inline_envelope_max_bytes,
+        )
         if leased:
-            payloads = await request_payloads(session, leased, settings.inline_envelope_max_bytes)
+            payloads = handed_payloads(leased, settings.inline_envelope_max_bytes)
             return payloads[0] if batch is None else ActorRequestBatch(requests=payloads)
         await session.commit()  # hold no connection while waiting
         remaining = deadline - time.monotonic()

@@ -4,13 +4,16 @@ and webhooks."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from app.envelopes.codec import EnvelopeData, EventData, envelope_to_json
 from app.requests.schemas import ActorRequestRead, RequestInput
 from app.store.connection import Unit, driver_connection
 from app.store.processes import ENVELOPES
+
+# Envelopes by id: size, item count, and the envelope itself when small enough to inline.
+Found = dict[uuid.UUID, tuple[int, int, EnvelopeData | None]]
 
 
 class HandedOut(Protocol):
@@ -39,10 +42,28 @@ async def request_payloads(
     )
     # One statement for every input: sizes, and the events and items of the small ones.
     conn = await driver_connection(session, begin=False)
-    found: dict[uuid.UUID, tuple[int, int, EnvelopeData | None]] = {}
-    for envelope_id, size, count, event_id, type_, encoding, data in await conn.fetch(
-        ENVELOPES, ids, inline_max
-    ):
+    found = _envelopes(await conn.fetch(ENVELOPES, ids, inline_max), inline_max, {})
+    return [_payload(request, found) for request in requests]
+
+
+def handed_payloads(
+    leased: Sequence[tuple[HandedOut, Sequence[Sequence[Any]]]], inline_max: int
+) -> list[ActorRequestRead]:
+    """The payloads of requests leased with their envelopes' rows (`Director.lease_handed`):
+    an envelope handed to several of them is read from the first one's rows."""
+    found: Found = {}
+    for _, rows in leased:
+        _envelopes(rows, inline_max, found)
+    return [_payload(request, found) for request, _ in leased]
+
+
+def _envelopes(rows: Iterable[Sequence[Any]], inline_max: int, found: Found) -> Found:
+    """Envelopes from rows of ENVELOPES (envelope id, size, item count, event id, type,
+    encoding, item), added to `found`; one already there is not read again."""
+    known = set(found)
+    for envelope_id, size, count, event_id, type_, encoding, data in rows:
+        if envelope_id is None or envelope_id in known:
+            continue  # a request without inputs; or an envelope read from earlier rows
         if envelope_id not in found:
             inline = EnvelopeData([], envelope_id) if size <= inline_max else None
             found[envelope_id] = (size, count, inline)
@@ -54,12 +75,10 @@ async def request_payloads(
             events.append(EventData(type_, encoding, [], event_id))
         if data is not None:
             events[-1].items.append(data)
-    return [_payload(request, found) for request in requests]
+    return found
 
 
-def _payload(
-    request: HandedOut, found: dict[uuid.UUID, tuple[int, int, EnvelopeData | None]]
-) -> ActorRequestRead:
+def _payload(request: HandedOut, found: Found) -> ActorRequestRead:
     inputs = []
     for entry in request.inputs:
         envelope_id = uuid.UUID(entry["envelope_id"])

@@ -295,27 +295,57 @@ class Joined:
 # by side and never get the same request. The scan starts from the due requests (the
 # partial index of pending ones), whatever the statistics say of running processes: a
 # process's status is checked per candidate, not joined from the processes' side.
-_LEASE = f"""
-WITH due AS (
+_DUE = """
+due AS (
     SELECT r.id FROM requests r
-    WHERE r.status = 'pending' AND r.available_at <= $2 AND {{where}}
+    WHERE r.status = 'pending' AND r.available_at <= $2 AND {where}
       AND (SELECT p.status FROM processes p WHERE p.id = r.process_id) = 'running'
     ORDER BY r.available_at, r.created_at, r.id
     LIMIT $3
     FOR UPDATE OF r SKIP LOCKED
-)
+)"""
+_LEASED = f"""
 UPDATE requests r SET status = 'leased', attempts = r.attempts + 1, leased_at = $2,
     lease_expires_at = $4, leased_by = $5, updated_at = $2, channel = coalesce($6, r.channel)
 FROM due WHERE r.id = due.id
 RETURNING {_REQUEST_COLUMNS}"""
+_FOR_ACTOR = "r.actor_id = $1 AND r.channel = ANY($7::text[])"
 
 # One actor's requests of these channels (HTTP polling).
-LEASE_FOR_ACTOR = _LEASE.format(where="r.actor_id = $1 AND r.channel = ANY($7::text[])")
+LEASE_FOR_ACTOR = "WITH" + _DUE.format(where=_FOR_ACTOR) + _LEASED
 # Requests of the actors connected over NATS (the NATS dispatcher; $1 unused).
-LEASE_FOR_NATS = _LEASE.format(
-    where="""r.channel IN ('nats', 'poll') AND $1::uuid IS NULL
+LEASE_FOR_NATS = (
+    "WITH"
+    + _DUE.format(
+        where="""r.channel IN ('nats', 'poll') AND $1::uuid IS NULL
       AND r.actor_id IN (SELECT a.id FROM actors a WHERE a.online)"""
+    )
+    + _LEASED
 )
+
+# An HTTP-polling actor's lease with what it hands out, in one statement (one round trip
+# less than LEASE_FOR_ACTOR then ENVELOPES): each leased request's columns, followed on its
+# rows by those of ENVELOPES for its input envelopes (the events and items of the envelopes
+# no larger than $8 only); oldest request first.
+LEASE_FOR_ACTOR_HANDED = (
+    "WITH"
+    + _DUE.format(where=_FOR_ACTOR)
+    + ",\nleased AS ("
+    + _LEASED
+    + """
+)
+SELECT l.*, e.id, e.size_bytes, e.item_count, ev.id, ev.type, ev.encoding, i.data
+FROM leased l
+LEFT JOIN LATERAL (
+    SELECT DISTINCT (x ->> 'envelope_id')::uuid AS id FROM jsonb_array_elements(l.inputs) x
+) wanted ON true
+LEFT JOIN envelopes e ON e.id = wanted.id
+LEFT JOIN events ev ON ev.envelope_id = e.id AND e.size_bytes <= $8
+LEFT JOIN items i ON i.event_id = ev.id
+ORDER BY l.available_at, l.created_at, l.id, e.id, ev.position, i.position"""
+)
+# Where the envelope columns start in a LEASE_FOR_ACTOR_HANDED row.
+HANDED_ENVELOPE_AT = 17
 
 # The envelopes a request hands out: size and count, and the events and items of those
 # small enough to inline.

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.bus.conftest import ENVELOPE, Bus, chain
 from tests.conftest import row_counts
@@ -164,3 +165,67 @@ async def test_batch_emission_with_a_large_envelope(bus: Bus, db: asyncpg.Connec
         uuid.UUID(large_id),
     )
     assert stored == 500
+
+
+@pytest.mark.parametrize("settings_overrides", [{"inline_envelope_max_bytes": 200}])
+async def test_a_lease_hands_out_each_envelope_whole(bus: Bus) -> None:
+    """The lease and its envelopes are read by one statement: each request gets its inputs
+    whole and in order (events by position, items by position), an envelope handed to two
+    requests at once is the same in both, one too large is linked, not inlined."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    co = await bus.actor(acct, "consumer")
+    # Two consumer nodes of one actor: each envelope becomes two requests of that actor.
+    graph = {
+        "nodes": [
+            {
+                "id": "emit",
+                "type": "emitter",
+                "actors": [em["name"]],
+                "sourcematch": {"eventtypes": ["order.created", "order.updated", "order.noted"]},
+            },
+            {"id": "left", "type": "consumer", "actors": [co["name"]]},
+            {"id": "right", "type": "consumer", "actors": [co["name"]]},
+        ],
+        "edges": ["emit->left", "emit->right"],
+    }
+    await bus.pipeline(graph)
+    many = {
+        "events": [
+            {"type": "order.created", "encoding": "json", "items": [{"n": n} for n in range(5)]},
+            {"type": "order.updated", "encoding": "json", "items": [{"u": 1}, {"u": 2}]},
+            {"type": "order.noted", "encoding": "json", "items": []},
+        ]
+    }
+    large = {"events": [{"type": "order.created", "encoding": "json", "items": ["x" * 400]}]}
+    sent = []
+    for body in (many, large):
+        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=body)
+        assert r.status_code == 202, r.text
+        sent.append(r.json()["envelope_id"])
+
+    r = await acct.http.get(f"/api/v1/actors/{co['name']}/requests", params={"max": 10})
+    assert r.status_code == 200, r.text
+    leased = r.json()["requests"]
+    assert len(leased) == 4
+    assert sorted(x["node_id"] for x in leased) == ["left", "left", "right", "right"]
+    by_envelope: dict[str, list[dict[str, Any]]] = {}
+    for request in leased:
+        [given] = request["inputs"]
+        by_envelope.setdefault(given["envelope_id"], []).append(given)
+    assert set(by_envelope) == set(sent)
+    first, second = by_envelope[sent[0]]
+    assert first == second
+    assert first["inline"] is True
+    assert first["item_count"] == 7
+    events = first["envelope"]["events"]
+    assert [e["type"] for e in events] == ["order.created", "order.updated", "order.noted"]
+    assert [e["items"] for e in events] == [[{"n": n} for n in range(5)], [{"u": 1}, {"u": 2}], []]
+    for given in by_envelope[sent[1]]:
+        assert given["inline"] is False
+        assert given["envelope"] is None
+        assert given["size_bytes"] > 200
+        assert given["envelope_url"] == f"/api/v1/envelopes/{sent[1]}"
+    # Leased once each: nothing is left to lease.
+    again = await acct.http.get(f"/api/v1/actors/{co['name']}/requests", params={"max": 10})
+    assert again.status_code == 204
