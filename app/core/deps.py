@@ -73,13 +73,8 @@ async def get_work(request: Request) -> AsyncIterator[Work]:
     """The hot routes' unit of work (emit, lease, report): a connection of the plain asyncpg
     pool, no ORM session (`app.store.connection.Work`), committed once when the route
     returns, before the response is sent; rolled back on an error."""
-    work = _state(request).db.work()
-    try:
+    async with _state(request).db.working() as work:
         yield work
-    except BaseException as error:
-        await work.close(error)
-        raise
-    await work.commit()
 
 
 Pooled = Annotated[Work, Depends(get_work, scope="function")]
