@@ -21,9 +21,9 @@ from app.commit_hooks import notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
 from app.envelopes.repository import items_page
-from app.models import Account, Actor, ActorRequest, Envelope, LogEntry, Process, SessionToken
-from app.models.enums import AccountStatus, EnvelopeStatus, LogLevel, ProcessStatus, RequestStatus
-from app.nats_api import broker
+from app.models import Account, Actor, ActorRequest, LogEntry, Process, SessionToken
+from app.models.enums import AccountStatus, LogLevel, ProcessStatus, RequestStatus
+from app.nats_api import assembly, broker
 from app.nats_api.convert import (
     LOG_LEVEL_TO_PB,
     PROCESS_STATUS,
@@ -161,9 +161,9 @@ class BrokerServer(Base):
     async def Output(self, actorID: str, req: Any) -> Any:
         actor_id = _uuid(actorID, "actor")
         try:
-            async with self.state.db.session() as session:
+            async with self.state.db.working() as work:
                 return await broker.output(
-                    session, self.state.director, self.state.settings, actor_id, req
+                    work, self.state.director, self.state.settings, actor_id, req
                 )
         except broker.OutputRejected as exc:
             await self._mark_error(req.envelope.id, str(exc))
@@ -176,12 +176,8 @@ class BrokerServer(Base):
             envelope_id = uuid_of(bytes(raw_id), "envelope id")
         except ValueError:
             return
-        async with self.state.db.session() as session:
-            await session.execute(
-                sa.update(Envelope)
-                .where(Envelope.id == envelope_id, Envelope.status == EnvelopeStatus.RECEIVING)
-                .values(status=EnvelopeStatus.ERROR, status_reason=reason)
-            )
+        async with self.state.db.working() as work:
+            await assembly.mark_error(work, envelope_id, reason, receiving=True)
 
 
 class EnvelopeStorageServer(Base):
