@@ -4,6 +4,7 @@ fragments is assembled row by row, checked, refused or forwarded, on a plain uni
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -16,8 +17,8 @@ from fastapi import FastAPI
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.envelopes.codec import EnvelopeData, EventData, envelope_to_fragments
-from app.nats_api import broker
-from app.store.connection import Unit
+from app.nats_api import broker, services
+from app.store.connection import Unit, connection_lost
 from tests.bus.conftest import Bus, chain
 
 pb: Any = xbus_pb2
@@ -196,4 +197,57 @@ async def test_a_workers_output_goes_to_its_open_request(
     assert (
         await db.fetchval("SELECT 1 FROM envelopes WHERE id = $1", uuid.UUID(bytes=other.id))
         is None
+    )
+
+
+async def test_output_goes_on_after_its_connections_were_killed(
+    app: FastAPI, emitter: dict[str, Any], db: asyncpg.Connection
+) -> None:
+    """Broker.Output as the NATS service runs it (a Work of the hot pool): a connection the
+    database dropped fails its call (the client gets an error and sends again), is not
+    given back, and no acknowledged envelope is lost or started twice."""
+    server = services.BrokerServer(app.state.xbus)
+    actor_id = emitter["emitter"]["id"]
+
+    async def emit_one() -> Any:
+        data = EnvelopeData([EventData("a", "text", [b"x"], uuid.uuid4())], uuid.uuid4())
+        [fragment] = envelope_to_fragments(data)
+        return await server.Output(actor_id, _request(fragment))
+
+    for _ in range(3):  # connections in the pool
+        assert (await emit_one()).status == broker.ACCEPTED
+
+    async def outcome() -> Any:
+        try:
+            return (await emit_one()).status
+        except Exception as exc:  # what the nrpc server answers as an error
+            return "lost" if connection_lost(exc) else repr(exc)
+
+    async def kill() -> int:
+        killed: int = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+            "WHERE application_name = 'xbusd' AND pid <> pg_backend_pid()"
+        )
+        return killed
+
+    outcomes: list[Any] = []
+    for _ in range(3):  # calls in flight while their connections are killed
+        calls = [asyncio.create_task(outcome()) for _ in range(10)]
+        await asyncio.sleep(0.005)
+        assert await kill() > 0
+        outcomes += await asyncio.gather(*calls)
+    after = [await outcome() for _ in range(10)]
+    assert set(outcomes) <= {broker.ACCEPTED, "lost"}, outcomes
+    assert after == [broker.ACCEPTED] * 10, after  # healed, no restart
+    accepted = 3 + outcomes.count(broker.ACCEPTED) + 10
+    started = await db.fetchval(
+        "SELECT count(*) FROM processes WHERE emitter_id = $1", uuid.UUID(actor_id)
+    )
+    # Every acknowledged envelope started (one whose commit's answer was lost may have too),
+    # none twice.
+    assert accepted <= started <= accepted + outcomes.count("lost")
+    assert not await db.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM processes WHERE emitter_id = $1 "
+        "GROUP BY trigger_envelope_id HAVING count(*) > 1) twice",
+        uuid.UUID(actor_id),
     )
