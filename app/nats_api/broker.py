@@ -130,7 +130,9 @@ async def output(
     await sql.update_envelope(unit, envelope, len(rows), now, complete=complete)
     if not complete:
         return ack(raw_id, RECEIVING)
-    return await _complete(unit, director, actor, envelope_id, context, port, raw_id)
+    # Every event of the envelope is in `progress` (locked or new), in position order.
+    types = list(dict.fromkeys(state.type for state in progress.values()))
+    return await _complete(unit, director, actor, envelope_id, context, port, raw_id, types)
 
 
 async def _check_route(unit: Unit, director: Director, actor: ActorInfo, fragment: Any) -> None:
@@ -165,13 +167,17 @@ async def _complete(
     context: tuple[uuid.UUID, str] | None,
     port: str,
     raw_id: bytes,
+    types: list[str] | None = None,
 ) -> Any:
+    """The envelope is complete: a process starts (from an emitter), or it becomes a
+    worker's output. `types`: its event types in order when known (else read)."""
     if context is None:
         if actor.kind != ActorKind.EMITTER:
             raise OutputRejected(
                 f"actor {actor.name} is a {actor.kind.value}: outputs need a processing context"
             )
-        types = await sql.event_types(unit, envelope_id)
+        if types is None:
+            types = await sql.event_types(unit, envelope_id)
         conn = await driver_connection(unit)
         try:
             async with conn.transaction():  # a savepoint: a refusal leaves the envelope
