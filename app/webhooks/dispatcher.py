@@ -36,7 +36,8 @@ from datetime import UTC, datetime, timedelta
 
 from app import metrics
 from app.bus.director import Director
-from app.bus.notify import Notifier, actor_key
+from app.bus.notify import CONFIG, Notifier, actor_key
+from app.commit_hooks import notify_after_commit
 from app.config import Settings
 from app.db import Database
 from app.store.connection import Unit
@@ -236,7 +237,7 @@ class Dispatcher:
                 }
                 shares = deal([a for a in order if a in wanted], wanted, free)
                 quotas = [
-                    repo.Quota(
+                    store.Quota(
                         actor_id,
                         count,
                         ready[actor_id][1].max_attempts,
@@ -256,11 +257,13 @@ class Dispatcher:
                 )
                 claimed_probe = await store.claim_probe(
                     session,
-                    repo.Quota(actor.id, 1, ws.max_attempts, lease),
+                    store.Quota(actor.id, 1, ws.max_attempts, lease),
                     now,
                     next_probe,
                     self.holder,
                 )
+                # The probe's UPDATE of the actor drops the caches, as it did through the ORM.
+                notify_after_commit(session, CONFIG)
                 if claimed_probe is not None:
                     jobs.append(await self._job(session, claimed_probe, actor, ws, probe=True))
         for job in jobs:
@@ -291,7 +294,7 @@ class Dispatcher:
     async def _job(
         self,
         session: Unit,
-        claimed: repo.Claimed,
+        claimed: store.Claimed,
         actor: repo.WebhookActor,
         ws: WebhookSettings,
         *,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,38 +25,6 @@ class WebhookActor:
     config: dict[str, str]
     suspended_at: datetime | None
     probe_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    actor_id: uuid.UUID
-    count: int
-    max_attempts: int
-    lease: float  # seconds
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    id: uuid.UUID
-    actor_id: uuid.UUID
-    process_id: uuid.UUID
-    node_id: str
-    attempt: int
-    created_at: datetime
-    inputs: list[Any]
-    lease_expires_at: datetime
-
-    def as_request(self) -> ActorRequest:
-        """The leased request as the payload builder reads it (not attached to a session)."""
-        return ActorRequest(
-            id=self.id,
-            process_id=self.process_id,
-            node_id=self.node_id,
-            actor_id=self.actor_id,
-            inputs=self.inputs,
-            attempts=self.attempt,
-            lease_expires_at=self.lease_expires_at,
-        )
 
 
 async def webhook_actors(session: AsyncSession) -> list[WebhookActor]:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 
 from app.bus.director import Director, Message, OutputConflict
-from app.bus.notify import actor_key
+from app.bus.notify import CONFIG, actor_key
 from app.commit_hooks import notify_after_commit
 from app.config import Settings
 from app.core.exceptions import Conflict, NotFound, Unprocessable
@@ -368,7 +368,9 @@ class Outcomes:
     # ---------------------------------------------------------------- the actor's webhook
     async def _suspend(self, session: Unit, job: Job, reason: str, now: datetime) -> None:
         probe_at = now + timedelta(seconds=self.settings.webhook_probe_interval)
-        if await store.suspend_by_failures(session, job.actor_id, reason, now, probe_at):
+        suspended = await store.suspend_by_failures(session, job.actor_id, reason, now, probe_at)
+        notify_after_commit(session, CONFIG)  # an UPDATE of the actor, as through the ORM
+        if suspended:
             log.warning("webhook of actor %s suspended: %s", job.actor_name, reason)
             await store.add_log(
                 session,
@@ -381,7 +383,9 @@ class Outcomes:
     async def _resume(self, session: Unit, job: Job, now: datetime) -> None:
         # Requests before the actor row: the lock order of every webhook transaction.
         await store.make_due(session, job.actor_id, now)
-        if await store.resume_after_failures(session, job.actor_id):
+        resumed = await store.resume_after_failures(session, job.actor_id)
+        notify_after_commit(session, CONFIG)  # an UPDATE of the actor, as through the ORM
+        if resumed:
             log.info("webhook of actor %s is back", job.actor_name)
             await store.add_log(
                 session,

@@ -1,6 +1,8 @@
 """The statements of webhook delivery's units of work (claiming, recording an attempt's
 outcome, suspension), plain SQL on the unit's asyncpg connection: the dispatcher runs them
-on a `Work`, without an ORM session; they run on a session alike (`driver_connection`)."""
+on a `Work`, without an ORM session; they run on a session alike (`driver_connection`).
+Those that change an actor row leave it to the caller to drop the caches (`CONFIG`), as
+the ORM's UPDATEs of an actor did."""
 
 from __future__ import annotations
 
@@ -8,13 +10,45 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from app.bus.notify import CONFIG
-from app.commit_hooks import notify_after_commit
+from app.models import ActorRequest
 from app.models.enums import AttemptOutcome, LogLevel
 from app.store.connection import Unit, driver_connection
 from app.store.processes import clean_text
-from app.webhooks.repository import Claimed, Quota
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    actor_id: uuid.UUID
+    count: int
+    max_attempts: int
+    lease: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: uuid.UUID
+    actor_id: uuid.UUID
+    process_id: uuid.UUID
+    node_id: str
+    attempt: int
+    created_at: datetime
+    inputs: list[Any]
+    lease_expires_at: datetime
+
+    def as_request(self) -> ActorRequest:
+        """The leased request as the payload builder reads it (not attached to a session)."""
+        return ActorRequest(
+            id=self.id,
+            process_id=self.process_id,
+            node_id=self.node_id,
+            actor_id=self.actor_id,
+            inputs=self.inputs,
+            attempts=self.attempt,
+            lease_expires_at=self.lease_expires_at,
+        )
+
 
 # Namespace of the per-actor advisory locks taken while claiming (the second key is a hash
 # of the actor id): claims for one actor serialise across replicas, so its concurrency holds.
@@ -125,19 +159,12 @@ async def claim_probe(
         next_probe,
         datetime.now(UTC),
     )
-    _actor_changed(unit)  # as the ORM's UPDATE of an actor did, whether it won or not
     if won is None:
         return None
     row = await conn.fetchrow(
         _CLAIM_PROBE, quota.actor_id, quota.max_attempts, quota.lease, now, holder
     )
     return Claimed(*row) if row is not None else None
-
-
-def _actor_changed(unit: Unit) -> None:
-    """An actor row changed: the caches drop it once committed (as any ORM change of an
-    actor does, `app.bus.notify`)."""
-    notify_after_commit(unit, CONFIG)
 
 
 async def add_attempt(
@@ -271,7 +298,6 @@ async def suspend_by_failures(
         probe_at,
         datetime.now(UTC),
     )
-    _actor_changed(unit)
     return changed is not None
 
 
@@ -285,7 +311,6 @@ async def resume_after_failures(unit: Unit, actor_id: uuid.UUID) -> bool:
         actor_id,
         datetime.now(UTC),
     )
-    _actor_changed(unit)
     return changed is not None
 
 
