@@ -147,7 +147,8 @@ class Settings(BaseSettings):
         10,
         ge=1,
         description="Connections of the plain asyncpg pool that the hot routes (emit, lease, "
-        "report) use without the ORM, per process, opened as needed.",
+        "report), the NATS services' hot calls and dispatcher, and the webhook dispatcher use "
+        "without the ORM, per process, opened as needed.",
     )
     # --- envelopes
     envelope_max_items: int = Field(100_000, ge=1, description="Most items in one envelope.")

@@ -191,40 +191,39 @@ async def item_page(
 
 
 async def envelope_events(
-    session: AsyncSession, envelope_id: uuid.UUID
+    session: Unit, envelope_id: uuid.UUID
 ) -> list[tuple[int, uuid.UUID, str]] | None:
     """The (position, id, type) of an envelope's events in order; None when there is no
-    envelope."""
-    if await session.get(Envelope, envelope_id) is None:
+    envelope. Plain SQL: the NATS path reads it on every delivery, also on a `Work`."""
+    conn = await driver_connection(session, begin=False)
+    rows = await conn.fetch(_ENVELOPE_EVENTS, envelope_id)
+    if not rows:
         return None
-    rows = await session.execute(
-        sa.select(Event.position, Event.id, Event.type)
-        .where(Event.envelope_id == envelope_id)
-        .order_by(Event.position)
-    )
-    return [(position, event_id, event_type) for position, event_id, event_type in rows]
+    return [(row[0], row[1], row[2]) for row in rows if row[1] is not None]
 
+
+_ENVELOPE_EVENTS = """
+SELECT e.position, e.id, e.type FROM envelopes v LEFT JOIN events e ON e.envelope_id = v.id
+WHERE v.id = $1 ORDER BY e.position"""
 
 ITEMS_PAGE = 64  # items read at once when an envelope is streamed (~6 MiB of 100 KiB items)
 
 
 async def items_page(
-    session: AsyncSession, envelope_id: uuid.UUID, after: tuple[int, int], limit: int = ITEMS_PAGE
+    session: Unit, envelope_id: uuid.UUID, after: tuple[int, int], limit: int = ITEMS_PAGE
 ) -> list[tuple[int, int, bytes]]:
     """The next items of an envelope after (event position, item position), in order, as
     (event position, item position, data): keyset pages, so an envelope of any size is
     read a page at a time."""
-    rows = await session.execute(
-        sa.select(Event.position, Item.position, Item.data)
-        .join(Item, Item.event_id == Event.id)
-        .where(
-            Event.envelope_id == envelope_id,
-            sa.tuple_(Event.position, Item.position) > sa.tuple_(*after),
-        )
-        .order_by(Event.position, Item.position)
-        .limit(limit)
-    )
-    return [(event, position, data) for event, position, data in rows]
+    conn = await driver_connection(session, begin=False)
+    rows = await conn.fetch(_ITEMS_PAGE, envelope_id, after[0], after[1], limit)
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+_ITEMS_PAGE = """
+SELECT e.position, i.position, i.data FROM events e JOIN items i ON i.event_id = e.id
+WHERE e.envelope_id = $1 AND (e.position, i.position) > ($2::int, $3::bigint)
+ORDER BY e.position, i.position LIMIT $4"""
 
 
 async def load_envelope(session: AsyncSession, envelope_id: uuid.UUID) -> EnvelopeData | None:

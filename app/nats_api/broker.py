@@ -1,6 +1,7 @@
 """Broker.Output: envelopes arriving over NATS in fragments, assembled in PostgreSQL (each
 event's progress is stored, so any replica can take the next fragment), then dispatched
-(from an emitter) or kept as a worker's output until it reports success."""
+(from an emitter) or kept as a worker's output until it reports success. It runs on a unit
+of work without the ORM (`app.nats_api.assembly`'s statements)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from app.bus.director import OPEN_REQUEST, Director
+from app.actors.access import ActorInfo
+from app.bus.director import Director
 from app.config import Settings
 from app.core.exceptions import XbusError
 from app.envelopes import repository
@@ -23,9 +23,10 @@ from app.envelopes.codec import (
     apply_fragment,
     envelope_complete,
 )
-from app.models import Actor, ActorRequest, Envelope, Event
 from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
+from app.nats_api import assembly as sql
 from app.nats_api.convert import uuid_of
+from app.store.connection import Unit, driver_connection
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -41,55 +42,8 @@ def ack(envelope_id: bytes, status: int, reason: str = "") -> Any:
     return pb.EnvelopeAck(id=envelope_id, status=status, reason=reason)
 
 
-async def _open_request(
-    session: AsyncSession, process_id: uuid.UUID, node_id: str, actor_id: uuid.UUID
-) -> ActorRequest | None:
-    return (
-        await session.execute(
-            sa.select(ActorRequest)
-            .where(
-                ActorRequest.process_id == process_id,
-                ActorRequest.node_id == node_id,
-                ActorRequest.actor_id == actor_id,
-                ActorRequest.status.in_(OPEN_REQUEST),
-            )
-            .order_by(ActorRequest.created_at.desc())
-            .limit(1)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
-
-
-async def _progress(
-    session: AsyncSession, envelope_id: uuid.UUID
-) -> tuple[dict[uuid.UUID, EventProgress], dict[uuid.UUID, Event]]:
-    events = (
-        await session.execute(
-            sa.select(Event)
-            .where(Event.envelope_id == envelope_id)
-            .order_by(Event.position)
-            .with_for_update()
-        )
-    ).scalars()
-    rows = {e.id: e for e in events}
-    progress = {
-        e.id: EventProgress(
-            event_id=e.id,
-            type=e.type,
-            next_index=e.next_index,
-            items_received=e.items_received,
-            crc=e.crc,
-            item_count=e.item_count,
-            complete=e.complete,
-            checksum=e.checksum,
-        )
-        for e in rows.values()
-    }
-    return progress, rows
-
-
 async def output(
-    session: AsyncSession, director: Director, settings: Settings, actor_id: uuid.UUID, request: Any
+    unit: Unit, director: Director, settings: Settings, actor_id: uuid.UUID, request: Any
 ) -> Any:
     """Take one fragment; answer an EnvelopeAck. Raises OutputRejected for errors that must
     roll the fragment back (the caller answers ERROR)."""
@@ -99,7 +53,7 @@ async def output(
         envelope_id = uuid_of(raw_id, "envelope id")
     except ValueError as exc:
         return ack(raw_id, ERROR, str(exc))
-    actor = await session.get(Actor, actor_id)
+    actor = await sql.actor(unit, actor_id)
     if actor is None or actor.status != ActorStatus.ENABLED:
         return ack(raw_id, ERROR, f"actor {actor_id} is unknown or not enabled")
     port = request.output or "default"
@@ -114,35 +68,22 @@ async def output(
             return ack(raw_id, ERROR, str(exc))
 
     if context is None:
-        await _check_route(session, director, actor, fragment)
+        await _check_route(unit, director, actor, fragment)
 
-    envelope = (
-        await session.execute(
-            sa.select(Envelope).where(Envelope.id == envelope_id).with_for_update()
-        )
-    ).scalar_one_or_none()
+    envelope = await sql.lock_envelope(unit, envelope_id)
     if not fragment.events and not fragment.eventIDs and fragment.last:
         # Forward an envelope the bus already has.
         if envelope is None or envelope.status != EnvelopeStatus.COMPLETE:
             return ack(
                 raw_id, ERROR, f"cannot forward envelope {envelope_id}: no such complete envelope"
             )
-        return await _complete(session, director, actor, envelope, context, port, raw_id)
+        return await _complete(unit, director, actor, envelope_id, context, port, raw_id)
 
     now = datetime.now(UTC)
     if envelope is None:
-        envelope = Envelope(
-            id=envelope_id,
-            emitter_id=actor.id,
-            process_id=context[0] if context else None,
-            node_id=context[1] if context else None,
-            output=port if context else None,
-            status=EnvelopeStatus.RECEIVING,
-            created_at=now,
-            last_fragment_at=now,
-        )
-        session.add(envelope)
-        await session.flush()
+        envelope = await sql.insert_envelope(unit, envelope_id, actor.id, context, port, now)
+        progress: dict[uuid.UUID, EventProgress] = {}
+        rows: dict[uuid.UUID, sql.EventRow] = {}  # a new envelope has no event yet
     elif envelope.emitter_id != actor.id:
         return ack(raw_id, ERROR, f"envelope {envelope_id} belongs to another actor")
     elif envelope.status == EnvelopeStatus.STALLED:
@@ -156,8 +97,8 @@ async def output(
         return ack(
             raw_id, ERROR, f"envelope {envelope_id} is {envelope.status.value}, not receiving"
         )
-
-    progress, rows = await _progress(session, envelope_id)
+    else:
+        progress, rows = await sql.lock_events(unit, envelope_id)
     declared = (
         [uuid.UUID(i) for i in envelope.declared_event_ids] if envelope.declared_event_ids else None
     )
@@ -175,46 +116,26 @@ async def output(
     if envelope.size_bytes + added_bytes > settings.envelope_max_bytes:
         raise OutputRejected(f"the envelope would exceed {settings.envelope_max_bytes} bytes")
     for new in result.new_events:
-        event = Event(
-            id=new.event_id,
-            envelope_id=envelope_id,
-            position=len(rows),
-            type=new.type,
-            encoding="text",
-        )
-        session.add(event)
-        rows[new.event_id] = event
-    await session.flush()
-    binary = {eid for eid, _, data in result.items if not _is_utf8(data)}
-    for event_id, state in progress.items():
-        event = rows[event_id]
-        event.next_index = state.next_index
-        event.items_received = state.items_received
-        event.crc = state.crc
-        event.item_count = state.item_count
-        event.checksum = state.checksum
-        event.complete = state.complete
-        if event_id in binary:
-            event.encoding = "base64"
+        rows[new.event_id] = sql.EventRow(len(rows), "text", 0, new=True)
     for event_id, _, data in result.items:
-        rows[event_id].size_bytes += len(data)
-    await repository.insert_items(session, result.items)
+        event = rows[event_id]
+        event.size_bytes += len(data)
+        if not _is_utf8(data):
+            event.encoding = "base64"
+    await sql.write_events(unit, envelope_id, progress, rows)
+    await repository.insert_items(unit, result.items)
     envelope.item_count += added_items
     envelope.size_bytes += added_bytes
-    envelope.event_count = len(rows)
-    envelope.last_fragment_at = now
-    if not envelope_complete(progress, declared):
-        await session.flush()
+    complete = envelope_complete(progress, declared)
+    await sql.update_envelope(unit, envelope, len(rows), now, complete=complete)
+    if not complete:
         return ack(raw_id, RECEIVING)
-    envelope.status = EnvelopeStatus.COMPLETE
-    envelope.completed_at = now
-    await session.flush()
-    return await _complete(session, director, actor, envelope, context, port, raw_id)
+    # Every event of the envelope is in `progress` (locked or new), in position order.
+    types = list(dict.fromkeys(state.type for state in progress.values()))
+    return await _complete(unit, director, actor, envelope_id, context, port, raw_id, types)
 
 
-async def _check_route(
-    session: AsyncSession, director: Director, actor: Actor, fragment: Any
-) -> None:
+async def _check_route(unit: Unit, director: Director, actor: ActorInfo, fragment: Any) -> None:
     """An emission is refused at its first fragment that no pipeline can take, before any
     of its items is written (which pipeline takes it is decided when it is complete)."""
     if actor.kind != ActorKind.EMITTER:
@@ -225,7 +146,7 @@ async def _check_route(
     if not types:
         return
     try:
-        await director.route(session, actor, types, partial=True)
+        await director.route(unit, actor, types, partial=True)
     except XbusError as exc:
         raise OutputRejected(exc.detail) from None
 
@@ -239,35 +160,36 @@ def _is_utf8(data: bytes) -> bool:
 
 
 async def _complete(
-    session: AsyncSession,
+    unit: Unit,
     director: Director,
-    actor: Actor,
-    envelope: Envelope,
+    actor: ActorInfo,
+    envelope_id: uuid.UUID,
     context: tuple[uuid.UUID, str] | None,
     port: str,
     raw_id: bytes,
+    types: list[str] | None = None,
 ) -> Any:
+    """The envelope is complete: a process starts (from an emitter), or it becomes a
+    worker's output. `types`: its event types in order when known (else read)."""
     if context is None:
         if actor.kind != ActorKind.EMITTER:
             raise OutputRejected(
                 f"actor {actor.name} is a {actor.kind.value}: outputs need a processing context"
             )
-        types = await repository.event_types(session, envelope.id)
+        if types is None:
+            types = await sql.event_types(unit, envelope_id)
+        conn = await driver_connection(unit)
         try:
-            async with session.begin_nested():
-                await director.start_process(session, actor, envelope.id, types)
+            async with conn.transaction():  # a savepoint: a refusal leaves the envelope
+                await director.start_process(unit, actor, envelope_id, types)
         except XbusError as exc:
-            envelope.status = EnvelopeStatus.ERROR
-            envelope.status_reason = exc.detail
-            await session.flush()
+            await sql.mark_error(unit, envelope_id, exc.detail, receiving=False)
             return ack(raw_id, ERROR, exc.detail)
         return ack(raw_id, ACCEPTED)
     process_id, node_id = context
-    request = await _open_request(session, process_id, node_id, actor.id)
-    if request is None:
+    now = datetime.now(UTC)
+    if not await sql.add_output(unit, process_id, node_id, actor.id, port, envelope_id, now):
         raise OutputRejected(
             f"actor {actor.name} has no open request for process {process_id} node {node_id}"
         )
-    request.outputs = {**request.outputs, port: str(envelope.id)}
-    await session.flush()
     return ack(raw_id, ACCEPTED)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import socket
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from app.nats_api.liveness import Liveness
 from app.nats_api.payload import process_request
 from app.nats_auth import server_inbox_prefix
 from app.state import AppState
+from app.store.connection import driver_connection
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -39,6 +41,19 @@ _MAX_IN_FLIGHT = 200
 # How often actors marked offline for not answering are tried again, and how many a pass.
 PROBE_EVERY = 2.0
 _PROBE_BATCH = 20
+
+
+_TO_DELIVER = "SELECT actor_id, process_id, node_id, inputs FROM requests WHERE id = $1"
+_DETACHED = """
+UPDATE requests SET status = 'running', lease_expires_at = $2, updated_at = $3
+WHERE id = $1 AND status = ANY($4::text[])"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Handed:
+    process_id: uuid.UUID
+    node_id: str
+    inputs: list[Any]
 
 
 class NoResponders(ConnectionError):
@@ -91,9 +106,9 @@ class NatsDispatcher:
             await asyncio.sleep(PROBE_EVERY)
             try:
                 for actor_id in await self._to_probe():
-                    async with self.state.db.session() as session:
+                    async with self.state.db.working() as work:
                         leased = await self.director.lease(
-                            session,
+                            work,
                             actor_id,
                             self.holder,
                             channels=(RequestChannel.POLL, RequestChannel.NATS),
@@ -147,9 +162,9 @@ class NatsDispatcher:
                 await task
 
     async def _claim(self) -> list[uuid.UUID]:
-        async with self.state.db.session() as session:
+        async with self.state.db.working() as work:
             leased = await self.director.lease(
-                session,
+                work,
                 None,
                 self.holder,
                 limit=_BATCH,
@@ -159,20 +174,24 @@ class NatsDispatcher:
         return [request.id for request in leased]
 
     async def _deliver(self, request_id: uuid.UUID, *, probe: bool = False) -> None:
-        async with self.state.db.session() as session:
-            request = await session.get(ActorRequest, request_id)
-            if request is None or request.actor_id is None:
+        unreadable: str | None = None
+        async with self.state.db.working() as work:
+            conn = await driver_connection(work, begin=False)
+            row = await conn.fetchrow(_TO_DELIVER, request_id)
+            if row is None or row["actor_id"] is None:
                 return
-            actor_id = request.actor_id
+            actor_id = row["actor_id"]
             try:
                 message = await process_request(
-                    session, request, max_size=self.state.settings.nats_fragment_size
+                    work, _Handed(*row[1:]), max_size=self.state.settings.nats_fragment_size
                 )
             except LookupError as exc:
-                await self._report(
-                    request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, str(exc))]
-                )
-                return
+                unreadable = str(exc)
+        if unreadable is not None:
+            await self._report(
+                request_id, RequestStatus.ERROR, [Message(LogLevel.ERROR, unreadable)]
+            )
+            return
         subject = f"xbus.default.actoragent.{actor_id}.process"
         conn = xbus_conn.CustomInboxPrefixConn(self.client, server_inbox_prefix(actor_id))
         final = False
@@ -228,13 +247,17 @@ class NatsDispatcher:
         self, request_id: uuid.UUID, status: RequestStatus, messages: list[Message]
     ) -> None:
         try:
-            async with self.state.db.session() as session:
-                request = await session.get(ActorRequest, request_id)
+            async with self.state.db.working() as work:
                 outputs = None
-                if request is not None and status == RequestStatus.SUCCESS:
-                    outputs = {k: uuid.UUID(v) for k, v in request.outputs.items()}
+                if status == RequestStatus.SUCCESS:
+                    conn = await driver_connection(work)
+                    stored = await conn.fetchval(
+                        "SELECT outputs FROM requests WHERE id = $1", request_id
+                    )
+                    if stored is not None:
+                        outputs = {k: uuid.UUID(v) for k, v in stored.items()}
                 await self.director.report(
-                    session,
+                    work,
                     request_id,
                     status,
                     messages,
@@ -248,14 +271,15 @@ class NatsDispatcher:
     async def _detached(self, request_id: uuid.UUID) -> None:
         """The actor detached the job: it ends it later with Director.ProcessingEnd."""
         lease = timedelta(seconds=self.state.settings.nats_detached_lease)
-        async with self.state.db.session() as session:
-            await session.execute(
-                sa.update(ActorRequest)
-                .where(
-                    ActorRequest.id == request_id,
-                    ActorRequest.status.in_((RequestStatus.LEASED, RequestStatus.RUNNING)),
-                )
-                .values(status=RequestStatus.RUNNING, lease_expires_at=datetime.now(UTC) + lease)
+        now = datetime.now(UTC)
+        async with self.state.db.working() as work:
+            conn = await driver_connection(work, begin=False)
+            await conn.execute(
+                _DETACHED,
+                request_id,
+                now + lease,
+                now,
+                [RequestStatus.LEASED.value, RequestStatus.RUNNING.value],
             )
 
     async def _unreachable(

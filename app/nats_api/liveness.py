@@ -13,18 +13,26 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-
-from app.bus.director import add_log
 from app.bus.notify import CONFIG, NATS_WORK, actor_key
 from app.commit_hooks import notify_after_commit
-from app.models import Actor
-from app.models.enums import LogLevel
 from app.state import AppState
+from app.store.connection import driver_connection
 
 log = logging.getLogger(__name__)
 
 RECHECK = 2.0
+_BACK_TEXT = "actor {name} calls the bus again: back online"
+# The text's {name} is replaced in SQL (a name read from PostgreSQL is clean text already).
+_BACK_ONLINE = """
+WITH back AS (
+    UPDATE actors SET online = true, unresponsive = false, last_seen = $2, updated_at = $2
+    WHERE id = $1 AND unresponsive RETURNING name
+),
+told AS (
+    INSERT INTO log_entries (time, level, text, actor_id, processing_error)
+    SELECT $2, 'notice', replace($3::text, '{name}', name), $1, false FROM back
+)
+SELECT name FROM back"""
 _MAX_TRACKED = 100_000
 
 
@@ -52,23 +60,17 @@ class Liveness:
             self._checked.clear()
         self._checked[actor_id] = now
         try:
-            async with self.state.db.session() as session:
-                name = (
-                    await session.execute(
-                        sa.update(Actor)
-                        .where(Actor.id == actor_id, Actor.unresponsive.is_(True))
-                        .values(online=True, unresponsive=False, last_seen=datetime.now(UTC))
-                        .returning(Actor.name)
-                        # Drops the caches only when it changed the actor (below).
-                        .execution_options(synchronize_session=False, xbus_cache_neutral=True)
-                    )
-                ).scalar_one_or_none()
+            now_utc = datetime.now(UTC)
+            async with self.state.db.working() as work:
+                # One statement, its own transaction: the actor back online and the log line.
+                conn = await driver_connection(work, begin=False)
+                name = await conn.fetchval(_BACK_ONLINE, actor_id, now_utc, _BACK_TEXT)
                 if name is None:
                     return
-                text = f"actor {name} calls the bus again: back online"
-                add_log(session, LogLevel.NOTICE, text, actor_id=actor_id)
+                text = _BACK_TEXT.format(name=name)
+                # Drops the caches only when it changed the actor (a plain UPDATE does not).
                 for key in (CONFIG, actor_key(actor_id), NATS_WORK):
-                    notify_after_commit(session, key)
+                    notify_after_commit(work, key)
             log.info("%s", text)
         except Exception as exc:  # the call itself goes on; the next one checks again
             self._checked.pop(actor_id, None)

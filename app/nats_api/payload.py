@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.envelopes import repository
 from app.envelopes.codec import FRAGMENT_SIZE, FragmentCutter
-from app.models import ActorRequest
+from app.store.connection import Unit
 
 pb: Any = xbus_pb2
 
@@ -78,7 +77,7 @@ def seen(position: Any, ordinal: int, fragment: Any) -> bool:
     return ordinal == 0 and bool(position.start)
 
 
-async def events_of(session: AsyncSession, envelope_id: uuid.UUID) -> Events:
+async def events_of(session: Unit, envelope_id: uuid.UUID) -> Events:
     events = await repository.envelope_events(session, envelope_id)
     if events is None:
         raise LookupError(f"no envelope {envelope_id}")
@@ -86,7 +85,7 @@ async def events_of(session: AsyncSession, envelope_id: uuid.UUID) -> Events:
 
 
 async def first_fragment(
-    session: AsyncSession, envelope_id: uuid.UUID, *, max_size: int = FRAGMENT_SIZE
+    session: Unit, envelope_id: uuid.UUID, *, max_size: int = FRAGMENT_SIZE
 ) -> tuple[Any, Any]:
     """The envelope's first fragment and the position after it (reads only what it holds)."""
     events = await events_of(session, envelope_id)
@@ -102,9 +101,18 @@ async def first_fragment(
     return first, Reader(envelope_id).past(first)
 
 
-async def process_request(
-    session: AsyncSession, request: ActorRequest, *, max_size: int = FRAGMENT_SIZE
-) -> Any:
+class Handed(Protocol):
+    """What a request's message needs of it (an ORM row, or a row read with plain SQL)."""
+
+    @property
+    def process_id(self) -> uuid.UUID: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def inputs(self) -> list[Any]: ...
+
+
+async def process_request(session: Unit, request: Handed, *, max_size: int = FRAGMENT_SIZE) -> Any:
     message = pb.ActorProcessRequest(
         context=pb.ProcessingContext(processID=request.process_id.bytes, nodeID=request.node_id)
     )

@@ -141,8 +141,8 @@ class NatsApi:
         try:
             errors = []
             if process.status == ProcessStatus.ERROR:
-                async with self.state.db.session() as session:
-                    errors = await services.error_lines(session, process.id)
+                async with self.state.db.working() as work:
+                    errors = await services.error_lines(work, process.id)
             state = services.envelope_state_of(process, errors)
             event = pb.CoreEvent(name="process.ended", process=process_pb(process))
             if process.emitter_id and process.trigger_envelope_id:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,9 +22,9 @@ from app.commit_hooks import notify_after_commit
 from app.core.exceptions import XbusError
 from app.envelopes.access import readable_envelope
 from app.envelopes.repository import items_page
-from app.models import Account, Actor, ActorRequest, Envelope, LogEntry, Process, SessionToken
-from app.models.enums import AccountStatus, EnvelopeStatus, LogLevel, ProcessStatus, RequestStatus
-from app.nats_api import broker
+from app.models import Account, Actor, ActorRequest, Process, SessionToken
+from app.models.enums import AccountStatus, LogLevel, ProcessStatus, RequestStatus
+from app.nats_api import assembly, broker
 from app.nats_api.convert import (
     LOG_LEVEL_TO_PB,
     PROCESS_STATUS,
@@ -35,6 +36,7 @@ from app.nats_api.convert import (
 from app.nats_api.dispatcher import messages_of
 from app.nats_api.payload import Reader, events_of, fragments, process_request, seen
 from app.state import AppState
+from app.store.connection import Unit, driver_connection
 from app.store.processes import ProcessRow
 
 log = logging.getLogger(__name__)
@@ -161,9 +163,9 @@ class BrokerServer(Base):
     async def Output(self, actorID: str, req: Any) -> Any:
         actor_id = _uuid(actorID, "actor")
         try:
-            async with self.state.db.session() as session:
+            async with self.state.db.working() as work:
                 return await broker.output(
-                    session, self.state.director, self.state.settings, actor_id, req
+                    work, self.state.director, self.state.settings, actor_id, req
                 )
         except broker.OutputRejected as exc:
             await self._mark_error(req.envelope.id, str(exc))
@@ -176,12 +178,8 @@ class BrokerServer(Base):
             envelope_id = uuid_of(bytes(raw_id), "envelope id")
         except ValueError:
             return
-        async with self.state.db.session() as session:
-            await session.execute(
-                sa.update(Envelope)
-                .where(Envelope.id == envelope_id, Envelope.status == EnvelopeStatus.RECEIVING)
-                .values(status=EnvelopeStatus.ERROR, status_reason=reason)
-            )
+        async with self.state.db.working() as work:
+            await assembly.mark_error(work, envelope_id, reason, receiving=True)
 
 
 class EnvelopeStorageServer(Base):
@@ -205,8 +203,8 @@ class EnvelopeStorageServer(Base):
             events = await events_of(session, envelope_id)
 
         async def pages(after: tuple[int, int]) -> list[tuple[int, int, bytes]]:
-            async with self.state.db.session() as session:
-                return await items_page(session, envelope_id, after)
+            async with self.state.db.working() as work:
+                return await items_page(work, envelope_id, after)
 
         # From the start, a page of items at a time: what the reader has is cut again (the
         # cut and the checksums depend on it) but not sent, and never all in memory.
@@ -220,26 +218,13 @@ class EnvelopeStorageServer(Base):
             ordinal += 1
 
 
-class DirectorServer(Base):
-    async def _request_for(self, session: Any, actor_id: uuid.UUID, context: Any) -> ActorRequest:
-        process_id = uuid_of(bytes(context.processID), "process id")
-        request = (
-            await session.execute(
-                sa.select(ActorRequest)
-                .where(
-                    ActorRequest.process_id == process_id,
-                    ActorRequest.node_id == context.nodeID,
-                    ActorRequest.actor_id == actor_id,
-                    ActorRequest.status.in_(OPEN_REQUEST),
-                )
-                .order_by(ActorRequest.created_at.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
-        if request is None:
-            raise client_error(f"no open request for process {process_id} node {context.nodeID}")
-        return request  # type: ignore[no-any-return]
+_OPEN_REQUEST = """
+SELECT id, outputs FROM requests
+WHERE process_id = $1 AND node_id = $2 AND actor_id = $3 AND status = ANY($4::text[])
+ORDER BY created_at DESC LIMIT 1"""
 
+
+class DirectorServer(Base):
     async def ProcessingEnd(self, actorID: str, req: Any) -> None:
         actor_id = _uuid(actorID, "actor")
         status = {2: RequestStatus.SUCCESS, 3: RequestStatus.ERROR, 1: RequestStatus.RUNNING}.get(
@@ -247,17 +232,24 @@ class DirectorServer(Base):
         )
         if status is None:
             raise client_error("ProcessingEnd needs a status RUNNING, SUCCESS or ERROR")
-        async with self.state.db.session() as session:
-            request = await self._request_for(session, actor_id, req.context)
+        process_id = uuid_of(bytes(req.context.processID), "process id")
+        node_id = req.context.nodeID
+        async with self.state.db.working() as work:
+            conn = await driver_connection(work)
+            request = await conn.fetchrow(
+                _OPEN_REQUEST, process_id, node_id, actor_id, [s.value for s in OPEN_REQUEST]
+            )
+            if request is None:
+                raise client_error(f"no open request for process {process_id} node {node_id}")
             outputs = (
-                {k: uuid.UUID(v) for k, v in request.outputs.items()}
+                {k: uuid.UUID(v) for k, v in request["outputs"].items()}
                 if status == RequestStatus.SUCCESS
                 else None
             )
             try:
                 await self.state.director.report(
-                    session,
-                    request.id,
+                    work,
+                    request["id"],
                     status,
                     messages_of(req),
                     {},
@@ -312,21 +304,26 @@ async def envelope_state(session: Any, process: Process | ProcessRow) -> Any:
     return envelope_state_of(process, errors)
 
 
-async def error_lines(session: Any, process_id: uuid.UUID) -> list[LogEntry]:
+@dataclass(frozen=True, slots=True)
+class ErrorLine:
+    level: LogLevel
+    text: str
+    time: datetime
+
+
+async def error_lines(unit: Unit, process_id: uuid.UUID) -> list[ErrorLine]:
     """The first error lines of a process (what EmitterEnvelopeState tells the emitter)."""
-    return list(
-        (
-            await session.execute(
-                sa.select(LogEntry)
-                .where(LogEntry.process_id == process_id, LogEntry.level == LogLevel.ERROR)
-                .order_by(LogEntry.id)
-                .limit(20)
-            )
-        ).scalars()
+    conn = await driver_connection(unit, begin=False)
+    rows = await conn.fetch(
+        "SELECT level, text, time FROM log_entries WHERE process_id = $1 AND level = $2 "
+        "ORDER BY id LIMIT 20",
+        process_id,
+        LogLevel.ERROR.value,
     )
+    return [ErrorLine(LogLevel(row[0]), row[1], row[2]) for row in rows]
 
 
-def envelope_state_of(process: Process | ProcessRow, errors: list[LogEntry]) -> Any:
+def envelope_state_of(process: Process | ProcessRow, errors: list[ErrorLine]) -> Any:
     state = pb.EmitterEnvelopeState(
         processID=process.id.bytes, status=PROCESS_STATUS[process.status]
     )

@@ -34,15 +34,16 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app import metrics
 from app.bus.director import Director
-from app.bus.notify import Notifier, actor_key
+from app.bus.notify import CONFIG, Notifier, actor_key
+from app.commit_hooks import notify_after_commit
 from app.config import Settings
 from app.db import Database
+from app.store.connection import Unit
 from app.version import version
 from app.webhooks import repository as repo
+from app.webhooks import store
 from app.webhooks.client import HttpError, HttpResponse, Pools, Target
 from app.webhooks.payload import request_body
 from app.webhooks.service import AttemptResult, Job, Kind, Outcomes
@@ -123,9 +124,9 @@ class Dispatcher:
         self._parsed: dict[uuid.UUID, tuple[dict[str, str], WebhookSettings | None]] = {}
         self._limiters: dict[uuid.UUID, RateLimiter] = {}
         self._turn = 0
-        # Attempts use at most half the pool at once: more would open overflow connections,
-        # each a new connection (and TLS context) for one transaction, and starve the API.
-        self._db_slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
+        # Attempts record their outcome on the hot routes' pool (units of work without the
+        # ORM): at most half of it at once, so that they never starve the API's hot routes.
+        self._db_slots = asyncio.Semaphore(max(1, settings.db_hot_pool_size // 2))
         self._actors_cache: list[repo.WebhookActor] = []
         self._actors_read_at = -math.inf
 
@@ -221,13 +222,13 @@ class Dispatcher:
         if free <= 0 or not (ready or probes):
             return delay
         jobs: list[Job] = []
-        async with self.db.session() as session:
+        async with self.db.working() as session:
             if ready:
                 order = list(ready)
                 self._turn = (self._turn + 1) % len(order)
                 order = order[self._turn :] + order[: self._turn]
-                locked = await repo.try_lock_actors(session, order)
-                flying = await repo.in_flight(session, locked)
+                locked = await store.try_lock_actors(session, order)
+                flying = await store.in_flight(session, locked)
                 wanted = {
                     actor_id: min(
                         ready[actor_id][2], ready[actor_id][1].concurrency - flying.get(actor_id, 0)
@@ -236,7 +237,7 @@ class Dispatcher:
                 }
                 shares = deal([a for a in order if a in wanted], wanted, free)
                 quotas = [
-                    repo.Quota(
+                    store.Quota(
                         actor_id,
                         count,
                         ready[actor_id][1].max_attempts,
@@ -244,7 +245,7 @@ class Dispatcher:
                     )
                     for actor_id, count in shares.items()
                 ]
-                for claimed in await repo.claim(session, quotas, now, self.holder):
+                for claimed in await store.claim(session, quotas, now, self.holder):
                     actor, ws, _ = ready[claimed.actor_id]
                     jobs.append(await self._job(session, claimed, actor, ws, probe=False))
             for actor, ws in probes:
@@ -254,13 +255,15 @@ class Dispatcher:
                 next_probe = now + timedelta(
                     seconds=max(self.settings.webhook_probe_interval, lease)
                 )
-                claimed_probe = await repo.claim_probe(
+                claimed_probe = await store.claim_probe(
                     session,
-                    repo.Quota(actor.id, 1, ws.max_attempts, lease),
+                    store.Quota(actor.id, 1, ws.max_attempts, lease),
                     now,
                     next_probe,
                     self.holder,
                 )
+                # The probe's UPDATE of the actor drops the caches, as it did through the ORM.
+                notify_after_commit(session, CONFIG)
                 if claimed_probe is not None:
                     jobs.append(await self._job(session, claimed_probe, actor, ws, probe=True))
         for job in jobs:
@@ -290,8 +293,8 @@ class Dispatcher:
 
     async def _job(
         self,
-        session: AsyncSession,
-        claimed: repo.Claimed,
+        session: Unit,
+        claimed: store.Claimed,
         actor: repo.WebhookActor,
         ws: WebhookSettings,
         *,
@@ -331,7 +334,7 @@ class Dispatcher:
     async def _attempt(self, job: Job) -> None:
         try:
             result = await self.send(job, job.body)
-            async with self._db_slots, self.db.session() as session:
+            async with self._db_slots, self.db.working() as session:
                 verdict = await self.outcomes.record(session, job, result)
             if verdict.kind != Kind.DELIVERED or job.probe:
                 # It may have suspended or resumed the webhook: read the actors again.

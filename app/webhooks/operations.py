@@ -20,6 +20,7 @@ from app.core.pagination import decode_cursor, encode_cursor
 from app.models import Actor, ActorRequest
 from app.models.enums import LogLevel, RequestChannel, RequestStatus
 from app.webhooks import repository as repo
+from app.webhooks import store
 from app.webhooks.schemas import DeliveryRead, WebhookRead, WebhookState
 from app.webhooks.settings import URL_KEY
 
@@ -196,7 +197,7 @@ async def enable(session: AsyncSession, principal: Principal, ref: str) -> Webho
     actor = await _webhook_actor(session, principal, ref)
     if actor.webhook_suspended_at is not None:
         now = utcnow()
-        await repo.make_due(session, actor.id, now)
+        await store.make_due(session, actor.id, now)
         actor.webhook_suspended_at = None
         actor.webhook_suspended_reason = None
         actor.webhook_probe_at = None

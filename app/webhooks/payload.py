@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -38,6 +39,7 @@ from app.models import ActorRequest
 from app.models.enums import LogLevel, RequestStatus
 from app.requests.schemas import RequestStateIn
 from app.requests.service import request_payload
+from app.store.connection import Unit, read_with
 from app.webhooks.settings import JSON, PROTOBUF
 
 _STATES = frozenset(
@@ -59,12 +61,22 @@ class ActorState:
     outputs: dict[str, EnvelopeData] = field(default_factory=dict)
 
 
-async def json_body(session: AsyncSession, request: ActorRequest, inline_max: int) -> bytes:
+async def json_body(session: Unit, request: ActorRequest, inline_max: int) -> bytes:
     payload = await request_payload(session, request, inline_max)
     return payload.model_dump_json().encode()
 
 
-async def protobuf_body(session: AsyncSession, request: ActorRequest, inline_max: int) -> bytes:
+async def _inline(
+    session: AsyncSession, *, envelope_id: uuid.UUID, limit: int
+) -> EnvelopeData | None:
+    """The whole envelope when it is small enough to inline, else None."""
+    stored = await envelopes.get_envelope(session, envelope_id)
+    if stored is None or stored.size_bytes > limit:
+        return None
+    return await envelopes.load_envelope(session, envelope_id)
+
+
+async def protobuf_body(session: Unit, request: ActorRequest, inline_max: int) -> bytes:
     message: Any = xbus_pb2.ActorProcessRequest()
     message.context.processID = request.process_id.bytes
     message.context.nodeID = request.node_id
@@ -73,10 +85,8 @@ async def protobuf_body(session: AsyncSession, request: ActorRequest, inline_max
         item = message.inputs.add()
         item.name = entry["name"]
         item.close = True
-        stored = await envelopes.get_envelope(session, envelope_id)
-        data = None
-        if stored is not None and stored.size_bytes <= inline_max:
-            data = await envelopes.load_envelope(session, envelope_id)
+        # Committed long before the request was claimed: read beside a Work (`read_with`).
+        data = await read_with(session, partial(_inline, envelope_id=envelope_id, limit=inline_max))
         if data is None:
             item.envelope.id = envelope_id.bytes
             continue
@@ -86,7 +96,7 @@ async def protobuf_body(session: AsyncSession, request: ActorRequest, inline_max
 
 
 async def request_body(
-    session: AsyncSession, request: ActorRequest, content_type: str, inline_max: int
+    session: Unit, request: ActorRequest, content_type: str, inline_max: int
 ) -> bytes:
     if content_type == PROTOBUF:
         return await protobuf_body(session, request, inline_max)

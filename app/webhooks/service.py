@@ -28,17 +28,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from app.bus.director import Director, Message, OutputConflict, add_log
-from app.bus.notify import actor_key
+from app.bus.director import Director, Message, OutputConflict
+from app.bus.notify import CONFIG, actor_key
 from app.commit_hooks import notify_after_commit
 from app.config import Settings
 from app.core.exceptions import Conflict, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
-from app.models import Actor, DeliveryAttempt
 from app.models.enums import AttemptOutcome, LogLevel, RequestStatus
-from app.webhooks import repository as repo
+from app.store.connection import Unit
+from app.webhooks import store
 from app.webhooks.client import HttpResponse
 from app.webhooks.payload import ActorState, AnswerError, read_state
 from app.webhooks.settings import WebhookSettings
@@ -200,10 +198,11 @@ class Outcomes:
         self.director = director
         self.settings = settings
 
-    async def record(self, session: AsyncSession, job: Job, result: AttemptResult) -> Verdict:
+    async def record(self, session: Unit, job: Job, result: AttemptResult) -> Verdict:
         verdict = judge(job, result, self.settings)
         response = result.response
-        attempt = DeliveryAttempt(
+        await store.add_attempt(
+            session,
             request_id=job.request_id,
             actor_id=job.actor_id,
             attempt=job.attempt,
@@ -218,9 +217,7 @@ class Outcomes:
                 else None
             ),
         )
-        await repo.add_attempt(session, attempt)
-        actor = await session.get(Actor, job.actor_id, populate_existing=True)
-        suspended = actor is not None and actor.webhook_suspended_at is not None
+        suspended = await store.webhook_suspended(session, job.actor_id)
         now = utcnow()
         if verdict.kind == Kind.DELIVERED:
             await self._delivered(session, job, verdict.state)
@@ -250,7 +247,7 @@ class Outcomes:
     # ---------------------------------------------------------------- ends
     async def _report(
         self,
-        session: AsyncSession,
+        session: Unit,
         job: Job,
         status: RequestStatus,
         messages: list[Message],
@@ -266,7 +263,7 @@ class Outcomes:
             return  # ended meanwhile (canceled, answered by another attempt) or deleted
         # xbus_requests_ended_total is counted by the director when the request ends.
 
-    async def _delivered(self, session: AsyncSession, job: Job, state: ActorState | None) -> None:
+    async def _delivered(self, session: Unit, job: Job, state: ActorState | None) -> None:
         if state is None:
             await self._report(session, job, RequestStatus.SUCCESS, [], {})
             return
@@ -278,13 +275,13 @@ class Outcomes:
             # in error.
             await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
 
-    async def _fail(self, session: AsyncSession, job: Job, reason: str) -> None:
+    async def _fail(self, session: Unit, job: Job, reason: str) -> None:
         await self._report(session, job, RequestStatus.ERROR, [Message(LogLevel.ERROR, reason)], {})
 
     # ---------------------------------------------------------------- not yet
     async def _retry(
         self,
-        session: AsyncSession,
+        session: Unit,
         job: Job,
         verdict: Verdict,
         response: HttpResponse | None,
@@ -297,11 +294,11 @@ class Outcomes:
             await self._exhausted(session, job, verdict, now)
             return
         available = now + timedelta(seconds=delay)
-        held = await repo.reschedule(
+        held = await store.reschedule(
             session, job.request_id, job.attempt, available, verdict.summary, now
         )
         if held:
-            self._log(
+            await self._log(
                 session,
                 job,
                 LogLevel.WARNING,
@@ -310,11 +307,9 @@ class Outcomes:
                 f"{_seconds(delay)}{why}",
             )
 
-    async def _exhausted(
-        self, session: AsyncSession, job: Job, verdict: Verdict, now: datetime
-    ) -> None:
+    async def _exhausted(self, session: Unit, job: Job, verdict: Verdict, now: datetime) -> None:
         ws = job.settings
-        attempts = await repo.request_attempts(session, job.request_id)
+        attempts = await store.request_attempts(session, job.request_id)
         lines = [
             f"  #{a.attempt} {a.started_at.isoformat(timespec='milliseconds')}: "
             + (a.error or f"{a.status_code} {a.outcome.value}")
@@ -338,7 +333,7 @@ class Outcomes:
             {},
         )
         first = attempts[0].id if attempts else 0
-        if not await repo.delivered_since(session, job.actor_id, first):
+        if not await store.delivered_since(session, job.actor_id, first):
             await self._suspend(
                 session,
                 job,
@@ -349,7 +344,7 @@ class Outcomes:
 
     async def _hold(
         self,
-        session: AsyncSession,
+        session: Unit,
         job: Job,
         verdict: Verdict,
         response: HttpResponse | None,
@@ -357,12 +352,12 @@ class Outcomes:
     ) -> None:
         """A failed probe, or an attempt that was in flight when the webhook got suspended:
         the request waits, nothing fails while the webhook is suspended."""
-        held = await repo.reschedule(
+        held = await store.reschedule(
             session, job.request_id, job.attempt, now, verdict.summary, now
         )
         if held:
             what = "probe of the suspended webhook" if job.probe else "webhook attempt"
-            self._log(
+            await self._log(
                 session,
                 job,
                 LogLevel.NOTICE,
@@ -371,11 +366,13 @@ class Outcomes:
             )
 
     # ---------------------------------------------------------------- the actor's webhook
-    async def _suspend(self, session: AsyncSession, job: Job, reason: str, now: datetime) -> None:
+    async def _suspend(self, session: Unit, job: Job, reason: str, now: datetime) -> None:
         probe_at = now + timedelta(seconds=self.settings.webhook_probe_interval)
-        if await repo.suspend_by_failures(session, job.actor_id, reason, now, probe_at):
+        suspended = await store.suspend_by_failures(session, job.actor_id, reason, now, probe_at)
+        notify_after_commit(session, CONFIG)  # an UPDATE of the actor, as through the ORM
+        if suspended:
             log.warning("webhook of actor %s suspended: %s", job.actor_name, reason)
-            add_log(
+            await store.add_log(
                 session,
                 LogLevel.WARNING,
                 f"webhook of actor {job.actor_name} suspended: {reason}; probed every "
@@ -383,12 +380,14 @@ class Outcomes:
                 actor_id=job.actor_id,
             )
 
-    async def _resume(self, session: AsyncSession, job: Job, now: datetime) -> None:
+    async def _resume(self, session: Unit, job: Job, now: datetime) -> None:
         # Requests before the actor row: the lock order of every webhook transaction.
-        await repo.make_due(session, job.actor_id, now)
-        if await repo.resume_after_failures(session, job.actor_id):
+        await store.make_due(session, job.actor_id, now)
+        resumed = await store.resume_after_failures(session, job.actor_id)
+        notify_after_commit(session, CONFIG)  # an UPDATE of the actor, as through the ORM
+        if resumed:
             log.info("webhook of actor %s is back", job.actor_name)
-            add_log(
+            await store.add_log(
                 session,
                 LogLevel.NOTICE,
                 f"webhook of actor {job.actor_name} answered again: delivery resumed",
@@ -396,8 +395,8 @@ class Outcomes:
             )
             notify_after_commit(session, actor_key(job.actor_id))
 
-    def _log(self, session: AsyncSession, job: Job, level: LogLevel, text: str) -> None:
-        add_log(
+    async def _log(self, session: Unit, job: Job, level: LogLevel, text: str) -> None:
+        await store.add_log(
             session,
             level,
             text,

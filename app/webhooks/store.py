@@ -1,0 +1,339 @@
+"""The statements of webhook delivery's units of work (claiming, recording an attempt's
+outcome, suspension), plain SQL on the unit's asyncpg connection: the dispatcher runs them
+on a `Work`, without an ORM session; they run on a session alike (`driver_connection`).
+Those that change an actor row leave it to the caller to drop the caches (`CONFIG`), as
+the ORM's UPDATEs of an actor did."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app.models import ActorRequest
+from app.models.enums import AttemptOutcome, LogLevel
+from app.store.connection import Unit, driver_connection
+from app.store.processes import clean_text
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    actor_id: uuid.UUID
+    count: int
+    max_attempts: int
+    lease: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: uuid.UUID
+    actor_id: uuid.UUID
+    process_id: uuid.UUID
+    node_id: str
+    attempt: int
+    created_at: datetime
+    inputs: list[Any]
+    lease_expires_at: datetime
+
+    def as_request(self) -> ActorRequest:
+        """The leased request as the payload builder reads it (not attached to a session)."""
+        return ActorRequest(
+            id=self.id,
+            process_id=self.process_id,
+            node_id=self.node_id,
+            actor_id=self.actor_id,
+            inputs=self.inputs,
+            attempts=self.attempt,
+            lease_expires_at=self.lease_expires_at,
+        )
+
+
+# Namespace of the per-actor advisory locks taken while claiming (the second key is a hash
+# of the actor id): claims for one actor serialise across replicas, so its concurrency holds.
+_CLAIM_LOCK = 727300402
+
+
+async def try_lock_actors(unit: Unit, ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The actors whose claim lock this transaction got (others are being claimed by another
+    replica right now: skip them this round)."""
+    if not ids:
+        return []
+    conn = await driver_connection(unit)
+    rows = await conn.fetch(
+        "SELECT id FROM unnest($1::uuid[]) AS t(id) "
+        "WHERE pg_try_advisory_xact_lock($2, hashtext(id::text))",
+        list(ids),
+        _CLAIM_LOCK,
+    )
+    return [row[0] for row in rows]
+
+
+async def in_flight(unit: Unit, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Webhook requests being sent to these actors now, by any replica."""
+    if not ids:
+        return {}
+    conn = await driver_connection(unit)
+    rows = await conn.fetch(
+        "SELECT actor_id, count(*) FROM requests WHERE status = 'leased' "
+        "AND channel = 'webhook' AND actor_id = ANY($1::uuid[]) GROUP BY actor_id",
+        list(ids),
+    )
+    return {row[0]: int(row[1]) for row in rows if row[0] is not None}
+
+
+_CLAIM = """
+WITH quota AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::float8[])
+        AS q(actor_id, k, max_attempts, lease)
+), picked AS (
+    SELECT c.id, q.max_attempts, q.lease FROM quota q
+    CROSS JOIN LATERAL (
+        SELECT r.id FROM requests r JOIN processes p ON p.id = r.process_id
+        JOIN actors a ON a.id = r.actor_id
+        WHERE r.actor_id = q.actor_id AND r.channel = 'webhook' AND r.status = 'pending'
+          AND r.available_at <= $5 AND p.status = 'running'
+          -- the dispatcher's view of the actors may be a poll interval old: a webhook
+          -- suspended or disabled meanwhile gets nothing
+          AND a.webhook_suspended_at IS NULL
+        ORDER BY r.available_at, r.created_at
+        LIMIT q.k
+        FOR UPDATE OF r SKIP LOCKED
+    ) c
+)
+UPDATE requests r SET
+    status = 'leased', attempts = r.attempts + 1, max_attempts = picked.max_attempts,
+    lease_expires_at = $5::timestamptz + make_interval(secs => picked.lease),
+    leased_by = $6, updated_at = $5, leased_at = $5
+FROM picked WHERE r.id = picked.id
+RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r.created_at,
+    r.inputs, r.lease_expires_at"""
+
+_CLAIM_PROBE = """
+UPDATE requests r SET
+    status = 'leased', attempts = r.attempts + 1, max_attempts = $2,
+    lease_expires_at = $4::timestamptz + make_interval(secs => $3::float8),
+    leased_by = $5, updated_at = $4, leased_at = $4
+WHERE r.id = (
+    SELECT r2.id FROM requests r2 JOIN processes p ON p.id = r2.process_id
+    WHERE r2.actor_id = $1 AND r2.channel = 'webhook' AND r2.status = 'pending'
+      AND p.status = 'running'
+    ORDER BY r2.created_at
+    LIMIT 1
+    FOR UPDATE OF r2 SKIP LOCKED
+)
+RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r.created_at,
+    r.inputs, r.lease_expires_at"""
+
+
+async def claim(unit: Unit, quotas: Sequence[Quota], now: datetime, holder: str) -> list[Claimed]:
+    """Lease up to each quota's count of due webhook requests of its actor (oldest due
+    first), attempts + 1: rows other replicas hold are skipped."""
+    if not quotas:
+        return []
+    conn = await driver_connection(unit)
+    rows = await conn.fetch(
+        _CLAIM,
+        [q.actor_id for q in quotas],
+        [q.count for q in quotas],
+        [q.max_attempts for q in quotas],
+        [q.lease for q in quotas],
+        now,
+        holder,
+    )
+    return [Claimed(*row) for row in rows]
+
+
+async def claim_probe(
+    unit: Unit, quota: Quota, now: datetime, next_probe: datetime, holder: str
+) -> Claimed | None:
+    """If the actor's probe is due, move its schedule on and lease its oldest pending
+    request (due or not): one replica wins the probe."""
+    conn = await driver_connection(unit)
+    won = await conn.fetchval(
+        "UPDATE actors SET webhook_probe_at = $3, updated_at = $4 WHERE id = $1 "
+        "AND webhook_suspended_at IS NOT NULL AND webhook_probe_at <= $2 RETURNING id",
+        quota.actor_id,
+        now,
+        next_probe,
+        datetime.now(UTC),
+    )
+    if won is None:
+        return None
+    row = await conn.fetchrow(
+        _CLAIM_PROBE, quota.actor_id, quota.max_attempts, quota.lease, now, holder
+    )
+    return Claimed(*row) if row is not None else None
+
+
+async def add_attempt(
+    unit: Unit,
+    *,
+    request_id: uuid.UUID,
+    actor_id: uuid.UUID,
+    attempt: int,
+    started_at: datetime,
+    duration_ms: float,
+    status_code: int | None,
+    outcome: AttemptOutcome,
+    error: str | None,
+    response_excerpt: str | None,
+) -> None:
+    conn = await driver_connection(unit)
+    await conn.execute(
+        "INSERT INTO delivery_attempts (request_id, actor_id, attempt, started_at, "
+        "duration_ms, status_code, outcome, error, response_excerpt) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        request_id,
+        actor_id,
+        attempt,
+        started_at,
+        duration_ms,
+        status_code,
+        outcome.value,
+        error,
+        response_excerpt,
+    )
+
+
+async def webhook_suspended(unit: Unit, actor_id: uuid.UUID) -> bool:
+    """Whether the actor's webhook is suspended or disabled now (False: no such actor)."""
+    conn = await driver_connection(unit)
+    return bool(
+        await conn.fetchval(
+            "SELECT webhook_suspended_at IS NOT NULL FROM actors WHERE id = $1", actor_id
+        )
+    )
+
+
+async def reschedule(
+    unit: Unit,
+    request_id: uuid.UUID,
+    attempt: int,
+    available_at: datetime,
+    error: str,
+    now: datetime,
+) -> bool:
+    """Back to pending, due at `available_at`, if this attempt still holds the request."""
+    conn = await driver_connection(unit)
+    held = await conn.fetchval(
+        "UPDATE requests SET status = 'pending', available_at = $3, lease_expires_at = NULL, "
+        "leased_by = NULL, last_error = $4, updated_at = $5 "
+        "WHERE id = $1 AND status = 'leased' AND attempts = $2 RETURNING id",
+        request_id,
+        attempt,
+        available_at,
+        error,
+        now,
+    )
+    return held is not None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLine:
+    """One attempt of a request, as the give-up log line lists it."""
+
+    id: int
+    attempt: int
+    started_at: datetime
+    duration_ms: float | None
+    status_code: int | None
+    outcome: AttemptOutcome
+    error: str | None
+
+
+async def request_attempts(unit: Unit, request_id: uuid.UUID) -> list[AttemptLine]:
+    conn = await driver_connection(unit)
+    rows = await conn.fetch(
+        "SELECT id, attempt, started_at, duration_ms, status_code, outcome, error "
+        "FROM delivery_attempts WHERE request_id = $1 ORDER BY id",
+        request_id,
+    )
+    return [
+        AttemptLine(row[0], row[1], row[2], row[3], row[4], AttemptOutcome(row[5]), row[6])
+        for row in rows
+    ]
+
+
+async def delivered_since(unit: Unit, actor_id: uuid.UUID, after_id: int) -> bool:
+    """Did an attempt to this actor get a success answer after attempt `after_id`?"""
+    conn = await driver_connection(unit)
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM delivery_attempts WHERE actor_id = $1 AND id > $2 "
+            "AND outcome = ANY($3::text[]))",
+            actor_id,
+            after_id,
+            [AttemptOutcome.SUCCESS.value, AttemptOutcome.RUNNING.value],
+        )
+    )
+
+
+async def make_due(unit: Unit, actor_id: uuid.UUID, now: datetime) -> int:
+    """Every pending webhook request of the actor due now (its webhook came back)."""
+    conn = await driver_connection(unit)
+    status = await conn.execute(
+        "UPDATE requests SET available_at = $2, updated_at = $3 WHERE actor_id = $1 "
+        "AND channel = 'webhook' AND status = 'pending' AND available_at > $2",
+        actor_id,
+        now,
+        datetime.now(UTC),
+    )
+    return int(status.split()[-1])
+
+
+async def suspend_by_failures(
+    unit: Unit, actor_id: uuid.UUID, reason: str, now: datetime, probe_at: datetime
+) -> bool:
+    """Suspend an active webhook (a suspended or disabled one stays as it is)."""
+    conn = await driver_connection(unit)
+    changed = await conn.fetchval(
+        "UPDATE actors SET webhook_suspended_at = $2, webhook_suspended_reason = $3, "
+        "webhook_probe_at = $4, updated_at = $5 "
+        "WHERE id = $1 AND webhook_suspended_at IS NULL RETURNING id",
+        actor_id,
+        now,
+        reason,
+        probe_at,
+        datetime.now(UTC),
+    )
+    return changed is not None
+
+
+async def resume_after_failures(unit: Unit, actor_id: uuid.UUID) -> bool:
+    """Lift a suspension by failures (an operator's disable stays)."""
+    conn = await driver_connection(unit)
+    changed = await conn.fetchval(
+        "UPDATE actors SET webhook_suspended_at = NULL, webhook_suspended_reason = NULL, "
+        "webhook_probe_at = NULL, updated_at = $2 "
+        "WHERE id = $1 AND webhook_probe_at IS NOT NULL RETURNING id",
+        actor_id,
+        datetime.now(UTC),
+    )
+    return changed is not None
+
+
+async def add_log(
+    unit: Unit,
+    level: LogLevel,
+    text: str,
+    *,
+    process_id: uuid.UUID | None = None,
+    node_id: str | None = None,
+    actor_id: uuid.UUID | None = None,
+    request_id: uuid.UUID | None = None,
+) -> None:
+    """A log line in the unit's transaction (as `app.bus.director.add_log` with a session)."""
+    conn = await driver_connection(unit)
+    await conn.execute(
+        "INSERT INTO log_entries (time, level, text, process_id, node_id, actor_id, "
+        "request_id, processing_error) VALUES ($1, $2, $3, $4, $5, $6, $7, false)",
+        datetime.now(UTC),
+        level.value,
+        clean_text(text),
+        process_id,
+        node_id,
+        actor_id,
+        request_id,
+    )
