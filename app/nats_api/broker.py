@@ -26,7 +26,7 @@ from app.envelopes.codec import (
 from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
 from app.nats_api import assembly as sql
 from app.nats_api.convert import uuid_of
-from app.store.connection import Unit, driver_connection
+from app.store.connection import Unit, savepoint
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -178,9 +178,8 @@ async def _complete(
             )
         if types is None:
             types = await sql.event_types(unit, envelope_id)
-        conn = await driver_connection(unit)
         try:
-            async with conn.transaction():  # a savepoint: a refusal leaves the envelope
+            async with savepoint(unit):  # a refusal undoes the start alone, not the envelope
                 await director.start_process(unit, actor, envelope_id, types)
         except XbusError as exc:
             await sql.mark_error(unit, envelope_id, exc.detail, receiving=False)
