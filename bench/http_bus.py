@@ -93,6 +93,7 @@ class Options:
     workers: int | None = None
     history: int = 0
     backlog: int = 0
+    batch: int = 1
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -145,6 +146,13 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     p.add_argument("--poll-wait", type=float, default=5.0, help="consumers' ?wait= (s) [5]")
     p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="each consumer leases up to this many requests at once (?max=) and reports "
+        "them in one POST /requests/states [1: one lease, one POST .../state per request]",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -170,6 +178,8 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("--workers must be at least 1")
     if a.history < 0 or a.backlog < 0:
         p.error("--history and --backlog must not be negative")
+    if not 1 <= a.batch <= 1000:
+        p.error("--batch must be between 1 and 1000")
     for name in ("envelopes", "concurrency", "consumers"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -194,6 +204,7 @@ def parse_args(argv: list[str] | None) -> Options:
         workers=a.workers,
         history=a.history,
         backlog=a.backlog,
+        batch=a.batch,
     )
 
 
@@ -629,11 +640,14 @@ class Consumers:
     round. (Cancelling a loop mid long-poll would leave the server to lease the next request
     to a closed connection; that request would wait out its lease.)"""
 
-    def __init__(self, base_url: str, key: str, actors: list[str], wait: float) -> None:
+    def __init__(
+        self, base_url: str, key: str, actors: list[str], wait: float, batch: int = 1
+    ) -> None:
         self.base_url = base_url
         self.key = key
         self.actors = actors
         self.wait = wait
+        self.batch = batch
         self.stats = ConsumerStats()
         self.done: dict[str, float] = {}  # process id -> success answered, all rounds
         self.tasks: list[asyncio.Task[None]] = []
@@ -651,6 +665,8 @@ class Consumers:
         # The long-poll may last `wait` s: the client's timeout must outlast it.
         async with RawClient(self.base_url, auth, HTTP_TIMEOUT + self.wait) as client:
             path = f"/api/v1/actors/{actor}/requests?wait={self.wait:g}"
+            if self.batch > 1:
+                path += f"&max={self.batch}"
             while True:
                 try:
                     t0 = time.perf_counter()
@@ -666,24 +682,49 @@ class Consumers:
                         continue
                     t1 = time.perf_counter()
                     self.stats.lease_latency.append(t1 - t0)
-                    job = r.json()
-                    s = await client.request(
-                        "POST",
-                        f"/api/v1/requests/{job['request_id']}/state",
-                        SUCCESS,
-                        JSON_HEADERS,
-                    )
-                    t2 = time.perf_counter()
-                    self.stats.state_statuses[str(s.status)] += 1
-                    if s.status == 200:
-                        self.stats.state_latency.append(t2 - t1)
-                        self.done[job["process_id"]] = t2
+                    if self.batch > 1:
+                        await self._report_all(client, r.json()["requests"], t1)
                     else:
-                        self.stats.problem(f"POST state {s.status}: {s.text}")
+                        await self._report_one(client, r.json(), t1)
                 except TRANSPORT_ERRORS as exc:
                     self.stats.errors[type(exc).__name__] += 1
                     self.stats.problem(f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.1)
+
+    async def _report_one(self, client: RawClient, job: dict[str, Any], leased: float) -> None:
+        s = await client.request(
+            "POST", f"/api/v1/requests/{job['request_id']}/state", SUCCESS, JSON_HEADERS
+        )
+        answered = time.perf_counter()
+        self.stats.state_statuses[str(s.status)] += 1
+        if s.status == 200:
+            self.stats.state_latency.append(answered - leased)
+            self.done[job["process_id"]] = answered
+        else:
+            self.stats.problem(f"POST state {s.status}: {s.text}")
+
+    async def _report_all(
+        self, client: RawClient, jobs: list[dict[str, Any]], leased: float
+    ) -> None:
+        """--batch: the leased requests' successes in one POST /requests/states; each
+        result counted as a POST .../state would be."""
+        body = {"states": [{"request_id": job["request_id"], "status": "success"} for job in jobs]}
+        s = await client.request(
+            "POST", "/api/v1/requests/states", json.dumps(body).encode(), JSON_HEADERS
+        )
+        answered = time.perf_counter()
+        if s.status != 200:
+            self.stats.state_statuses[str(s.status)] += len(jobs)
+            self.stats.problem(f"POST states {s.status}: {s.text}")
+            return
+        processes = {job["request_id"]: job["process_id"] for job in jobs}
+        for result in s.json()["results"]:
+            self.stats.state_statuses[str(result["status"])] += 1
+            if result["status"] == 200:
+                self.stats.state_latency.append(answered - leased)
+                self.done[processes[result["request_id"]]] = answered
+            else:
+                self.stats.problem(f"POST states item {result['status']}: {result['problem']}")
 
 
 @dataclasses.dataclass
@@ -733,7 +774,7 @@ async def bus_session(
     base_url: str, admin_key: str, dsn: str, opts: Options, meter: CpuMeter
 ) -> tuple[BusRun, dict[str, int], dict[str, Any]]:
     topo = await create_topology(base_url, admin_key, opts.consumers)
-    consumers = Consumers(base_url, topo.emitter_key, topo.consumers, opts.poll_wait)
+    consumers = Consumers(base_url, topo.emitter_key, topo.consumers, opts.poll_wait, opts.batch)
     consumers.start()
     seeded: dict[str, Any] = {}
     try:
@@ -1056,14 +1097,19 @@ def report(figures: dict[str, Any]) -> str:
         ),
         ("bus: processes completed", u["completed_per_s"], "proc/s", lat(u["e2e_latency_ms"])),
         ("  consumer GET .../requests (leased)", None, "", lat(u["lease_latency_ms"])),
-        ("  consumer POST .../state", None, "", lat(u["state_latency_ms"])),
+        (
+            "  consumer POST .../state" if o.get("batch", 1) == 1 else "  consumer POST .../states",
+            None,
+            "",
+            lat(u["state_latency_ms"]),
+        ),
     ]
     width = 88
     out = [
         f"bench.http_bus: N={o['envelopes']} C={o['concurrency']} K={o['consumers']} "
         f"warm-up={o['warmup']} baseline={o['baseline_seconds']:g}s body={o['body_bytes']}B "
         f"rate={o['rate'] or 'unlimited'} workers={o['workers'] or 'default'} "
-        f"history={o['history']} backlog={o['backlog']}; "
+        f"history={o['history']} backlog={o['backlog']} batch={o.get('batch', 1)}; "
         f"{m['nproc']} CPUs, Python {m['python']}; raw HTTP/1.1 clients for both",
         "",
         f"{'what':<40} {'rate':>10} {'unit':<7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
@@ -1193,6 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline_seconds": opts.baseline_seconds,
             "warmup": opts.warmup,
             "poll_wait": opts.poll_wait,
+            "batch": opts.batch,
             "rate": opts.rate,
             "workers": opts.workers,
             "history": opts.history,
