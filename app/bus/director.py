@@ -177,6 +177,24 @@ def _owned(envelope: EnvelopeRows, process_id: uuid.UUID, node_id: str) -> tuple
     return (*envelope.parameters[:2], process_id, node_id, *envelope.parameters[4:])
 
 
+@dataclass(slots=True)
+class Answering:
+    """A batch of answers under way (`Director.lock_answers`): the requests whose processes
+    the batch locked, and their rows read after the lock. A row serves the first answer of
+    its process only: once an answer has changed a process, the next answer to a request of
+    it reads again (in the same transaction, it sees what the first wrote)."""
+
+    locked: set[uuid.UUID]
+    rows: dict[uuid.UUID, Any]
+    touched: set[uuid.UUID] = field(default_factory=set)
+
+    def take(self, request_id: uuid.UUID) -> Any:
+        """The row read for this request, unless an answer of the batch came to its process
+        before (then None: read it again)."""
+        row = self.rows.pop(request_id, None)
+        return None if row is None or row["id"] in self.touched else row
+
+
 def check_emitter(emitter: Emitter) -> None:
     if emitter.kind != ActorKind.EMITTER:
         raise Unprocessable(
@@ -520,15 +538,23 @@ class Director:
         *,
         account_id: uuid.UUID | None,
         stored_outputs: dict[str, uuid.UUID] | None = None,
+        answering: Answering | None = None,
     ) -> RequestRow:
         """An actor's state for one request: running (lease extended), success (with a
-        worker's outputs) or error. `account_id` None means the admin."""
+        worker's outputs) or error. `account_id` None means the admin. `answering`: the
+        batch this answer is part of (`lock_answers`)."""
         conn = await driver_connection(session)
-        if await conn.fetchval(store.LOCK_PROCESS_OF_REQUEST, request_id) is None:
-            raise NotFound(f"no request {request_id}")
-        row = await conn.fetchrow(store.READ_FOR_ANSWER, request_id)
+        row = answering.take(request_id) if answering is not None else None
+        if row is None:
+            locked = answering is not None and request_id in answering.locked
+            lock = store.LOCK_PROCESS_OF_REQUEST
+            if not locked and await conn.fetchval(lock, request_id) is None:
+                raise NotFound(f"no request {request_id}")
+            row = await conn.fetchrow(store.READ_FOR_ANSWER, request_id)
         if row is None:
             raise NotFound(f"no request {request_id}")
+        if answering is not None:
+            answering.touched.add(row["id"])
         if account_id is not None and row["account_id"] != account_id:
             raise NotFound(f"no request {request_id}")
         actor_name = row["actor_name"]
@@ -601,6 +627,16 @@ class Director:
         request.updated_at = now
         await self._save(session, conn, ctx)
         return request
+
+    async def lock_answers(self, session: Unit, request_ids: list[uuid.UUID]) -> Answering:
+        """Before a batch of answers: the processes of these requests locked, in the order of
+        their ids (two batches that share processes wait for each other instead of
+        deadlocking), then the requests read for their answers, all in two statements. Pass
+        the result to each `report` of the batch."""
+        conn = await driver_connection(session)
+        locked = {r[0] for r in await conn.fetch(store.LOCK_PROCESSES_OF_REQUESTS, request_ids)}
+        rows = await conn.fetch(store.READ_FOR_ANSWERS, list(locked)) if locked else []
+        return Answering(locked, {row["request_id"]: row for row in rows})
 
     async def _answered(
         self,

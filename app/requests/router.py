@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.accounts.principal import Principal
 from app.actors.access import owned_actor_info
-from app.bus.director import Message
+from app.bus.director import Answering, Message
 from app.bus.notify import actor_key
 from app.core.deps import Caller, Pooled, State
 from app.core.errors import Problem, error_body
@@ -34,8 +34,7 @@ from app.requests.schemas import (
 )
 from app.requests.service import handed_payloads
 from app.state import AppState
-from app.store.connection import Unit, driver_connection
-from app.store.processes import LOCK_PROCESSES_OF_REQUESTS
+from app.store.connection import Unit
 
 router = APIRouter(prefix="/api/v1", tags=["requests"])
 
@@ -132,14 +131,13 @@ async def report_states(
     """Each state as `POST /requests/{id}/state` would take it, in one transaction: one that
     is refused (unknown request, already ended, bad outputs) changes nothing and answers its
     problem in its place; the others are recorded."""
-    # The processes of the batch locked first, in one order (their ids): two batches that
-    # share processes wait for each other instead of deadlocking.
-    conn = await driver_connection(session)
-    await conn.execute(LOCK_PROCESSES_OF_REQUESTS, [item.request_id for item in body.states])
+    answering = await state.director.lock_answers(
+        session, [item.request_id for item in body.states]
+    )
     results = []
     for item in body.states:
         try:
-            answer = await _report(session, caller, state, item.request_id, item)
+            answer = await _report(session, caller, state, item.request_id, item, answering)
         except XbusError as exc:
             results.append(
                 RequestStateResult(
@@ -159,6 +157,7 @@ async def _report(
     state: AppState,
     request_id: uuid.UUID,
     body: RequestStateIn,
+    answering: Answering | None = None,
 ) -> RequestStateRead:
     settings = state.settings
     outputs: dict[str, EnvelopeData] = {}
@@ -181,6 +180,7 @@ async def _report(
         [Message(m.level, m.text) for m in body.messages],
         outputs,
         account_id=None if caller.admin else caller.account_id,
+        answering=answering,
     )
     return RequestStateRead(
         request_id=request.id, status=request.status, lease_expires_at=request.lease_expires_at

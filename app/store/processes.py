@@ -150,10 +150,11 @@ SELECT p.id FROM processes p
 WHERE p.id = (SELECT r.process_id FROM requests r WHERE r.id = $1)
 FOR UPDATE OF p"""
 
-# The processes of many requests, locked in the order of their ids (a batch of answers).
+# The processes of many requests, locked in the order of their ids (a batch of answers):
+# the requests whose processes are locked (those found).
 LOCK_PROCESSES_OF_REQUESTS = """
-SELECT p.id FROM processes p
-WHERE p.id IN (SELECT r.process_id FROM requests r WHERE r.id = ANY($1::uuid[]))
+SELECT r.id FROM requests r JOIN processes p ON p.id = r.process_id
+WHERE r.id = ANY($1::uuid[])
 ORDER BY p.id
 FOR UPDATE OF p"""
 
@@ -199,6 +200,10 @@ LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
 LEFT JOIN actors a ON a.id = r.actor_id
 WHERE r.id = $1
 FOR UPDATE OF r"""
+
+# READ_FOR_ANSWER for many requests (their processes locked already).
+READ_FOR_ANSWERS = READ_FOR_ANSWER.replace("WHERE r.id = $1", "WHERE r.id = ANY($1::uuid[])")
+assert READ_FOR_ANSWERS != READ_FOR_ANSWER
 
 OPEN_BY_NODE = f"""
 SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (

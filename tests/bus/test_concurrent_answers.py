@@ -91,3 +91,69 @@ async def test_a_dispatch_that_fails_the_process_withdraws_the_others(
     assert {s["status"] for s in statuses} <= {"canceled"}, statuses
     r = await acct.http.get(f"/api/v1/actors/{first['name']}/requests")
     assert r.status_code == 204, r.text
+
+
+async def test_branches_answered_in_one_batch_and_beside_it(bus: Bus) -> None:
+    """A batch of answers reads its requests once, after locking their processes; an answer
+    that comes after another of the same process in the batch reads again (it must see the
+    first's node and open requests), and a batch racing single answers of the same
+    processes waits for their locks: each process ends once, every node done."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    consumers = [await bus.actor(acct, "consumer") for _ in range(3)]
+    graph = {
+        "nodes": [
+            {
+                "id": "emit",
+                "type": "emitter",
+                "actors": [em["name"]],
+                "sourcematch": {"eventtypes": ["order.created"]},
+            },
+            *(
+                {"id": f"c{n}", "type": "consumer", "actors": [c["name"]]}
+                for n, c in enumerate(consumers)
+            ),
+        ],
+        "edges": [f"emit->c{n}" for n in range(len(consumers))],
+    }
+    await bus.pipeline(graph)
+    processes = []
+    for _ in range(6):
+        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+        processes.append(r.json()["process_id"])
+    jobs: dict[str, list[str]] = {}  # consumer -> its requests, one per process
+    for consumer in consumers:
+        r = await acct.http.get(
+            f"/api/v1/actors/{consumer['name']}/requests", params={"max": len(processes)}
+        )
+        assert r.status_code == 200, r.text
+        jobs[consumer["name"]] = [x["request_id"] for x in r.json()["requests"]]
+        assert len(jobs[consumer["name"]]) == len(processes)
+    first, second, third = (jobs[c["name"]] for c in consumers)
+    unknown = str(uuid.uuid4())
+    # One batch answers the three branches of the first three processes (the last of the
+    # three must end its process) and the first two of the others, with an unknown request
+    # and a repeated one among them; the others' third branches are answered one by one
+    # meanwhile.
+    batch = [
+        {"request_id": request_id, "status": "success"}
+        for n, answers in enumerate(zip(first, second, third, strict=True))
+        for request_id in (answers if n < 3 else answers[:2])
+    ]
+    batch.insert(3, {"request_id": unknown, "status": "success"})
+    batch.append({"request_id": first[0], "status": "success"})
+    single = [
+        acct.http.post(f"/api/v1/requests/{job}/state", json={"status": "success"})
+        for job in third[3:]
+    ]
+    answers = await asyncio.gather(
+        acct.http.post("/api/v1/requests/states", json={"states": batch}), *single
+    )
+    assert [a.status_code for a in answers] == [200] * 4
+    results = answers[0].json()["results"]
+    assert [x["status"] for x in results] == [200] * 3 + [404] + [200] * 12 + [409]
+    for process_id in processes:
+        r = await acct.http.get(f"/api/v1/processes/{process_id}")
+        process = r.json()
+        assert process["status"] == "done", process
+        assert {n["status"] for n in process["nodes"]} == {"done"}
