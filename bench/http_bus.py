@@ -2,7 +2,7 @@
 
     uv run python -m bench.http_bus [--envelopes N] [--concurrency C] [--consumers K]
                                     [--seconds-max S] [--rate R] [--workers X]
-                                    [--history H] [--backlog M] [--json FILE]
+                                    [--history H] [--backlog M] [--batch B] [--json FILE]
 
 One command, everything local (127.0.0.1 and Unix sockets only):
 
@@ -16,8 +16,9 @@ One command, everything local (127.0.0.1 and Unix sockets only):
    nats-server, creates (httpx, setup only) an account, an emitter, K consumers sharing a
    role and an active pipeline emitter -> consumer (role, spread); with --history/--backlog,
    seeds the database by SQL (`bench.seed`); then C emitter clients POST N envelopes while K
-   consumer loops long-poll their actor's requests and report success, all on the same raw
-   client as the baseline; the round ends when every accepted envelope's process is done,
+   consumer loops long-poll their actor's requests and report success (with --batch B, up to
+   B requests per lease, `?max=B`, answered in one `POST /requests/states`), all on the same
+   raw client as the baseline; the round ends when every accepted envelope's process is done,
    or at --seconds-max;
 4. prints requests/s and latencies of both, the ratios bus/baseline, and the CPU used by
    each process (xbusd with all its descendants; PostgreSQL and nats-server apart).
