@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import asyncpg
 
-from tests.bus.conftest import ENVELOPE, Bus
+from tests.bus.conftest import ENVELOPE, Account, Bus
 
 
-async def test_parallel_branches_answered_at_once_end_the_process(bus: Bus) -> None:
-    acct = await bus.account()
+async def three_branches(bus: Bus, acct: Account) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An emitter whose envelopes go to three consumers side by side: its actor and theirs."""
     em = await bus.actor(acct, "emitter")
     consumers = [await bus.actor(acct, "consumer") for _ in range(3)]
     graph = {
@@ -32,6 +33,12 @@ async def test_parallel_branches_answered_at_once_end_the_process(bus: Bus) -> N
         "edges": [f"emit->c{n}" for n in range(len(consumers))],
     }
     await bus.pipeline(graph)
+    return em, consumers
+
+
+async def test_parallel_branches_answered_at_once_end_the_process(bus: Bus) -> None:
+    acct = await bus.account()
+    em, consumers = await three_branches(bus, acct)
     for _ in range(10):
         r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
         process_id = r.json()["process_id"]
@@ -99,24 +106,7 @@ async def test_branches_answered_in_one_batch_and_beside_it(bus: Bus) -> None:
     first's node and open requests), and a batch racing single answers of the same
     processes waits for their locks: each process ends once, every node done."""
     acct = await bus.account()
-    em = await bus.actor(acct, "emitter")
-    consumers = [await bus.actor(acct, "consumer") for _ in range(3)]
-    graph = {
-        "nodes": [
-            {
-                "id": "emit",
-                "type": "emitter",
-                "actors": [em["name"]],
-                "sourcematch": {"eventtypes": ["order.created"]},
-            },
-            *(
-                {"id": f"c{n}", "type": "consumer", "actors": [c["name"]]}
-                for n, c in enumerate(consumers)
-            ),
-        ],
-        "edges": [f"emit->c{n}" for n in range(len(consumers))],
-    }
-    await bus.pipeline(graph)
+    em, consumers = await three_branches(bus, acct)
     processes = []
     for _ in range(6):
         r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
