@@ -195,6 +195,23 @@ class Answering:
         return None if row is None or row["id"] in self.touched else row
 
 
+def _check_distinct(outputs: dict[str, EnvelopeData]) -> None:
+    """The ids a worker chose for its outputs are each used once across them: otherwise the
+    second output's store would be refused after the first one wrote, and in a batch of
+    answers (one transaction) the first would stay."""
+    seen: dict[uuid.UUID, str] = {}
+    for port, envelope in outputs.items():
+        ids = [e.id for e in envelope.events if e.id is not None]
+        if envelope.id is not None:
+            ids.append(envelope.id)
+        for chosen in ids:
+            if chosen in seen:
+                raise OutputConflict(
+                    f"output {port}: id {chosen} is used by output {seen[chosen]} too"
+                )
+            seen[chosen] = port
+
+
 def check_emitter(emitter: Emitter) -> None:
     if emitter.kind != ActorKind.EMITTER:
         raise Unprocessable(
@@ -581,6 +598,7 @@ class Director:
         if outputs and not ctx.process.status.final:
             # Every output checked, then stored, before anything else changes: an output that
             # cannot be stored (an id already taken) leaves the request, and all, as it was.
+            _check_distinct(outputs)
             for port, envelope in outputs.items():
                 try:
                     await check_new_envelope(session, envelope)

@@ -229,3 +229,65 @@ async def test_a_lease_hands_out_each_envelope_whole(bus: Bus) -> None:
     # Leased once each: nothing is left to lease.
     again = await acct.http.get(f"/api/v1/actors/{co['name']}/requests", params={"max": 10})
     assert again.status_code == 204
+
+
+async def test_batch_answer_with_outputs_sharing_an_id(bus: Bus, db: asyncpg.Connection) -> None:
+    """A worker's outputs that share an id are refused before either is stored: in a batch
+    of answers (one transaction) the first output's rows would otherwise stay behind the
+    refused answer. The batch's other answers are recorded."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    wk = await bus.actor(acct, "worker")
+    sinks = [await bus.actor(acct, "consumer") for _ in range(2)]
+    graph = {
+        "nodes": [
+            {
+                "id": "emit",
+                "type": "emitter",
+                "actors": [em["name"]],
+                "sourcematch": {"eventtypes": ["order.created"]},
+            },
+            {"id": "work", "type": "worker", "actors": [wk["name"]], "outputs": ["a", "b"]},
+            {"id": "sink_a", "type": "consumer", "actors": [sinks[0]["name"]]},
+            {"id": "sink_b", "type": "consumer", "actors": [sinks[1]["name"]]},
+        ],
+        "edges": ["emit->work", "work.a->sink_a", "work.b->sink_b"],
+    }
+    await bus.pipeline(graph)
+    for n in range(2):
+        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=envelope(n))
+        assert r.status_code == 202, r.text
+    r = await acct.http.get(f"/api/v1/actors/{wk['name']}/requests", params={"max": 2})
+    jobs = r.json()["requests"]
+    assert len(jobs) == 2
+    shared = str(uuid.uuid4())
+    states = [
+        {
+            "request_id": jobs[0]["request_id"],
+            "status": "success",
+            "outputs": {"a": envelope(10, id=shared), "b": envelope(11, id=shared)},
+        },
+        {
+            "request_id": jobs[1]["request_id"],
+            "status": "success",
+            "outputs": {"a": envelope(12), "b": envelope(13)},
+        },
+    ]
+    r = await acct.http.post("/api/v1/requests/states", json={"states": states})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [409, 200]
+    assert "used by output a too" in results[0]["problem"]["detail"]
+    assert await db.fetchval("SELECT count(*) FROM envelopes WHERE id = $1", uuid.UUID(shared)) == 0
+    statuses = dict(
+        await db.fetch(
+            "SELECT id::text, status FROM requests WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(job["request_id"]) for job in jobs],
+        )
+    )
+    assert statuses == {jobs[0]["request_id"]: "leased", jobs[1]["request_id"]: "success"}
+    # The first process's worker can still answer, with distinct outputs.
+    again = {"status": "success", "outputs": {"a": envelope(10, id=shared), "b": envelope(11)}}
+    r = await acct.http.post(f"/api/v1/requests/{jobs[0]['request_id']}/state", json=again)
+    assert r.status_code == 200, r.text
+    assert await db.fetchval("SELECT count(*) FROM envelopes WHERE id = $1", uuid.UUID(shared)) == 1
