@@ -81,6 +81,12 @@ class EnvelopeRows:
     copied: list[tuple[uuid.UUID, int, bytes]]
 
 
+# Whether the envelope id and any of the event ids the client chose are taken, in one round trip.
+_IDS_TAKEN = """
+SELECT EXISTS (SELECT 1 FROM envelopes WHERE id = $1::uuid),
+    EXISTS (SELECT 1 FROM events WHERE id = ANY($2::uuid[]))"""
+
+
 async def check_new_envelope(session: Unit, env: EnvelopeData) -> None:
     """Every check before the first write: ids the client chose must be free (a conflict
     leaves nothing behind)."""
@@ -88,11 +94,10 @@ async def check_new_envelope(session: Unit, env: EnvelopeData) -> None:
     if env.id is None and not declared:
         return
     conn = await driver_connection(session, begin=False)
-    if env.id is not None and await conn.fetchval("SELECT 1 FROM envelopes WHERE id = $1", env.id):
+    envelope_taken, event_taken = await conn.fetchrow(_IDS_TAKEN, env.id, declared)
+    if envelope_taken:
         raise Conflict(f"envelope {env.id} already exists")
-    if declared and await conn.fetchval(
-        "SELECT 1 FROM events WHERE id = ANY($1::uuid[]) LIMIT 1", declared
-    ):
+    if event_taken:
         raise Conflict("an event id of this envelope already exists in another envelope")
 
 

@@ -40,7 +40,7 @@ class EventRow:
 
 
 async def actor(unit: Unit, actor_id: uuid.UUID) -> ActorInfo | None:
-    conn = await driver_connection(unit)
+    conn = await driver_connection(unit, begin=False)  # a read: no transaction for it alone
     row = await conn.fetchrow(
         "SELECT id, name, account_id, kind, status, roles, unresponsive, last_seen "
         "FROM actors WHERE id = $1",

@@ -18,7 +18,7 @@ from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.envelopes.codec import EnvelopeData, EventData, envelope_to_fragments
 from app.nats_api import broker, services
-from app.store.connection import Unit, connection_lost
+from app.store.connection import Unit, Work, connection_lost, driver_connection
 from tests.bus.conftest import Bus, chain
 
 pb: Any = xbus_pb2
@@ -68,19 +68,14 @@ def _envelope() -> EnvelopeData:
     )
 
 
-async def test_an_envelope_in_fragments_is_assembled_and_started(
-    app: FastAPI, units: Units, emitter: dict[str, Any], db: asyncpg.Connection
+async def _assert_started(
+    db: asyncpg.Connection, data: EnvelopeData, envelope_id: uuid.UUID, emitter_id: str
 ) -> None:
-    data = _envelope()
-    fragments = envelope_to_fragments(data, max_fragment_size=2048)
-    assert len(fragments) >= 4
-    acks = [await _output(app, units, emitter["emitter"]["id"], _request(f)) for f in fragments]
-    assert [a.status for a in acks] == [broker.RECEIVING] * (len(fragments) - 1) + [broker.ACCEPTED]
-    envelope_id = uuid.UUID(bytes=bytes(fragments[0].id))
+    """The envelope stored whole (its events, items, counts), and a process started on it."""
     env = await db.fetchrow("SELECT * FROM envelopes WHERE id = $1", envelope_id)
     assert env["status"] == "complete"
     assert env["completed_at"] is not None
-    assert env["emitter_id"] == uuid.UUID(emitter["emitter"]["id"])
+    assert env["emitter_id"] == uuid.UUID(emitter_id)
     assert env["event_count"] == 2
     assert env["item_count"] == 17
     assert env["size_bytes"] == sum(len(i) for e in data.events for i in e.items)
@@ -106,6 +101,17 @@ async def test_an_envelope_in_fragments_is_assembled_and_started(
     assert process is not None
     assert process["status"] == "running"
 
+
+async def test_an_envelope_in_fragments_is_assembled_and_started(
+    app: FastAPI, units: Units, emitter: dict[str, Any], db: asyncpg.Connection
+) -> None:
+    data = _envelope()
+    fragments = envelope_to_fragments(data, max_fragment_size=2048)
+    assert len(fragments) >= 4
+    acks = [await _output(app, units, emitter["emitter"]["id"], _request(f)) for f in fragments]
+    assert [a.status for a in acks] == [broker.RECEIVING] * (len(fragments) - 1) + [broker.ACCEPTED]
+    envelope_id = uuid.UUID(bytes=bytes(fragments[0].id))
+    await _assert_started(db, data, envelope_id, emitter["emitter"]["id"])
     # The same envelope again: it is complete, not receiving.
     again = await _output(app, units, emitter["emitter"]["id"], _request(fragments[0]))
     assert again.status == broker.ERROR
@@ -251,3 +257,69 @@ async def test_output_goes_on_after_its_connections_were_killed(
         "GROUP BY trigger_envelope_id HAVING count(*) > 1) twice",
         uuid.UUID(actor_id),
     )
+
+
+async def test_an_envelope_whole_in_one_fragment_is_stored_with_its_process(
+    app: FastAPI, units: Units, emitter: dict[str, Any], db: asyncpg.Connection
+) -> None:
+    """The usual case (python-xbus sends a small envelope as one fragment) is written as an
+    HTTP emission is, envelope and process by one statement: the same rows as assembled.
+    What is not new goes on to the assembly and answers as before."""
+    data = _envelope()
+    [fragment] = envelope_to_fragments(data, max_fragment_size=1 << 20)
+    state = app.state.xbus
+    sent: list[str] = []
+
+    def log(record: Any) -> None:
+        # Not asyncpg's own look at the types of a statement new to the connection.
+        if "typeinfo_tree" not in record.query and "'jit'" not in record.query:
+            sent.append(record.query)
+
+    async with units() as unit:
+        conn = await driver_connection(unit, begin=False)
+        conn.add_query_logger(log)
+        try:
+            done = await broker.output(
+                unit,
+                state.director,
+                state.settings,
+                uuid.UUID(emitter["emitter"]["id"]),
+                _request(fragment),
+            )
+        finally:
+            conn.remove_query_logger(log)
+    assert done.status == broker.ACCEPTED, done.reason
+    if isinstance(unit, Work):
+        # The actor, the ids checked free, the write: no transaction (the route's pipelines
+        # and actors, on a cache miss, are read by a session of their own).
+        assert len(sent) == 3, "\n---\n".join(q[:120] for q in sent)
+        assert not any(q.lstrip().upper().startswith(("BEGIN", "SAVEPOINT")) for q in sent)
+    envelope_id = uuid.UUID(bytes=bytes(fragment.id))
+    await _assert_started(db, data, envelope_id, emitter["emitter"]["id"])
+    owner = await db.fetchrow(
+        "SELECT e.process_id, e.node_id, p.id AS process FROM envelopes e "
+        "JOIN processes p ON p.trigger_envelope_id = e.id WHERE e.id = $1",
+        envelope_id,
+    )
+    assert (owner["process_id"], owner["node_id"]) == (owner["process"], "emit")
+    # Sent again (a retry): the assembly finds it complete.
+    again = await _output(app, units, emitter["emitter"]["id"], _request(fragment))
+    assert again.status == broker.ERROR
+    assert "not receiving" in again.reason
+    # An event id already used by another envelope: refused by the assembly, as before.
+    reused = EnvelopeData([EventData("a", "text", [b"x"], data.events[0].id)], uuid.uuid4())
+    [taken] = envelope_to_fragments(reused)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await _output(app, units, emitter["emitter"]["id"], _request(taken))
+    # Whole, but of a type no pipeline takes: refused before anything is written.
+    mixed = EnvelopeData(
+        [
+            EventData("a", "text", [b"x"], uuid.uuid4()),
+            EventData("zz", "text", [b"y"], uuid.uuid4()),
+        ],
+        uuid.uuid4(),
+    )
+    [unrouted] = envelope_to_fragments(mixed)
+    with pytest.raises(broker.OutputRejected, match="no active pipeline takes"):
+        await _output(app, units, emitter["emitter"]["id"], _request(unrouted))
+    assert await db.fetchval("SELECT 1 FROM envelopes WHERE id = $1", mixed.id) is None
