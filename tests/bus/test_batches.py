@@ -239,20 +239,13 @@ async def test_batch_answer_with_outputs_sharing_an_id(bus: Bus, db: asyncpg.Con
     em = await bus.actor(acct, "emitter")
     wk = await bus.actor(acct, "worker")
     sinks = [await bus.actor(acct, "consumer") for _ in range(2)]
-    graph = {
-        "nodes": [
-            {
-                "id": "emit",
-                "type": "emitter",
-                "actors": [em["name"]],
-                "sourcematch": {"eventtypes": ["order.created"]},
-            },
-            {"id": "work", "type": "worker", "actors": [wk["name"]], "outputs": ["a", "b"]},
-            {"id": "sink_a", "type": "consumer", "actors": [sinks[0]["name"]]},
-            {"id": "sink_b", "type": "consumer", "actors": [sinks[1]["name"]]},
-        ],
-        "edges": ["emit->work", "work.a->sink_a", "work.b->sink_b"],
-    }
+    graph = chain(em["name"], ("worker", wk["name"]))  # emit -> worker0
+    graph["nodes"][1]["outputs"] = ["a", "b"]
+    graph["nodes"] += [
+        {"id": f"sink_{port}", "type": "consumer", "actors": [sink["name"]]}
+        for port, sink in zip("ab", sinks, strict=True)
+    ]
+    graph["edges"] += ["worker0.a->sink_a", "worker0.b->sink_b"]
     await bus.pipeline(graph)
     for n in range(2):
         r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=envelope(n))

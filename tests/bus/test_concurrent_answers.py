@@ -10,28 +10,18 @@ from typing import Any
 
 import asyncpg
 
-from tests.bus.conftest import ENVELOPE, Account, Bus
+from tests.bus.conftest import ENVELOPE, Account, Bus, chain
 
 
 async def three_branches(bus: Bus, acct: Account) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """An emitter whose envelopes go to three consumers side by side: its actor and theirs."""
     em = await bus.actor(acct, "emitter")
     consumers = [await bus.actor(acct, "consumer") for _ in range(3)]
-    graph = {
-        "nodes": [
-            {
-                "id": "emit",
-                "type": "emitter",
-                "actors": [em["name"]],
-                "sourcematch": {"eventtypes": ["order.created"]},
-            },
-            *(
-                {"id": f"c{n}", "type": "consumer", "actors": [c["name"]]}
-                for n, c in enumerate(consumers)
-            ),
-        ],
-        "edges": [f"emit->c{n}" for n in range(len(consumers))],
-    }
+    graph = chain(em["name"])
+    graph["nodes"] += [
+        {"id": f"c{n}", "type": "consumer", "actors": [c["name"]]} for n, c in enumerate(consumers)
+    ]
+    graph["edges"] = [f"emit->c{n}" for n in range(len(consumers))]
     await bus.pipeline(graph)
     return em, consumers
 
