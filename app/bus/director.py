@@ -554,12 +554,14 @@ class Director:
         outputs: dict[str, EnvelopeData],
         *,
         account_id: uuid.UUID | None,
-        stored_outputs: dict[str, uuid.UUID] | None = None,
+        recorded_outputs: bool = False,
         answering: Answering | None = None,
     ) -> RequestRow:
         """An actor's state for one request: running (lease extended), success (with a
-        worker's outputs) or error. `account_id` None means the admin. `answering`: the
-        batch this answer is part of (`lock_answers`)."""
+        worker's outputs) or error. `account_id` None means the admin. `recorded_outputs`:
+        a success takes the outputs recorded on the request (a NATS worker's, sent by
+        Broker.Output before it ends), as read under the lock. `answering`: the batch this
+        answer is part of (`lock_answers`)."""
         conn = await driver_connection(session)
         row = answering.take(request_id) if answering is not None else None
         if row is None:
@@ -581,7 +583,9 @@ class Director:
         if request.status.final:
             raise Conflict(f"request {request_id} already ended ({request.status.value})")
         node = ctx.graph.nodes[request.node_id]
-        stored_outputs = stored_outputs or {}
+        stored_outputs: dict[str, uuid.UUID] = {}
+        if recorded_outputs and status == RequestStatus.SUCCESS:
+            stored_outputs = {port: uuid.UUID(env) for port, env in request.outputs.items()}
         if outputs or stored_outputs:
             if status != RequestStatus.SUCCESS:
                 raise Unprocessable("outputs are only accepted with status success")

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import socket
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +30,7 @@ from app.nats_api.payload import process_request
 from app.nats_auth import server_inbox_prefix
 from app.state import AppState
 from app.store.connection import driver_connection
+from app.store.processes import RequestRow
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -43,17 +43,9 @@ PROBE_EVERY = 2.0
 _PROBE_BATCH = 20
 
 
-_TO_DELIVER = "SELECT actor_id, process_id, node_id, inputs FROM requests WHERE id = $1"
 _DETACHED = """
 UPDATE requests SET status = 'running', lease_expires_at = $2, updated_at = $3
 WHERE id = $1 AND status = ANY($4::text[])"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Handed:
-    process_id: uuid.UUID
-    node_id: str
-    inputs: list[Any]
 
 
 class NoResponders(ConnectionError):
@@ -86,9 +78,9 @@ class NatsDispatcher:
             except Exception:
                 log.exception("claiming NATS requests failed")
                 claimed = []
-            for request_id in claimed:
+            for request in claimed:
                 await self.slots.acquire()
-                task = asyncio.create_task(self._deliver(request_id))
+                task = asyncio.create_task(self._deliver(request))
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
             if len(claimed) < _BATCH:
@@ -117,7 +109,7 @@ class NatsDispatcher:
                         )
                     for request in leased:
                         await self.slots.acquire()
-                        task = asyncio.create_task(self._deliver(request.id, probe=True))
+                        task = asyncio.create_task(self._deliver(request, probe=True))
                         self.in_flight.add(task)
                         task.add_done_callback(self._done)
             except Exception:
@@ -161,7 +153,7 @@ class NatsDispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _claim(self) -> list[uuid.UUID]:
+    async def _claim(self) -> list[RequestRow]:
         async with self.state.db.working() as work:
             leased = await self.director.lease(
                 work,
@@ -171,19 +163,18 @@ class NatsDispatcher:
                 moved_to=RequestChannel.NATS,
                 lease=timedelta(seconds=self.state.settings.request_lease),
             )
-        return [request.id for request in leased]
+        return leased
 
-    async def _deliver(self, request_id: uuid.UUID, *, probe: bool = False) -> None:
+    async def _deliver(self, request: RequestRow, *, probe: bool = False) -> None:
+        """Hand a request just leased (its row as the lease returned it) to its actor."""
+        request_id, actor_id = request.id, request.actor_id
+        if actor_id is None:
+            return
         unreadable: str | None = None
         async with self.state.db.working() as work:
-            conn = await driver_connection(work, begin=False)
-            row = await conn.fetchrow(_TO_DELIVER, request_id)
-            if row is None or row["actor_id"] is None:
-                return
-            actor_id = row["actor_id"]
             try:
                 message = await process_request(
-                    work, _Handed(*row[1:]), max_size=self.state.settings.nats_fragment_size
+                    work, request, max_size=self.state.settings.nats_fragment_size
                 )
             except LookupError as exc:
                 unreadable = str(exc)
@@ -248,22 +239,8 @@ class NatsDispatcher:
     ) -> None:
         try:
             async with self.state.db.working() as work:
-                outputs = None
-                if status == RequestStatus.SUCCESS:
-                    conn = await driver_connection(work)
-                    stored = await conn.fetchval(
-                        "SELECT outputs FROM requests WHERE id = $1", request_id
-                    )
-                    if stored is not None:
-                        outputs = {k: uuid.UUID(v) for k, v in stored.items()}
                 await self.director.report(
-                    work,
-                    request_id,
-                    status,
-                    messages,
-                    {},
-                    account_id=None,
-                    stored_outputs=outputs,
+                    work, request_id, status, messages, {}, account_id=None, recorded_outputs=True
                 )
         except XbusError as exc:
             log.info("state for request %s not recorded: %s", request_id, exc.detail)

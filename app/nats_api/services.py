@@ -219,7 +219,7 @@ class EnvelopeStorageServer(Base):
 
 
 _OPEN_REQUEST = """
-SELECT id, outputs FROM requests
+SELECT id FROM requests
 WHERE process_id = $1 AND node_id = $2 AND actor_id = $3 AND status = ANY($4::text[])
 ORDER BY created_at DESC LIMIT 1"""
 
@@ -241,11 +241,6 @@ class DirectorServer(Base):
             )
             if request is None:
                 raise client_error(f"no open request for process {process_id} node {node_id}")
-            outputs = (
-                {k: uuid.UUID(v) for k, v in request["outputs"].items()}
-                if status == RequestStatus.SUCCESS
-                else None
-            )
             try:
                 await self.state.director.report(
                     work,
@@ -254,7 +249,7 @@ class DirectorServer(Base):
                     messages_of(req),
                     {},
                     account_id=None,
-                    stored_outputs=outputs,
+                    recorded_outputs=True,
                 )
             except XbusError as exc:
                 raise client_error(exc.detail) from None
