@@ -493,7 +493,8 @@ async def mark_unresponsive(session: AsyncSession, cutoff: datetime) -> Rows:
         )
         .values(unresponsive=True, updated_at=Actor.updated_at)
         .returning(Actor.id, Actor.name, Actor.last_seen)
-        .execution_options(synchronize_session=False)
+        # The caller drops the caches when an actor was marked, not at every pass.
+        .execution_options(synchronize_session=False, xbus_cache_neutral=True)
     )
     return rows.all()
 

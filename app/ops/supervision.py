@@ -57,6 +57,10 @@ async def mark_unresponsive_actors(db: Database, after: float) -> int:
     cutoff = utcnow() - timedelta(seconds=after)
     async with db.session() as session:
         marked = await repository.mark_unresponsive(session, cutoff)
+        if marked:
+            # The actors as cached are stale; a pass that marks nobody (the usual one, every
+            # supervision interval) leaves the caches of every replica alone.
+            notify_after_commit(session, CONFIG)
         for actor_id, name, last_seen in marked:
             since = f"since {last_seen.isoformat()}" if last_seen else "ever"
             text = (

@@ -114,16 +114,20 @@ async def test_stalled_emission_cancels_the_waiting_process(
 
 
 async def test_unresponsive_actor_is_marked_then_cleared(
-    wired: Wired, admin: httpx.AsyncClient, db: asyncpg.Connection
+    app: FastAPI, wired: Wired, admin: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     w = wired
+    notifier = app.state.xbus.notifier
     await emit(w)
+    generation = notifier.generation
     worker_id = uuid.UUID(w.wk["id"])
 
     async def marked() -> bool:
         return bool(await db.fetchval("SELECT unresponsive FROM actors WHERE id = $1", worker_id))
 
     await _eventually(marked)
+    await asyncio.sleep(0.1)  # the marking pass's after-commit hooks
+    assert notifier.generation > generation  # the actors as cached are stale: dropped
     actor = (await admin.get(f"/api/v1/actors/{w.wk['name']}")).json()
     assert actor["unresponsive"] is True
     assert actor["last_seen"] is None
@@ -174,3 +178,13 @@ async def test_storage_statistics_refresh_analyzes_drifted_tables(
 
     await _eventually(analyzed)
     await supervision.refresh_storage_stats(app.state.xbus.db)  # a pass with nothing to do
+
+
+async def test_a_pass_that_marks_nobody_keeps_the_caches(app: FastAPI) -> None:
+    """The unresponsive-actor duty runs every supervision interval: only a pass that marks an
+    actor drops the caches (here, and on the other replicas by the doorbell)."""
+    state = app.state.xbus
+    before = state.notifier.generation
+    assert await supervision.mark_unresponsive_actors(state.db, 1.0) == 0
+    await asyncio.sleep(0.05)
+    assert state.notifier.generation == before
