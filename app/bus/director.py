@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
@@ -224,6 +225,12 @@ def check_emitter(emitter: Emitter) -> None:
 class OutputConflict(Conflict):
     """An actor's output envelope cannot be stored (its id, or an event id, is taken): the
     request is left as it was."""
+
+
+class OutputTaken(Conflict):
+    """An output's id was taken by another answer between its check and its write (both
+    passed the check at the same moment): the unit's transaction is spent, nothing of it is
+    kept; sent again, the answer meets the id taken (OutputConflict)."""
 
 
 class Director:
@@ -620,6 +627,11 @@ class Director:
                     )
                 except Conflict as exc:
                     raise OutputConflict(f"output {port}: {exc.detail}") from None
+                except asyncpg.UniqueViolationError:
+                    raise OutputTaken(
+                        f"output {port}: an id of its envelope was taken meanwhile by another "
+                        "answer; nothing of this answer was recorded"
+                    ) from None
                 produced.append((port, envelope_id))
         for message in messages:
             ctx.log(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.accounts.principal import Principal
 from app.actors.access import owned_actor_info
-from app.bus.director import Answering, Message
+from app.bus.director import Answering, Message, OutputTaken
 from app.bus.notify import actor_key
 from app.core.deps import Caller, Pooled, State
 from app.core.errors import Problem, error_body
@@ -120,7 +120,7 @@ async def report_state(
     "/requests/states",
     summary="Report the states of many requests at once",
     response_model=RequestStatesRead,
-    responses=Problem.of(401, 403, 422),
+    responses=Problem.of(401, 403, 409, 422),
 )
 async def report_states(
     body: RequestStatesIn,
@@ -130,7 +130,8 @@ async def report_states(
 ) -> RequestStatesRead:
     """Each state as `POST /requests/{id}/state` would take it, in one transaction: one that
     is refused (unknown request, already ended, bad outputs) changes nothing and answers its
-    problem in its place; the others are recorded."""
+    problem in its place; the others are recorded. Only an output id taken by another answer
+    at the same moment refuses the whole batch (409, nothing recorded: send it again)."""
     answering = await state.director.lock_answers(
         session, [item.request_id for item in body.states]
     )
@@ -138,6 +139,8 @@ async def report_states(
     for item in body.states:
         try:
             answer = await _report(session, caller, state, item.request_id, item, answering)
+        except OutputTaken:
+            raise  # the batch's transaction is spent: the whole batch is refused (409)
         except XbusError as exc:
             results.append(
                 RequestStateResult(

@@ -3,14 +3,17 @@ POST. Each entry is taken or refused on its own; a refused one stores nothing.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
-from tests.bus.conftest import ENVELOPE, Bus, chain
+from tests.bus.conftest import ENVELOPE, Account, Bus, chain
 from tests.conftest import row_counts
 
 
@@ -284,3 +287,97 @@ async def test_batch_answer_with_outputs_sharing_an_id(bus: Bus, db: asyncpg.Con
     r = await acct.http.post(f"/api/v1/requests/{jobs[0]['request_id']}/state", json=again)
     assert r.status_code == 200, r.text
     assert await db.fetchval("SELECT count(*) FROM envelopes WHERE id = $1", uuid.UUID(shared)) == 1
+
+
+async def _answer_raced(
+    bus: Bus,
+    db: asyncpg.Connection,
+    database_url: str,
+    answer: Callable[[Account, list[str], uuid.UUID], Awaitable[httpx.Response]],
+) -> tuple[httpx.Response, list[str]]:
+    """Two leased worker requests answered by `answer(account, request ids, taken)`, whose
+    first answer has an output of envelope id `taken`: another transaction inserts that id
+    at the same moment, uncommitted when the answer checks it (free), committed while the
+    answer's write waits on it (two answers racing for one id)."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    wk = await bus.actor(acct, "worker")
+    co = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("worker", wk["name"]), ("consumer", co["name"])))
+    for n in range(2):
+        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=envelope(n))
+        assert r.status_code == 202, r.text
+    r = await acct.http.get(f"/api/v1/actors/{wk['name']}/requests", params={"max": 2})
+    jobs = [job["request_id"] for job in r.json()["requests"]]
+    assert len(jobs) == 2
+    taken = uuid.uuid4()
+    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        transaction = other.transaction()
+        await transaction.start()
+        await other.execute(
+            "INSERT INTO envelopes (id, status, event_count, item_count, size_bytes, "
+            "created_at, last_fragment_at) VALUES ($1, 'complete', 0, 0, 0, now(), now())",
+            taken,
+        )
+        answering = asyncio.ensure_future(answer(acct, jobs, taken))
+        try:
+            for _ in range(200):  # until the answer's insert waits for the other's row
+                await asyncio.sleep(0.02)
+                waiting = await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+                if waiting or answering.done():
+                    break
+            assert waiting, "the answer never waited on the other transaction's row"
+        finally:
+            await transaction.commit()
+        response = await answering
+    finally:
+        await other.close()
+    return response, jobs
+
+
+def _success_with_output(taken: uuid.UUID | None) -> dict[str, Any]:
+    output = envelope(7) if taken is None else envelope(7, id=str(taken))
+    return {"status": "success", "outputs": {"default": output}}
+
+
+async def test_an_output_id_taken_by_a_racing_answer_is_a_409(
+    bus: Bus, db: asyncpg.Connection, database_url: str
+) -> None:
+    """Two answers with the same output id at the same moment both pass the check; the
+    second meets the first's row at its write: 409, nothing of it recorded (not a 500)."""
+
+    async def answer(acct: Account, jobs: list[str], taken: uuid.UUID) -> httpx.Response:
+        url = f"/api/v1/requests/{jobs[0]}/state"
+        return await acct.http.post(url, json=_success_with_output(taken))
+
+    response, jobs = await _answer_raced(bus, db, database_url, answer)
+    assert response.status_code == 409, response.text
+    assert "taken meanwhile" in response.json()["detail"]
+    assert await db.fetchval("SELECT status FROM requests WHERE id = $1", uuid.UUID(jobs[0])) == (
+        "leased"
+    )
+
+
+async def test_an_output_id_taken_by_a_racing_answer_refuses_its_batch(
+    bus: Bus, db: asyncpg.Connection, database_url: str
+) -> None:
+    """In a batch of answers (one transaction), the race spends the transaction: the whole
+    batch is refused (409) and nothing of it recorded, the good answer included."""
+
+    async def answer(acct: Account, jobs: list[str], taken: uuid.UUID) -> httpx.Response:
+        states = [
+            {"request_id": jobs[1], **_success_with_output(None)},
+            {"request_id": jobs[0], **_success_with_output(taken)},
+        ]
+        return await acct.http.post("/api/v1/requests/states", json={"states": states})
+
+    response, jobs = await _answer_raced(bus, db, database_url, answer)
+    assert response.status_code == 409, response.text
+    statuses = await db.fetch(
+        "SELECT status FROM requests WHERE id = ANY($1::uuid[])", [uuid.UUID(j) for j in jobs]
+    )
+    assert [row["status"] for row in statuses] == ["leased", "leased"]
