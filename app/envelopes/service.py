@@ -13,7 +13,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bus.director import Director, Emitter
+from app.bus.director import Director, Emitter, Planned, ProcessRow
 from app.config import Settings
 from app.core.exceptions import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from app.envelopes import repository
@@ -105,23 +105,39 @@ async def emit(
     with `groups` and an envelope that cannot conflict, in the next group commit (stored
     once this returns; the caller's transaction is committed, and must hold nothing
     else)."""
+    planned = await plan_emission(session, director, emitter, envelope)
+    if groups is not None and groups.takes(envelope, planned):
+        process = await groups.start(emitter, planned, session)
+    else:
+        process = await start_emission(session, director, emitter, planned)
+    return EmissionRead(envelope_id=planned[0].id, process_id=process.id, status=process.status)
+
+
+async def plan_emission(
+    session: Unit, director: Director, emitter: Emitter, envelope: EnvelopeData
+) -> Planned:
+    """A complete envelope routed and its ids checked free, nothing written yet: its rows,
+    its event types and its route. XbusError when it is refused (no pipeline, an id taken)."""
     check_emitter(emitter)
     types = list(dict.fromkeys(e.type for e in envelope.events))
     # Routed first: an envelope that no pipeline takes is refused before a byte is written.
     route = await director.route(session, emitter, types)
     await repository.check_new_envelope(session, envelope)
-    rows = repository.envelope_rows(envelope, emitter_id=emitter.id)
-    if groups is not None and groups.takes(envelope, (rows, types, route)):
-        process = await groups.start(emitter, (rows, types, route), session)
-    else:
-        try:
-            process = await director.start_process(
-                session, emitter, rows.id, types, route=route, envelope=rows
-            )
-        except asyncpg.UniqueViolationError:
-            # Checked free above, taken meanwhile by a concurrent emission of the same ids.
-            raise Conflict("the envelope or one of its event ids already exists") from None
-    return EmissionRead(envelope_id=rows.id, process_id=process.id, status=process.status)
+    return repository.envelope_rows(envelope, emitter_id=emitter.id), types, route
+
+
+async def start_emission(
+    session: Unit, director: Director, emitter: Emitter, planned: Planned
+) -> ProcessRow:
+    """Write a planned envelope with its process (one statement unless its items go by COPY)."""
+    rows, types, route = planned
+    try:
+        return await director.start_process(
+            session, emitter, rows.id, types, route=route, envelope=rows
+        )
+    except asyncpg.UniqueViolationError:
+        # Checked free when planned, taken meanwhile by a concurrent emission of the same ids.
+        raise Conflict("the envelope or one of its event ids already exists") from None
 
 
 # ---------------------------------------------------------------------------- uploads

@@ -247,6 +247,24 @@ async def mark_error(unit: Unit, envelope_id: uuid.UUID, reason: str, *, receivi
     )
 
 
+_OPEN_REQUEST = """
+SELECT id FROM requests
+WHERE process_id = $1 AND node_id = $2 AND actor_id = $3 AND status = ANY($4::text[])
+ORDER BY created_at DESC LIMIT 1"""
+
+
+async def open_request(
+    unit: Unit, process_id: uuid.UUID, node_id: str, actor_id: uuid.UUID, *, lock: bool = False
+) -> uuid.UUID | None:
+    """The actor's newest open request on that node of the process (locked with `lock`)."""
+    conn = await driver_connection(unit)
+    statement = _OPEN_REQUEST + " FOR UPDATE" if lock else _OPEN_REQUEST
+    request_id: uuid.UUID | None = await conn.fetchval(
+        statement, process_id, node_id, actor_id, [s.value for s in OPEN_REQUEST]
+    )
+    return request_id
+
+
 async def add_output(
     unit: Unit,
     process_id: uuid.UUID,
@@ -258,17 +276,10 @@ async def add_output(
 ) -> bool:
     """The envelope as the `port` output of the actor's open request on that node (the
     newest, locked); False when it has none."""
-    conn = await driver_connection(unit)
-    request_id = await conn.fetchval(
-        "SELECT id FROM requests WHERE process_id = $1 AND node_id = $2 AND actor_id = $3 "
-        "AND status = ANY($4::text[]) ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
-        process_id,
-        node_id,
-        actor_id,
-        [s.value for s in OPEN_REQUEST],
-    )
+    request_id = await open_request(unit, process_id, node_id, actor_id, lock=True)
     if request_id is None:
         return False
+    conn = await driver_connection(unit)
     await conn.execute(
         "UPDATE requests SET outputs = outputs || jsonb_build_object($2::text, $3::text), "
         "updated_at = $4 WHERE id = $1",

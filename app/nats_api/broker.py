@@ -10,14 +10,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.actors.access import ActorInfo
 from app.bus.director import Director
 from app.config import Settings
-from app.core.exceptions import Conflict, XbusError
+from app.core.exceptions import XbusError
 from app.envelopes import repository
+from app.envelopes import service as emissions
 from app.envelopes.codec import (
     EnvelopeData,
     EnvelopeFormatError,
@@ -181,20 +181,13 @@ async def _emit_whole(
         or envelope.byte_size > settings.envelope_max_bytes
     ):
         return False
-    types = list(dict.fromkeys(event.type for event in envelope.events))
     try:
-        route = await director.route(unit, actor, types)
-        await repository.check_new_envelope(unit, envelope)
+        planned = await emissions.plan_emission(unit, director, actor, envelope)
     except XbusError:
         return False
-    rows = repository.envelope_rows(envelope, emitter_id=actor.id)
-    if rows.copied:
+    if planned[0].copied:
         return False  # many items: assembled, their COPY in the assembly's transaction
-    try:
-        await director.start_process(unit, actor, envelope_id, types, route=route, envelope=rows)
-    except asyncpg.UniqueViolationError:
-        # Checked free above, taken meanwhile by the same envelope sent again.
-        raise Conflict(f"envelope {envelope_id} already exists") from None
+    await emissions.start_emission(unit, director, actor, planned)
     return True
 
 

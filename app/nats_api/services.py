@@ -16,7 +16,7 @@ from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.accounts import keys
 from app.accounts.principal import Principal
-from app.bus.director import OPEN_REQUEST, add_log
+from app.bus.director import add_log
 from app.bus.notify import actor_key
 from app.commit_hooks import notify_after_commit
 from app.core.exceptions import XbusError
@@ -218,12 +218,6 @@ class EnvelopeStorageServer(Base):
             ordinal += 1
 
 
-_OPEN_REQUEST = """
-SELECT id FROM requests
-WHERE process_id = $1 AND node_id = $2 AND actor_id = $3 AND status = ANY($4::text[])
-ORDER BY created_at DESC LIMIT 1"""
-
-
 class DirectorServer(Base):
     async def ProcessingEnd(self, actorID: str, req: Any) -> None:
         actor_id = _uuid(actorID, "actor")
@@ -235,16 +229,13 @@ class DirectorServer(Base):
         process_id = uuid_of(bytes(req.context.processID), "process id")
         node_id = req.context.nodeID
         async with self.state.db.working() as work:
-            conn = await driver_connection(work)
-            request = await conn.fetchrow(
-                _OPEN_REQUEST, process_id, node_id, actor_id, [s.value for s in OPEN_REQUEST]
-            )
-            if request is None:
+            request_id = await assembly.open_request(work, process_id, node_id, actor_id)
+            if request_id is None:
                 raise client_error(f"no open request for process {process_id} node {node_id}")
             try:
                 await self.state.director.report(
                     work,
-                    request["id"],
+                    request_id,
                     status,
                     messages_of(req),
                     {},
