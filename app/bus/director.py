@@ -625,8 +625,6 @@ class Director:
                         node_id=node.id,
                         output=port,
                     )
-                except Conflict as exc:
-                    raise OutputConflict(f"output {port}: {exc.detail}") from None
                 except asyncpg.UniqueViolationError:
                     raise OutputTaken(
                         f"output {port}: an id of its envelope was taken meanwhile by another "

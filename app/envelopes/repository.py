@@ -149,8 +149,9 @@ async def store_envelope(
     node_id: str | None = None,
     output: str | None = None,
 ) -> uuid.UUID:
-    """Store a complete envelope; returns its id (the client's, or a new one)."""
-    await check_new_envelope(session, env)
+    """Store a complete envelope whose ids were checked free (`check_new_envelope`); returns
+    its id (the client's, or a new one). An id taken since fails with the driver's
+    UniqueViolationError."""
     rows = envelope_rows(
         env, emitter_id=emitter_id, process_id=process_id, node_id=node_id, output=output
     )
