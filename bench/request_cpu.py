@@ -14,10 +14,12 @@ waits) and reads xbusd's CPU time (all its processes) before and after each bloc
 - `POST /requests/{id}/state`: success, which ends the process;
 - `GET .../requests` (nothing due, no wait): a poll that finds nothing;
 - `POST .../output` from 16 clients at once: emissions under concurrency (group commit),
-  per envelope; PostgreSQL's CPU per envelope is printed for this one too.
+  per envelope.
 
-The background duties run meanwhile: an idle phase of the same length first gives their
-share, which the "-idle" column takes off.
+PostgreSQL's CPU (all its processes) is read around each block too and printed per request
+of each kind below xbusd's: what each request costs the database server. The background
+duties run meanwhile: an idle phase of the same length first gives their share (xbusd's and
+PostgreSQL's), which every figure has taken off.
 
 `--against REV` compares this tree with git revision REV (checked out in a temporary
 worktree): a second xbusd from REV runs beside this one, on the same PostgreSQL (a database
@@ -66,6 +68,7 @@ from bench.rawhttp import RawClient
 BLOCK = 50  # requests sent to one server before switching to the other
 CONCURRENT = 16  # emitters of the concurrent kind
 CONCURRENT_KIND = f"POST .../output x{CONCURRENT} at once"
+PG_LABEL = "PostgreSQL: "  # the figures of PostgreSQL's CPU, kind by kind
 KINDS = [
     "GET /healthz",
     "GET /api/v1/whoami",
@@ -89,7 +92,7 @@ class Server:
     sends: dict[str, Send] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind
     wall: dict[str, float] = field(default_factory=dict)
-    postgres: float = 0.0  # PostgreSQL's CPU seconds during the concurrent kind
+    postgres: dict[str, float] = field(default_factory=dict)  # its CPU seconds per kind
     emitters: list[RawClient] = field(default_factory=list)
 
     async def hang_up(self) -> None:
@@ -167,7 +170,7 @@ async def setup(xbusd: Xbusd, exclude: frozenset[int], stack: contextlib.AsyncEx
 async def measure(servers: list[Server], kind: str, repeat: int, postgres: int | None) -> None:
     """`repeat` requests of `kind` to each server, in alternating blocks."""
     for server in servers:
-        server.cpu[kind] = server.wall[kind] = 0.0
+        server.cpu[kind] = server.wall[kind] = server.postgres[kind] = 0.0
     for start in range(0, repeat, BLOCK):
         for server in servers:
             send = server.sends[kind]
@@ -179,22 +182,22 @@ async def measure(servers: list[Server], kind: str, repeat: int, postgres: int |
                 await send(n)
             server.wall[kind] += time.perf_counter() - began
             server.cpu[kind] += cpu_seconds(server.pid, server.exclude) - before
-            if kind == CONCURRENT_KIND:
-                server.postgres += cpu_seconds(postgres) - pg_before
+            server.postgres[kind] += cpu_seconds(postgres) - pg_before
 
 
 def per_request(server: Server, repeat: int) -> dict[str, float]:
-    """CPU ms per request (per envelope for the concurrent kind) of each kind, the duties'
-    idle rate taken off; and the concurrent kind's envelopes/s and PostgreSQL CPU."""
-    idle_rate = server.cpu["idle"] / server.wall["idle"]  # CPU s of the duties per wall s
-    figures = {
-        kind: round(1000 * max(0.0, server.cpu[kind] - idle_rate * server.wall[kind]) / repeat, 3)
-        for kind in KINDS
-    }
-    envelopes = repeat * CONCURRENT
-    figures[CONCURRENT_KIND] = round(figures[CONCURRENT_KIND] / CONCURRENT, 3)
-    figures["  envelopes/s at once"] = round(envelopes / server.wall[CONCURRENT_KIND], 1)
-    figures["  PostgreSQL CPU ms per envelope"] = round(1000 * server.postgres / envelopes, 3)
+    """CPU ms per request (per envelope for the concurrent kind) of each kind, xbusd's then
+    PostgreSQL's, the duties' idle rates taken off; and the concurrent kind's envelopes/s."""
+    figures: dict[str, float] = {}
+    for label, seconds in (("", server.cpu), (PG_LABEL, server.postgres)):
+        idle_rate = seconds["idle"] / server.wall["idle"]  # CPU s of the duties per wall s
+        for kind in KINDS:
+            spent = max(0.0, seconds[kind] - idle_rate * server.wall[kind]) / repeat
+            per = CONCURRENT if kind == CONCURRENT_KIND else 1
+            figures[label + kind] = round(1000 * spent / per, 3)
+        if not label:
+            envelopes = repeat * CONCURRENT
+            figures["  envelopes/s at once"] = round(envelopes / server.wall[CONCURRENT_KIND], 1)
     return figures
 
 
@@ -283,19 +286,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"bench.request_cpu: {args.repeat} sequential requests of each kind, "
-        f"workers={args.workers}; xbusd CPU ms per request, the duties' idle share taken off"
+        f"workers={args.workers}; xbusd's then PostgreSQL's CPU ms per request, the duties' "
+        "idle share taken off"
     )
     if args.against:
-        print(f"{'request':34} {'this tree':>10} {args.against[:12]:>12} {'change':>8}")
+        print(f"{'request':42} {'this tree':>10} {args.against[:12]:>12} {'change':>8}")
         for kind in rows[0]:
             mine, theirs = rows[0][kind], rows[1][kind]
             change = f"{100 * (mine - theirs) / theirs:+.0f}%" if theirs else "n/a"
-            print(f"{kind:34} {mine:10.3f} {theirs:12.3f} {change:>8}")
+            print(f"{kind:42} {mine:10.3f} {theirs:12.3f} {change:>8}")
         print(json.dumps({"this": rows[0], args.against: rows[1]}))
     else:
-        print(f"{'request':34} {'xbusd CPU ms':>13}")
+        print(f"{'request':42} {'xbusd CPU ms':>13}")
         for kind, value in rows[0].items():
-            print(f"{kind:34} {value:13.3f}")
+            print(f"{kind:42} {value:13.3f}")
         print(json.dumps(rows[0]))
     return 0
 
