@@ -14,7 +14,7 @@ from app import metrics
 from app.actors.access import ActorInfo, load_owned_actor, owned_actor_info
 from app.bus.director import Planned
 from app.commit_hooks import on_commit
-from app.core.deps import Caller, DirectorDep, Pooled, Session, SettingsDep, State
+from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import (
     NotFound,
@@ -146,41 +146,41 @@ def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) ->
 async def output(
     emitter: str,
     request: Request,
-    session: Pooled,
     caller: Caller,
     state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
-    director, settings = state.director, state.settings
-    actor = await owned_actor_info(session, state.cache, caller, emitter)
-    body = await request.body()
-    media = _media_type(request)
-    transport = "http-protobuf" if media == PROTOBUF else "http"
-    metrics.ENVELOPES_RECEIVED.labels(transport).inc()
-    try:
-        if idempotency_key is not None:
-            stored = await service.claim_idempotency_key(
-                session, actor.id, idempotency_key, service.body_hash(media, body)
-            )
-            if stored is not None:
-                status_code, answer = stored
-                return JSONResponse(
-                    answer, status_code=status_code, headers={"Idempotency-Replayed": "true"}
+    async with state.db.working() as session:
+        director, settings = state.director, state.settings
+        actor = await owned_actor_info(session, state.cache, caller, emitter)
+        body = await request.body()
+        media = _media_type(request)
+        transport = "http-protobuf" if media == PROTOBUF else "http"
+        metrics.ENVELOPES_RECEIVED.labels(transport).inc()
+        try:
+            if idempotency_key is not None:
+                stored = await service.claim_idempotency_key(
+                    session, actor.id, idempotency_key, service.body_hash(media, body)
                 )
-        limits = (settings.envelope_max_items, settings.envelope_max_bytes)
-        envelope = _decode_envelope(media, body, *limits)
-        # Without a key, the envelope may be written in a group commit (stored on return).
-        groups = state.emissions if idempotency_key is None else None
-        emission = await service.emit(session, director, actor, envelope, groups)
-    except XbusError as exc:
-        metrics.ENVELOPES_REJECTED.labels(transport, exc.code).inc()
-        raise
-    if idempotency_key is not None:
-        await service.record_idempotent_answer(
-            session, actor.id, idempotency_key, 202, emission.model_dump(mode="json")
-        )
-    on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(transport).inc())
-    return emission
+                if stored is not None:
+                    status_code, answer = stored
+                    return JSONResponse(
+                        answer, status_code=status_code, headers={"Idempotency-Replayed": "true"}
+                    )
+            limits = (settings.envelope_max_items, settings.envelope_max_bytes)
+            envelope = _decode_envelope(media, body, *limits)
+            # Without a key, the envelope may be written in a group commit (stored on return).
+            groups = state.emissions if idempotency_key is None else None
+            emission = await service.emit(session, director, actor, envelope, groups)
+        except XbusError as exc:
+            metrics.ENVELOPES_REJECTED.labels(transport, exc.code).inc()
+            raise
+        if idempotency_key is not None:
+            await service.record_idempotent_answer(
+                session, actor.id, idempotency_key, 202, emission.model_dump(mode="json")
+            )
+        on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(transport).inc())
+        return emission
 
 
 NDJSON = "application/x-ndjson"
@@ -243,7 +243,6 @@ def _batch(media: str, body: bytes, most: int) -> list[Any]:
 async def outputs(
     emitter: str,
     request: Request,
-    session: Pooled,
     caller: Caller,
     director: DirectorDep,
     settings: SettingsDep,
@@ -254,48 +253,51 @@ async def outputs(
     JSON, no pipeline, an id taken) answers its problem in its place and stores nothing; the
     others are stored and routed. An `idempotency_key` field in an envelope works as the
     `Idempotency-Key` header does for one emission."""
-    actor = await owned_actor_info(session, state.cache, caller, emitter)
-    entries = _batch(_media_type(request), await request.body(), settings.emission_batch_max)
-    # One transaction for the whole batch: nothing of it is stored unless all of what is
-    # accepted is (a lone emission may be its own statement; a batch may not).
-    await driver_connection(session)
-    results: list[EmissionResult | None] = [None] * len(entries)
-    # Envelopes without an idempotency key or ids of their own are only routed here, then
-    # all written by one statement.
-    planned: list[tuple[int, Planned]] = []
-    metrics.ENVELOPES_RECEIVED.labels(BATCH).inc(len(entries))
-    for index, entry in enumerate(entries):
-        try:
-            parsed = _batch_entry(entry, settings)
-            envelope = parsed.envelope
-            if (
-                parsed.key is None
-                and envelope.id is None
-                and all(e.id is None for e in envelope.events)
-            ):
-                service.check_emitter(actor)
-                types = list(dict.fromkeys(e.type for e in envelope.events))
-                route = await director.route(session, actor, types)
-                rows = repository.envelope_rows(envelope, emitter_id=actor.id)
-                planned.append((index, (rows, types, route)))
-                continue
-            # In a savepoint: a conflict found by the database undoes this one alone.
-            async with savepoint(session):
-                results[index] = await _emit_one(session, director, actor, index, parsed)
-        except XbusError as exc:
-            metrics.ENVELOPES_REJECTED.labels(BATCH, exc.code).inc()
-            results[index] = EmissionResult(index=index, status=exc.status, problem=error_body(exc))
-    if planned:
-        started = await director.start_many(session, [(actor, p) for _, p in planned])
-        for (index, (rows, _, _)), process in zip(planned, started, strict=True):
-            emission = EmissionRead(
-                envelope_id=rows.id, process_id=process.id, status=process.status
-            )
-            results[index] = EmissionResult(index=index, status=202, emission=emission)
-    done = [r for r in results if r is not None]
-    accepted = sum(1 for r in done if r.status == 202 and not r.replayed)
-    on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(BATCH).inc(accepted))
-    return EmissionBatchRead(results=done)
+    async with state.db.working() as session:
+        actor = await owned_actor_info(session, state.cache, caller, emitter)
+        entries = _batch(_media_type(request), await request.body(), settings.emission_batch_max)
+        # One transaction for the whole batch: nothing of it is stored unless all of what is
+        # accepted is (a lone emission may be its own statement; a batch may not).
+        await driver_connection(session)
+        results: list[EmissionResult | None] = [None] * len(entries)
+        # Envelopes without an idempotency key or ids of their own are only routed here, then
+        # all written by one statement.
+        planned: list[tuple[int, Planned]] = []
+        metrics.ENVELOPES_RECEIVED.labels(BATCH).inc(len(entries))
+        for index, entry in enumerate(entries):
+            try:
+                parsed = _batch_entry(entry, settings)
+                envelope = parsed.envelope
+                if (
+                    parsed.key is None
+                    and envelope.id is None
+                    and all(e.id is None for e in envelope.events)
+                ):
+                    service.check_emitter(actor)
+                    types = list(dict.fromkeys(e.type for e in envelope.events))
+                    route = await director.route(session, actor, types)
+                    rows = repository.envelope_rows(envelope, emitter_id=actor.id)
+                    planned.append((index, (rows, types, route)))
+                    continue
+                # In a savepoint: a conflict found by the database undoes this one alone.
+                async with savepoint(session):
+                    results[index] = await _emit_one(session, director, actor, index, parsed)
+            except XbusError as exc:
+                metrics.ENVELOPES_REJECTED.labels(BATCH, exc.code).inc()
+                results[index] = EmissionResult(
+                    index=index, status=exc.status, problem=error_body(exc)
+                )
+        if planned:
+            started = await director.start_many(session, [(actor, p) for _, p in planned])
+            for (index, (rows, _, _)), process in zip(planned, started, strict=True):
+                emission = EmissionRead(
+                    envelope_id=rows.id, process_id=process.id, status=process.status
+                )
+                results[index] = EmissionResult(index=index, status=202, emission=emission)
+        done = [r for r in results if r is not None]
+        accepted = sum(1 for r in done if r.status == 202 and not r.replayed)
+        on_commit(session, lambda: metrics.ENVELOPES_ACCEPTED.labels(BATCH).inc(accepted))
+        return EmissionBatchRead(results=done)
 
 
 class BatchEntry(NamedTuple):

@@ -12,7 +12,7 @@ from app.accounts.principal import Principal
 from app.actors.access import owned_actor_info
 from app.bus.director import Answering, Message, OutputTaken
 from app.bus.notify import actor_key
-from app.core.deps import Caller, Pooled, State
+from app.core.deps import Caller, State
 from app.core.errors import Problem, error_body
 from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (
@@ -58,7 +58,6 @@ _RECHECK = 1.0
 async def lease_request(
     actor: str,
     http_request: Request,
-    session: Pooled,
     caller: Caller,
     state: State,
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a request")] = 0,
@@ -72,32 +71,33 @@ async def lease_request(
         ),
     ] = None,
 ) -> Any:
-    director, settings = state.director, state.settings
-    target = await owned_actor_info(session, state.cache, caller, actor)
-    if target.status != ActorStatus.ENABLED:
-        raise Forbidden(f"actor {target.name!r} is {target.status.value}")
-    await record_poll(session, target)  # alive: last_seen, and no longer unresponsive
-    deadline = time.monotonic() + min(wait, settings.long_poll_max)
-    holder = f"http:{caller.name}"
-    while True:
-        leased = await director.lease_handed(
-            session,
-            target.id,
-            holder,
-            limit=batch or 1,
-            inline_max=settings.inline_envelope_max_bytes,
-        )
-        if leased:
-            payloads = handed_payloads(leased, settings.inline_envelope_max_bytes)
-            return payloads[0] if batch is None else ActorRequestBatch(requests=payloads)
-        await session.commit()  # hold no connection while waiting
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status_code=204)
-        await state.notifier.wait(actor_key(target.id), min(remaining, _RECHECK))
-        if await http_request.is_disconnected():
-            # The poller is gone: leasing now would strand the request until its lease ends.
-            return Response(status_code=204)
+    async with state.db.working() as session:
+        director, settings = state.director, state.settings
+        target = await owned_actor_info(session, state.cache, caller, actor)
+        if target.status != ActorStatus.ENABLED:
+            raise Forbidden(f"actor {target.name!r} is {target.status.value}")
+        await record_poll(session, target)  # alive: last_seen, and no longer unresponsive
+        deadline = time.monotonic() + min(wait, settings.long_poll_max)
+        holder = f"http:{caller.name}"
+        while True:
+            leased = await director.lease_handed(
+                session,
+                target.id,
+                holder,
+                limit=batch or 1,
+                inline_max=settings.inline_envelope_max_bytes,
+            )
+            if leased:
+                payloads = handed_payloads(leased, settings.inline_envelope_max_bytes)
+                return payloads[0] if batch is None else ActorRequestBatch(requests=payloads)
+            await session.commit()  # hold no connection while waiting
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Response(status_code=204)
+            await state.notifier.wait(actor_key(target.id), min(remaining, _RECHECK))
+            if await http_request.is_disconnected():
+                # The poller is gone: leasing now would strand the request until its lease ends.
+                return Response(status_code=204)
 
 
 @router.post(
@@ -109,11 +109,11 @@ async def lease_request(
 async def report_state(
     request_id: uuid.UUID,
     body: RequestStateIn,
-    session: Pooled,
     caller: Caller,
     state: State,
 ) -> RequestStateRead:
-    return await _report(session, caller, state, request_id, body)
+    async with state.db.working() as session:
+        return await _report(session, caller, state, request_id, body)
 
 
 @router.post(
@@ -124,7 +124,6 @@ async def report_state(
 )
 async def report_states(
     body: RequestStatesIn,
-    session: Pooled,
     caller: Caller,
     state: State,
 ) -> RequestStatesRead:
@@ -132,26 +131,27 @@ async def report_states(
     is refused (unknown request, already ended, bad outputs) changes nothing and answers its
     problem in its place; the others are recorded. Only an output id taken by another answer
     at the same moment refuses the whole batch (409, nothing recorded: send it again)."""
-    answering = await state.director.lock_answers(
-        session, [item.request_id for item in body.states]
-    )
-    results = []
-    for item in body.states:
-        try:
-            answer = await _report(session, caller, state, item.request_id, item, answering)
-        except OutputTaken:
-            raise  # the batch's transaction is spent: the whole batch is refused (409)
-        except XbusError as exc:
-            results.append(
-                RequestStateResult(
-                    request_id=item.request_id,
-                    status=exc.status,
-                    problem=error_body(exc, f"/api/v1/requests/{item.request_id}/state"),
+    async with state.db.working() as session:
+        answering = await state.director.lock_answers(
+            session, [item.request_id for item in body.states]
+        )
+        results = []
+        for item in body.states:
+            try:
+                answer = await _report(session, caller, state, item.request_id, item, answering)
+            except OutputTaken:
+                raise  # the batch's transaction is spent: the whole batch is refused (409)
+            except XbusError as exc:
+                results.append(
+                    RequestStateResult(
+                        request_id=item.request_id,
+                        status=exc.status,
+                        problem=error_body(exc, f"/api/v1/requests/{item.request_id}/state"),
+                    )
                 )
-            )
-            continue
-        results.append(RequestStateResult(request_id=item.request_id, status=200, state=answer))
-    return RequestStatesRead(results=results)
+                continue
+            results.append(RequestStateResult(request_id=item.request_id, status=200, state=answer))
+        return RequestStatesRead(results=results)
 
 
 async def _report(

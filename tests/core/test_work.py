@@ -138,29 +138,41 @@ async def test_a_lost_connection_is_closed_not_given_back(
         assert await _backend(other) != pid
 
 
-async def test_the_hot_routes_run_on_the_pool(app: FastAPI) -> None:
-    """The routes that take a `Pooled` unit are the hot ones, and only they."""
-    from fastapi.routing import APIRoute
+async def test_the_hot_routes_run_on_the_pool(
+    app: FastAPI, admin: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot routes, and only they, run their unit of work on the pool
+    (`Database.working`, opened in the route: no generator dependency)."""
+    db = _db(app)
+    opened_by_request: list[bool] = []
+    working = db.working
+    test_task = asyncio.current_task()
 
-    from app.core.deps import get_work
+    def spied() -> Any:
+        # The duties open units of their own meanwhile: only the request's count (httpx's
+        # ASGI transport runs the app in this task).
+        opened_by_request.append(asyncio.current_task() is test_task)
+        return working()
 
-    routes: list[Any] = []
-    for route in app.routes:
-        router = getattr(route, "original_router", None)
-        routes.extend(router.routes if router is not None else [route])
-    pooled: set[str] = set()
-    for route in routes:
-        if isinstance(route, APIRoute) and any(
-            dep.call is get_work for dep in route.dependant.dependencies
-        ):
-            pooled.update(f"{m} {route.path}" for m in route.methods or ())
-    assert pooled == {
-        "POST /api/v1/actors/{emitter}/output",
-        "POST /api/v1/actors/{emitter}/outputs",
-        "GET /api/v1/actors/{actor}/requests",
-        "POST /api/v1/requests/{request_id}/state",
-        "POST /api/v1/requests/states",
-    }
+    monkeypatch.setattr(db, "working", spied)
+    missing = uuid.uuid4()
+    hot = [
+        ("POST", "/api/v1/actors/nobody/output", {"events": []}),
+        ("POST", "/api/v1/actors/nobody/outputs", []),
+        ("GET", "/api/v1/actors/nobody/requests", None),
+        ("POST", f"/api/v1/requests/{missing}/state", {"status": "success"}),
+        ("POST", "/api/v1/requests/states", {"states": []}),
+    ]
+    for method, path, body in hot:
+        opened_by_request.clear()
+        r = await admin.request(method, path, json=body)
+        assert r.status_code < 500, r.text
+        assert any(opened_by_request), f"{method} {path} did not run on the pool"
+    for method, path in [("GET", "/api/v1/actors"), ("GET", "/api/v1/processes")]:
+        opened_by_request.clear()
+        r = await admin.request(method, path)
+        assert r.status_code == 200, r.text
+        assert not any(opened_by_request), f"{method} {path} ran on the pool"
 
 
 async def test_a_unit_never_ended_does_not_hold_the_shutdown(
