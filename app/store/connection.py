@@ -88,6 +88,13 @@ def drop_broken_connections(engine: AsyncEngine) -> None:
             raise sa_exc.DisconnectionError("the connection was closed")
 
 
+class TransactionAborted(RuntimeError):
+    """A unit's COMMIT found its transaction aborted by an earlier error (PostgreSQL then
+    rolls back and answers ROLLBACK): nothing of the unit is stored. Raised instead of the
+    silent success a commit would otherwise report; a database error that a caller caught
+    and did not raise again is a bug, answered 500, never a 2xx for what was not stored."""
+
+
 class Work:
     """A unit of work on a connection of an asyncpg pool, without the ORM. The connection is
     taken at the first statement and given back at `commit` or `rollback`; a transaction is
@@ -95,10 +102,15 @@ class Work:
     statement costs no BEGIN or COMMIT. What is to happen after the commit (wake-ups,
     metrics) is kept in `info`, as a session keeps it (`app.commit_hooks`).
 
+    The unit sends its own BEGIN, COMMIT, ROLLBACK and savepoints rather than through
+    asyncpg's `Transaction`, to read COMMIT's answer: PostgreSQL answers ROLLBACK to the
+    COMMIT of a transaction an error aborted, which asyncpg's `commit()` takes for a success;
+    here it raises `TransactionAborted`.
+
     `sessions` gives the ORM reads a cache may need on a miss (`reading`): they run in a
     short session of their own, on committed data, never for a write."""
 
-    __slots__ = ("_acquire", "_conn", "_release", "_transaction", "info", "sessions")
+    __slots__ = ("_acquire", "_conn", "_open", "_release", "_savepoints", "info", "sessions")
 
     def __init__(
         self,
@@ -112,28 +124,30 @@ class Work:
         self.sessions = sessions
         self.info = info
         self._conn: Any = None
-        self._transaction: Any = None
+        self._open = False  # a transaction is open on the connection
+        self._savepoints = 0
 
     async def connection(self, *, begin: bool = True) -> Any:
         if self._conn is None:
             self._conn = await self._acquire()
-        if begin and self._transaction is None:
-            transaction = self._conn.transaction()
-            await transaction.start()
-            self._transaction = transaction
+        if begin and not self._open:
+            await self._conn.execute("BEGIN")
+            self._open = True
         return self._conn
 
     @property
     def in_transaction(self) -> bool:
-        return self._transaction is not None
+        return self._open
 
     async def commit(self) -> None:
         """Commit what is open and give the connection back; then what was kept for after
         the commit runs (statements without a transaction committed on their own)."""
-        transaction, self._transaction = self._transaction, None
+        was_open, self._open = self._open, False
         try:
-            if transaction is not None:
-                await transaction.commit()
+            if was_open and await self._conn.execute("COMMIT") != "COMMIT":
+                raise TransactionAborted(
+                    "the transaction was aborted by an earlier error: nothing was stored"
+                )
         except BaseException as error:
             rolled_back(self.info)
             await self._give_back(error)
@@ -142,15 +156,30 @@ class Work:
         committed(self.info)
 
     async def rollback(self) -> None:
-        transaction, self._transaction = self._transaction, None
+        was_open, self._open = self._open, False
         rolled_back(self.info)
         try:
-            if transaction is not None:
-                await transaction.rollback()
+            if was_open:
+                await self._conn.execute("ROLLBACK")
         except BaseException as error:
             await self._give_back(error)
             raise
         await self._give_back(None)
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A savepoint in the unit's transaction (opened if needed): an error in the block
+        undoes the block alone."""
+        conn = await self.connection()
+        self._savepoints += 1
+        name = f"xbus_{self._savepoints}"
+        await conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            raise
+        await conn.execute(f"RELEASE SAVEPOINT {name}")
 
     async def close(self, error: BaseException | None = None) -> None:
         """The end of the unit after `error` (or none): anything open is rolled back; a
@@ -205,7 +234,7 @@ async def savepoint(unit: Unit) -> AsyncIterator[None]:
         async with unit.begin_nested():
             yield
         return
-    async with (await unit.connection()).transaction():  # nested in asyncpg: a savepoint
+    async with unit.savepoint():
         yield
 
 

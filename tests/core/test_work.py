@@ -17,7 +17,12 @@ from fastapi import FastAPI
 from app.commit_hooks import notify_after_commit, on_commit
 from app.db import Database
 from app.models import Account
-from app.store.connection import driver_connection, reading, savepoint
+from app.store.connection import (
+    TransactionAborted,
+    driver_connection,
+    reading,
+    savepoint,
+)
 
 
 def _db(app: FastAPI) -> Database:
@@ -240,3 +245,31 @@ async def test_a_savepoint_undoes_its_block_alone(app: FastAPI, db: asyncpg.Conn
     names = {r["name"] for r in await db.fetch("SELECT name FROM accounts")}
     assert kept in names
     assert undone not in names
+
+
+async def test_a_commit_of_an_aborted_transaction_raises(
+    app: FastAPI, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL answers the COMMIT of a transaction an error aborted with ROLLBACK: the unit
+    says so (`TransactionAborted`) instead of reporting a success, runs none of its
+    after-commit hooks, and its connection goes back clean."""
+    insert = (
+        "INSERT INTO accounts (id, name, type, status, is_admin, created_at, updated_at)"
+        " VALUES ($1, $2, 'gateway', 'enabled', false, now(), now())"
+    )
+    name = f"aborted-{uuid.uuid4().hex[:8]}"
+    told: list[str] = []
+    work = _db(app).work()
+    conn = await driver_connection(work)
+    account_id = uuid.uuid4()
+    await conn.execute(insert, account_id, name)
+    on_commit(work, lambda: told.append("committed"))
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute(insert, account_id, name + "-again")  # caught, and not raised again
+    with pytest.raises(TransactionAborted):
+        await work.commit()
+    assert told == []
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE name = $1", name) == 0
+    async with _db(app).working() as again:
+        assert not again.in_transaction
+        assert await (await driver_connection(again)).fetchval("SELECT 1") == 1
