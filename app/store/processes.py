@@ -318,13 +318,28 @@ _FOR_ACTOR = "r.actor_id = $1 AND r.channel = ANY($7::text[])"
 
 # One actor's requests of these channels (HTTP polling).
 LEASE_FOR_ACTOR = "WITH" + _DUE.format(where=_FOR_ACTOR) + _LEASED
-# Requests of the actors connected over NATS (the NATS dispatcher; $1 unused).
+# Requests of the actors connected over NATS (the NATS dispatcher; $1 unused), oldest first:
+# each online actor's due requests are read from its own end of the due index, whatever the
+# statistics say (starting from all due requests, as the planner did on stale statistics,
+# walked every request waiting for an HTTP or webhook actor at each claim). The rows an
+# actor's part locks beyond the overall limit are free again when the statement ends.
 LEASE_FOR_NATS = (
-    "WITH"
-    + _DUE.format(
-        where="""r.channel IN ('nats', 'poll') AND $1::uuid IS NULL
-      AND r.actor_id IN (SELECT a.id FROM actors a WHERE a.online)"""
-    )
+    """WITH
+due AS (
+    SELECT r.id FROM actors a
+    CROSS JOIN LATERAL (
+        SELECT r.id, r.available_at, r.created_at FROM requests r
+        WHERE r.actor_id = a.id AND r.status = 'pending' AND r.available_at <= $2
+          AND r.channel IN ('nats', 'poll')
+          AND (SELECT p.status FROM processes p WHERE p.id = r.process_id) = 'running'
+        ORDER BY r.available_at, r.created_at, r.id
+        LIMIT $3
+        FOR UPDATE OF r SKIP LOCKED
+    ) r
+    WHERE a.online AND $1::uuid IS NULL
+    ORDER BY r.available_at, r.created_at, r.id
+    LIMIT $3
+)"""
     + _LEASED
 )
 
@@ -341,10 +356,8 @@ LEASE_FOR_ACTOR_HANDED = (
 )
 SELECT l.*, e.id, e.size_bytes, e.item_count, ev.id, ev.type, ev.encoding, i.data
 FROM leased l
-LEFT JOIN LATERAL (
-    SELECT DISTINCT (x ->> 'envelope_id')::uuid AS id FROM jsonb_array_elements(l.inputs) x
-) wanted ON true
-LEFT JOIN envelopes e ON e.id = wanted.id
+LEFT JOIN envelopes e ON e.id = ANY (ARRAY(
+    SELECT (x ->> 'envelope_id')::uuid FROM jsonb_array_elements(l.inputs) x))
 LEFT JOIN events ev ON ev.envelope_id = e.id AND e.size_bytes <= $8
 LEFT JOIN items i ON i.event_id = ev.id
 ORDER BY l.available_at, l.created_at, l.id, e.id, ev.position, i.position"""
