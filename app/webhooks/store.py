@@ -207,6 +207,15 @@ async def webhook_suspended(unit: Unit, actor_id: uuid.UUID) -> bool:
     )
 
 
+async def share_process(unit: Unit, process_id: uuid.UUID) -> None:
+    """Key-share-lock the process before touching its request: the lock order of every
+    writer of a process (process, then requests). The log line written after a reschedule
+    key-share-locks the process through its foreign key anyway; taken after the request's
+    update, it deadlocked with an operator's cancel (process locked, then its requests)."""
+    conn = await driver_connection(unit)
+    await conn.execute("SELECT 1 FROM processes WHERE id = $1 FOR KEY SHARE", process_id)
+
+
 async def reschedule(
     unit: Unit,
     request_id: uuid.UUID,

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -307,3 +308,61 @@ async def test_batch_in_several_transactions(
     assert [line["done"] for line in lines if line["event"] == "progress"] == [2, 4, 5]
     assert lines[-1]["result"]["changed"] == 5
     assert await db.fetchval("SELECT count(*) FROM processes WHERE status = 'error'") == 5
+
+
+async def test_a_webhook_retry_and_a_cancel_of_its_process_do_not_deadlock(
+    wired: Wired, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A webhook attempt to retry later takes its process's lock before its request's (the
+    order of every writer of a process): with the process locked by another transaction (an
+    operator's cancel), the retry waits without holding the request, so that transaction can
+    still update the request. It held the request first, then waited on the process for its
+    log line's foreign key: a deadlock."""
+    from app.webhooks.service import AttemptResult, Job, Outcomes
+    from app.webhooks.settings import parse_webhook_settings
+    from tests.conftest import _plain
+
+    w = wired
+    await emit(w)
+    leased = await poll(w.acct.http, w.wk["name"])
+    assert leased is not None
+    request_id = uuid.UUID(leased["request_id"])
+    row = await db.fetchrow(
+        "SELECT process_id, node_id, created_at FROM requests WHERE id = $1", request_id
+    )
+    settings = parse_webhook_settings({"http.webhook.url": "http://127.0.0.1:9/hook"})
+    assert settings is not None
+    job = Job(
+        request_id,
+        uuid.UUID(w.wk["id"]),
+        w.wk["name"],
+        row["process_id"],
+        row["node_id"],
+        leased["attempt"],
+        row["created_at"],
+        settings,
+    )
+    state = w.bus.app.state.xbus
+    outcomes = Outcomes(state.director, state.settings)
+    cancel = await asyncpg.connect(_plain(database_url))
+    try:
+        await cancel.execute("BEGIN")
+        await cancel.execute("SET LOCAL lock_timeout = '5s'")
+        await cancel.execute("SELECT 1 FROM processes WHERE id = $1 FOR UPDATE", row["process_id"])
+
+        async def retry() -> None:
+            async with state.db.working() as work:
+                failed = AttemptResult(datetime.now(UTC), 0.001, error="connection refused")
+                await outcomes.record(work, job, failed)
+
+        recording = asyncio.create_task(retry())
+        await asyncio.sleep(0.5)  # the retry is waiting on the process now
+        assert not recording.done()
+        # The request is free: the cancel's update does not wait on the retry.
+        await cancel.execute("UPDATE requests SET updated_at = now() WHERE id = $1", request_id)
+        await cancel.execute("COMMIT")
+        await asyncio.wait_for(recording, 10)
+    finally:
+        await cancel.close()
+    status = await db.fetchval("SELECT status FROM requests WHERE id = $1", request_id)
+    assert status == "pending"  # rescheduled by the retry, once the process was free
