@@ -294,9 +294,8 @@ class Outcomes:
             await self._exhausted(session, job, verdict, now)
             return
         available = now + timedelta(seconds=delay)
-        await store.share_process(session, job.process_id)
         held = await store.reschedule(
-            session, job.request_id, job.attempt, available, verdict.summary, now
+            session, job.process_id, job.request_id, job.attempt, available, verdict.summary, now
         )
         if held:
             await self._log(
@@ -353,9 +352,8 @@ class Outcomes:
     ) -> None:
         """A failed probe, or an attempt that was in flight when the webhook got suspended:
         the request waits, nothing fails while the webhook is suspended."""
-        await store.share_process(session, job.process_id)
         held = await store.reschedule(
-            session, job.request_id, job.attempt, now, verdict.summary, now
+            session, job.process_id, job.request_id, job.attempt, now, verdict.summary, now
         )
         if held:
             what = "probe of the suspended webhook" if job.probe else "webhook attempt"

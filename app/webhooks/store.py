@@ -207,25 +207,22 @@ async def webhook_suspended(unit: Unit, actor_id: uuid.UUID) -> bool:
     )
 
 
-async def share_process(unit: Unit, process_id: uuid.UUID) -> None:
-    """Key-share-lock the process before touching its request: the lock order of every
-    writer of a process (process, then requests). The log line written after a reschedule
-    key-share-locks the process through its foreign key anyway; taken after the request's
-    update, it deadlocked with an operator's cancel (process locked, then its requests)."""
-    conn = await driver_connection(unit)
-    await conn.execute("SELECT 1 FROM processes WHERE id = $1 FOR KEY SHARE", process_id)
-
-
 async def reschedule(
     unit: Unit,
+    process_id: uuid.UUID,
     request_id: uuid.UUID,
     attempt: int,
     available_at: datetime,
     error: str,
     now: datetime,
 ) -> bool:
-    """Back to pending, due at `available_at`, if this attempt still holds the request."""
+    """Back to pending, due at `available_at`, if this attempt still holds the request. Its
+    process is key-share-locked first, the lock order of every writer of a process (the
+    process, then its requests): the log line the caller writes next key-share-locks the
+    process through its foreign key anyway, and taken after the request's update, that
+    deadlocked with an operator's cancel (the process locked, then its requests)."""
     conn = await driver_connection(unit)
+    await conn.execute("SELECT 1 FROM processes WHERE id = $1 FOR KEY SHARE", process_id)
     held = await conn.fetchval(
         "UPDATE requests SET status = 'pending', available_at = $3, lease_expires_at = NULL, "
         "leased_by = NULL, last_error = $4, updated_at = $5 "
