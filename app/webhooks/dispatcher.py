@@ -260,6 +260,7 @@ class Dispatcher:
                     store.Quota(actor.id, 1, ws.max_attempts, lease),
                     now,
                     next_probe,
+                    now + timedelta(seconds=self.settings.webhook_probe_interval),
                     self.holder,
                 )
                 # The probe's UPDATE of the actor drops the caches, as it did through the ORM.

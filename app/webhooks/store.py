@@ -145,26 +145,32 @@ async def claim(unit: Unit, quotas: Sequence[Quota], now: datetime, holder: str)
     return [Claimed(*row) for row in rows]
 
 
+_MOVE_PROBE = (
+    "UPDATE actors SET webhook_probe_at = $3, updated_at = $4 WHERE id = $1 "
+    "AND webhook_suspended_at IS NOT NULL AND webhook_probe_at <= $2 RETURNING id"
+)
+
+
 async def claim_probe(
-    unit: Unit, quota: Quota, now: datetime, next_probe: datetime, holder: str
+    unit: Unit, quota: Quota, now: datetime, next_probe: datetime, idle_probe: datetime, holder: str
 ) -> Claimed | None:
     """If the actor's probe is due, move its schedule on and lease its oldest pending
-    request (due or not): one replica wins the probe."""
+    request (due or not): one replica wins the probe. The schedule moves to `next_probe`
+    (beyond the probe's lease) when a request goes out, to `idle_probe` when none is pending:
+    a request that arrives just after an empty probe waits one probe interval, not a lease."""
     conn = await driver_connection(unit)
-    won = await conn.fetchval(
-        "UPDATE actors SET webhook_probe_at = $3, updated_at = $4 WHERE id = $1 "
-        "AND webhook_suspended_at IS NOT NULL AND webhook_probe_at <= $2 RETURNING id",
-        quota.actor_id,
-        now,
-        next_probe,
-        datetime.now(UTC),
-    )
+    won = await conn.fetchval(_MOVE_PROBE, quota.actor_id, now, next_probe, datetime.now(UTC))
     if won is None:
         return None
     row = await conn.fetchrow(
         _CLAIM_PROBE, quota.actor_id, quota.max_attempts, quota.lease, now, holder
     )
-    return Claimed(*row) if row is not None else None
+    if row is None:
+        await conn.execute(
+            "UPDATE actors SET webhook_probe_at = $2 WHERE id = $1", quota.actor_id, idle_probe
+        )
+        return None
+    return Claimed(*row)
 
 
 async def add_attempt(

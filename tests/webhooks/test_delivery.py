@@ -3,6 +3,7 @@ exhaustion, timeouts, signatures, worker outputs, protobuf."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -176,6 +177,31 @@ async def test_gone_suspends_then_a_probe_brings_it_back(bus: Bus, receiver: Rec
     assert state["state"] == "active"
     third = await emit(acct, em["name"])
     assert (await finished(acct.http, third["process_id"]))["status"] == "done"
+
+
+async def test_a_probe_with_nothing_to_send_waits_one_interval_not_a_lease(
+    bus: Bus, receiver: Receiver
+) -> None:
+    """A suspended webhook whose probe falls due while nothing is pending probes the next
+    request one probe interval later (0.5 s here), not after a probe's lease (timeout 10 s +
+    margin 1 s): the race of an emission arriving just after an empty probe."""
+    receiver.script("/hook", Reply(410, b"no such hook"))
+    acct = await bus.account()
+    em, co = await webhook_chain(bus, acct, receiver.url("/hook"))
+    first = await emit(acct, em["name"])
+    assert (await finished(acct.http, first["process_id"]))["status"] == "error"
+    path = f"/api/v1/actors/{co['name']}/webhook"
+    suspended = (await acct.http.get(path)).json()["next_probe_at"]
+    deadline = time.monotonic() + 10
+    while (await acct.http.get(path)).json()["next_probe_at"] == suspended:
+        assert time.monotonic() < deadline, "the due probe was never taken"
+        await asyncio.sleep(0.05)
+    # The probe was due with nothing pending; the next request is probed within ~0.5 s.
+    receiver.script("/hook", Reply(204))
+    second = await emit(acct, em["name"])
+    process = await finished(acct.http, second["process_id"], timeout=5)
+    assert process["status"] == "done"
+    assert (await acct.http.get(path)).json()["state"] == "active"
 
 
 async def test_exhaustion_fails_with_a_postmortem_listing_every_attempt(
