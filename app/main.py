@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app import heap
 from app.accounts import router as accounts_router
 from app.accounts.bootstrap import ensure_admin
 from app.actors import router as actors_router
@@ -101,9 +102,13 @@ async def _guarded(name: str, duty: Duty, state: AppState) -> None:
         log.exception("background duty %s stopped with an error", name)
 
 
-def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, bootstrap_admin: bool = True, serving: bool = False
+) -> FastAPI:
     """`bootstrap_admin=False` skips ensuring the admin account at start: the workers of
-    `xbusd serve --workers N` leave it to their supervisor, which does it once for all."""
+    `xbusd serve --workers N` leave it to their supervisor, which does it once for all.
+    `serving=True` says the process runs this app alone for its whole life (`xbusd serve`
+    and its workers): once started, its heap is settled (`app.heap`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,6 +151,8 @@ def create_app(settings: Settings, *, bootstrap_admin: bool = True) -> FastAPI:
                 )
             for name, duty in DUTIES:
                 state.tasks.append(asyncio.create_task(_guarded(name, duty, state), name=name))
+            if serving:
+                heap.settle()
             log.info("xbusd %s ready", version())
             yield
         finally:

@@ -45,7 +45,7 @@ def worker_app(settings: Settings) -> FastAPI:
     account being the supervisor's business."""
     from app.main import create_app
 
-    return create_app(settings, bootstrap_admin=False)
+    return create_app(settings, bootstrap_admin=False, serving=True)
 
 
 def _exit_worker(signum: int, frame: FrameType | None) -> NoReturn:

@@ -166,7 +166,7 @@ def serve(
                     raise typer.Exit(1)
                 _exit_if_failed(runtime)
                 return
-            app = create_app(effective)
+            app = create_app(effective, serving=True)
             server = _Server(
                 uvicorn.Config(
                     app,

@@ -134,6 +134,8 @@ def test_start_stop_restart_keeps_data(server: Server) -> None:
     first = server.whoami()
     ready = httpx.get(server.url + "/readyz").json()
     assert ready["checks"] == READY_CHECKS
+    # The serving process settled its heap once started (app.heap).
+    assert server.log.read_text().count("heap settled: ") == 1
     children = server.children()
     names = {p.name() for p in children}
     assert {"postgres", "nats-server"} <= names, names

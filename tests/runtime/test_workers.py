@@ -119,6 +119,8 @@ def test_two_workers_serve_wake_each_other_and_stop(server: Server) -> None:
     assert {"postgres", "nats-server"} <= {p.name() for p in everything}
 
     admin = _one_client_per_worker(server, server.admin_key(), workers)
+    # Each worker, serving, has settled its heap (app.heap); the supervisor serves no app.
+    assert server.log.read_text().count("heap settled: ") == 2
     key, emitter, consumer = _setup(next(iter(admin.values())))
     for client in admin.values():
         client.close()

@@ -1,0 +1,44 @@
+"""`app.heap.settle`: what a serving process does to its collector once started (the serving
+processes themselves are checked in tests/runtime/test_serve.py and test_workers.py)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from app import heap
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The test process's collector as it was, afterwards."""
+    frozen = gc.get_freeze_count()
+    yield
+    gc.unfreeze()
+    if frozen:
+        gc.freeze()
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+def test_settle_freezes_what_is_alive(collector: None) -> None:
+    gc.unfreeze()
+    kept = Node()
+    heap.settle()
+    assert gc.get_freeze_count() > 1000  # the modules' objects, and `kept`
+    tracked = {id(o) for o in gc.get_objects()}
+    assert id(kept) not in tracked  # frozen: no collection walks it again
+    assert id(kept.__dict__) not in tracked
+
+    # What is created afterwards is collected as before.
+    garbage = Node()
+    ident = id(garbage)
+    assert ident in {id(o) for o in gc.get_objects()}
+    del garbage
+    assert gc.collect() >= 1
+    assert ident not in {id(o) for o in gc.get_objects()}
