@@ -201,7 +201,7 @@ class Outcomes:
     async def record(self, session: Unit, job: Job, result: AttemptResult) -> Verdict:
         verdict = judge(job, result, self.settings)
         response = result.response
-        await store.add_attempt(
+        suspended = await store.add_attempt(
             session,
             request_id=job.request_id,
             actor_id=job.actor_id,
@@ -217,7 +217,6 @@ class Outcomes:
                 else None
             ),
         )
-        suspended = await store.webhook_suspended(session, job.actor_id)
         now = utcnow()
         if verdict.kind == Kind.DELIVERED:
             await self._delivered(session, job, verdict.state)

@@ -173,6 +173,17 @@ async def claim_probe(
     return Claimed(*row)
 
 
+# The attempt's row, and whether the actor's webhook is suspended or disabled now (False: no
+# such actor), in one round trip.
+_ADD_ATTEMPT = """
+WITH attempt AS (
+    INSERT INTO delivery_attempts (request_id, actor_id, attempt, started_at, duration_ms,
+        status_code, outcome, error, response_excerpt)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+)
+SELECT webhook_suspended_at IS NOT NULL FROM actors WHERE id = $2"""
+
+
 async def add_attempt(
     unit: Unit,
     *,
@@ -185,12 +196,12 @@ async def add_attempt(
     outcome: AttemptOutcome,
     error: str | None,
     response_excerpt: str | None,
-) -> None:
+) -> bool:
+    """Write an attempt's row; returns whether the actor's webhook is suspended or disabled
+    now (False: no such actor)."""
     conn = await driver_connection(unit)
-    await conn.execute(
-        "INSERT INTO delivery_attempts (request_id, actor_id, attempt, started_at, "
-        "duration_ms, status_code, outcome, error, response_excerpt) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    suspended = await conn.fetchval(
+        _ADD_ATTEMPT,
         request_id,
         actor_id,
         attempt,
@@ -201,16 +212,7 @@ async def add_attempt(
         error,
         response_excerpt,
     )
-
-
-async def webhook_suspended(unit: Unit, actor_id: uuid.UUID) -> bool:
-    """Whether the actor's webhook is suspended or disabled now (False: no such actor)."""
-    conn = await driver_connection(unit)
-    return bool(
-        await conn.fetchval(
-            "SELECT webhook_suspended_at IS NOT NULL FROM actors WHERE id = $1", actor_id
-        )
-    )
+    return bool(suspended)
 
 
 async def reschedule(
