@@ -3,14 +3,16 @@
 CPython's cyclic collector runs a young collection every 700 net allocations of container
 objects, and now and then a full one that walks every object the process holds. xbusd's
 modules (FastAPI, pydantic, SQLAlchemy, asyncpg, protobuf) leave 100,000-200,000 objects
-alive after start, none of them ever garbage: a full collection walked them all (~150 ms
+alive after start, few of them ever garbage: a full collection walked them all (~150 ms
 each, 35 in a 50,000-envelope batch run), and the collector took 30% of xbusd's CPU under
 batch emission, 6-7% under single requests (docs/benchmarks.md).
 
 `settle()`, once the app has started, collects once, then moves every object alive to the
 permanent generation (`gc.freeze`), which no collection walks again. Objects are still
-freed by reference counting; only reference cycles among the frozen start-up objects would
-never be collected, and they live as long as the process anyway. The young threshold stays
+freed by reference counting; only reference cycles among the frozen start-up objects are
+never collected: most live as long as the process anyway, and those replaced later (say,
+a pool's first connections after a database restart) stay once, a bounded amount; what is
+made after the start is collected as before. The young threshold stays
 CPython's: raised (2,000 to 50,000), it helped batches but cost single requests 1-8%. Not
 for processes that create and drop apps (the tests): what is frozen there would stay."""
 
