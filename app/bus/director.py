@@ -779,35 +779,19 @@ class Director:
         channels: tuple[RequestChannel, ...] = (RequestChannel.POLL, RequestChannel.NATS),
         moved_to: RequestChannel | None = None,
         lease: timedelta | None = None,
-    ) -> list[RequestRow]:
+        inline_max: int,
+    ) -> list[tuple[RequestRow, list[Any]]]:
         """Lease up to `limit` due requests, oldest first: those of `actor_id` on `channels`
         (HTTP polling), or with `actor_id` None those of every actor connected over NATS,
-        moved to the channel `moved_to`. One statement: it commits on its own unless the
-        session has a transaction open."""
+        moved to the channel `moved_to`; each with what it hands out, read by the same
+        statement: the rows of its input envelopes (those of `app.store.processes.ENVELOPES`:
+        events and items only of envelopes no larger than `inline_max`). One statement: it
+        commits on its own unless the session has a transaction open."""
         conn = await driver_connection(session, begin=False)
         statement = store.LEASE_FOR_NATS if actor_id is None else store.LEASE_FOR_ACTOR
         args = self._lease_args(actor_id, holder, limit, channels, moved_to, lease)
-        rows = await conn.fetch(statement, *args)
-        return [store.request_of(row) for row in rows]
-
-    async def lease_handed(
-        self,
-        session: Unit,
-        actor_id: uuid.UUID,
-        holder: str,
-        *,
-        limit: int,
-        inline_max: int,
-    ) -> list[tuple[RequestRow, list[Any]]]:
-        """`lease` for an HTTP-polling actor, with what it hands out read by the same
-        statement: each request leased, with the rows of its input envelopes (those of
-        `app.store.processes.ENVELOPES`: events and items only of envelopes no larger than
-        `inline_max`)."""
-        conn = await driver_connection(session, begin=False)
-        channels = (RequestChannel.POLL, RequestChannel.NATS)
-        args = self._lease_args(actor_id, holder, limit, channels, None, None)
         leased: list[tuple[RequestRow, list[Any]]] = []
-        for row in await conn.fetch(store.LEASE_FOR_ACTOR_HANDED, *args, inline_max):
+        for row in await conn.fetch(statement, *args, inline_max):
             if not leased or leased[-1][0].id != row[0]:
                 leased.append((store.request_of(row), []))
             leased[-1][1].append(row[store.HANDED_ENVELOPE_AT :])

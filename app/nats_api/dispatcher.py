@@ -26,7 +26,7 @@ from app.models import Account, Actor, ActorRequest
 from app.models.enums import ActorStatus, LogLevel, RequestChannel, RequestStatus
 from app.nats_api.convert import LOG_LEVEL_FROM_PB
 from app.nats_api.liveness import Liveness
-from app.nats_api.payload import process_request
+from app.nats_api.payload import held_envelopes, process_request
 from app.nats_auth import server_inbox_prefix
 from app.state import AppState
 from app.store.connection import driver_connection
@@ -38,6 +38,10 @@ pb: Any = xbus_pb2
 RUNNING, SUCCESS, ERROR = 1, 2, 3
 _BATCH = 50
 _MAX_IN_FLIGHT = 200
+# Envelopes up to this size come whole with the claim that leases their requests (one read
+# less per delivery, at most _BATCH times this in memory a claim); larger ones are read a
+# page at a time as their request is sent.
+INLINE_MAX = 64 * 1024
 # How often actors marked offline for not answering are tried again, and how many a pass.
 PROBE_EVERY = 2.0
 _PROBE_BATCH = 20
@@ -78,9 +82,9 @@ class NatsDispatcher:
             except Exception:
                 log.exception("claiming NATS requests failed")
                 claimed = []
-            for request in claimed:
+            for request, rows in claimed:
                 await self.slots.acquire()
-                task = asyncio.create_task(self._deliver(request))
+                task = asyncio.create_task(self._deliver(request, rows))
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
             if len(claimed) < _BATCH:
@@ -106,10 +110,11 @@ class NatsDispatcher:
                             channels=(RequestChannel.POLL, RequestChannel.NATS),
                             moved_to=RequestChannel.NATS,
                             lease=timedelta(seconds=self.state.settings.request_lease),
+                            inline_max=INLINE_MAX,
                         )
-                    for request in leased:
+                    for request, rows in leased:
                         await self.slots.acquire()
-                        task = asyncio.create_task(self._deliver(request, probe=True))
+                        task = asyncio.create_task(self._deliver(request, rows, probe=True))
                         self.in_flight.add(task)
                         task.add_done_callback(self._done)
             except Exception:
@@ -153,7 +158,7 @@ class NatsDispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _claim(self) -> list[RequestRow]:
+    async def _claim(self) -> list[tuple[RequestRow, list[Any]]]:
         async with self.state.db.working() as work:
             leased = await self.director.lease(
                 work,
@@ -162,11 +167,13 @@ class NatsDispatcher:
                 limit=_BATCH,
                 moved_to=RequestChannel.NATS,
                 lease=timedelta(seconds=self.state.settings.request_lease),
+                inline_max=INLINE_MAX,
             )
         return leased
 
-    async def _deliver(self, request: RequestRow, *, probe: bool = False) -> None:
-        """Hand a request just leased (its row as the lease returned it) to its actor."""
+    async def _deliver(self, request: RequestRow, rows: list[Any], *, probe: bool = False) -> None:
+        """Hand a request just leased (its row as the lease returned it, with the rows of its
+        envelopes) to its actor."""
         request_id, actor_id = request.id, request.actor_id
         if actor_id is None:
             return
@@ -174,7 +181,10 @@ class NatsDispatcher:
         async with self.state.db.working() as work:
             try:
                 message = await process_request(
-                    work, request, max_size=self.state.settings.nats_fragment_size
+                    work,
+                    request,
+                    max_size=self.state.settings.nats_fragment_size,
+                    held=held_envelopes(rows, INLINE_MAX),
                 )
             except LookupError as exc:
                 unreadable = str(exc)

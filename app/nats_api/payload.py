@@ -2,12 +2,15 @@
 items at a time and cut as it goes (`FragmentCutter`): only the fragment being filled and
 one page of items are in memory, whatever the envelope's size. ActorProcessRequest carries
 each input's first fragment inline and the position after it; EnvelopeStorage.Retrieve
-streams the fragments a reader has not seen yet, each with the position after it."""
+streams the fragments a reader has not seen yet, each with the position after it. A small
+envelope comes whole with the lease of the request that hands it out (`held_envelopes`):
+its first fragment is cut without another read."""
 
 from __future__ import annotations
 
+import bisect
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
@@ -93,12 +96,52 @@ async def first_fragment(
     async def pages(after: tuple[int, int]) -> list[tuple[int, int, bytes]]:
         return await repository.items_page(session, envelope_id, after)
 
+    return await _first(events, envelope_id, pages, max_size)
+
+
+async def _first(
+    events: Events, envelope_id: uuid.UUID, pages: Pages, max_size: int
+) -> tuple[Any, Any]:
     stream = fragments(events, envelope_id, pages, max_size=max_size)
     try:
         first = await anext(stream)
     finally:
         await stream.aclose()
     return first, Reader(envelope_id).past(first)
+
+
+# Envelopes read whole with the lease that hands them out: {id: (events, items)}, the items
+# as (event position, item position, data) in order.
+Held = dict[uuid.UUID, tuple[Events, list[tuple[int, int, bytes]]]]
+
+
+def held_envelopes(rows: Iterable[Sequence[Any]], inline_max: int) -> Held:
+    """The envelopes a lease read whole (rows of `app.store.processes.ENVELOPES`: envelope
+    id, size, item count, event id, type, encoding, item, in order; events and items only
+    of those no larger than `inline_max`, the bound the lease was given)."""
+    held: Held = {}
+    for envelope_id, size, _count, event_id, type_, _encoding, data in rows:
+        if envelope_id is None or size > inline_max:
+            continue  # no such envelope (read again, and said so), or too large: paged
+        events, items = held.setdefault(envelope_id, ([], []))
+        if event_id is None:
+            continue  # an envelope without events
+        if not events or events[-1][1] != event_id:
+            events.append((len(events), event_id, type_))
+        if data is not None:
+            items.append((events[-1][0], len(items), data))
+    return held
+
+
+def _held_pages(items: list[tuple[int, int, bytes]]) -> Pages:
+    """`Pages` over items already in memory."""
+    keys = [(position, item) for position, item, _ in items]
+
+    async def pages(after: tuple[int, int]) -> list[tuple[int, int, bytes]]:
+        start = bisect.bisect_right(keys, after)
+        return items[start : start + repository.ITEMS_PAGE]
+
+    return pages
 
 
 class Handed(Protocol):
@@ -112,12 +155,21 @@ class Handed(Protocol):
     def inputs(self) -> list[Any]: ...
 
 
-async def process_request(session: Unit, request: Handed, *, max_size: int = FRAGMENT_SIZE) -> Any:
+async def process_request(
+    session: Unit, request: Handed, *, max_size: int = FRAGMENT_SIZE, held: Held | None = None
+) -> Any:
+    """ActorProcessRequest for a request: each input's first fragment, cut from `held` when
+    the lease read the envelope whole, else read from the database."""
     message = pb.ActorProcessRequest(
         context=pb.ProcessingContext(processID=request.process_id.bytes, nodeID=request.node_id)
     )
     for entry in request.inputs:
         envelope_id = uuid.UUID(entry["envelope_id"])
-        first, position = await first_fragment(session, envelope_id, max_size=max_size)
+        whole = held.get(envelope_id) if held else None
+        if whole is None:
+            first, position = await first_fragment(session, envelope_id, max_size=max_size)
+        else:
+            events, items = whole
+            first, position = await _first(events, envelope_id, _held_pages(items), max_size)
         message.inputs.add(name=entry["name"], envelope=first, position=position)
     return message

@@ -80,7 +80,7 @@ async def lease_request(
         deadline = time.monotonic() + min(wait, settings.long_poll_max)
         holder = f"http:{caller.name}"
         while True:
-            leased = await director.lease_handed(
+            leased = await director.lease(
                 session,
                 target.id,
                 holder,

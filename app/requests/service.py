@@ -49,7 +49,7 @@ async def request_payloads(
 def handed_payloads(
     leased: Sequence[tuple[HandedOut, Sequence[Sequence[Any]]]], inline_max: int
 ) -> list[ActorRequestRead]:
-    """The payloads of requests leased with their envelopes' rows (`Director.lease_handed`):
+    """The payloads of requests leased with their envelopes' rows (`Director.lease`):
     an envelope handed to several of them is read from the first one's rows."""
     found: Found = {}
     for _, rows in leased:

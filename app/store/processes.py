@@ -316,15 +316,12 @@ FROM due WHERE r.id = due.id
 RETURNING {_REQUEST_COLUMNS}"""
 _FOR_ACTOR = "r.actor_id = $1 AND r.channel = ANY($7::text[])"
 
-# One actor's requests of these channels (HTTP polling).
-LEASE_FOR_ACTOR = "WITH" + _DUE.format(where=_FOR_ACTOR) + _LEASED
 # Requests of the actors connected over NATS (the NATS dispatcher; $1 unused), oldest first:
 # each online actor's due requests are read from its own end of the due index, whatever the
 # statistics say (starting from all due requests, as the planner did on stale statistics,
 # walked every request waiting for an HTTP or webhook actor at each claim). The rows an
 # actor's part locks beyond the overall limit are free again when the statement ends.
-LEASE_FOR_NATS = (
-    """WITH
+_DUE_FOR_NATS = """
 due AS (
     SELECT r.id FROM actors a
     CROSS JOIN LATERAL (
@@ -340,29 +337,27 @@ due AS (
     ORDER BY r.available_at, r.created_at, r.id
     LIMIT $3
 )"""
-    + _LEASED
-)
 
-# An HTTP-polling actor's lease with what it hands out, in one statement (one round trip
-# less than LEASE_FOR_ACTOR then ENVELOPES): each leased request's columns, followed on its
-# rows by those of ENVELOPES for its input envelopes (the events and items of the envelopes
-# no larger than $8 only); oldest request first.
-LEASE_FOR_ACTOR_HANDED = (
-    "WITH"
-    + _DUE.format(where=_FOR_ACTOR)
-    + ",\nleased AS ("
-    + _LEASED
-    + """
+# What a lease hands out, read by the lease's own statement (one round trip less than the
+# lease then ENVELOPES): each leased request's columns, followed on its rows by those of
+# ENVELOPES for its input envelopes (the events and items only of the envelopes no larger
+# than the parameter `inline`); oldest request first.
+_HANDED = """,
+leased AS ({leased}
 )
 SELECT l.*, e.id, e.size_bytes, e.item_count, ev.id, ev.type, ev.encoding, i.data
 FROM leased l
 LEFT JOIN envelopes e ON e.id = ANY (ARRAY(
     SELECT (x ->> 'envelope_id')::uuid FROM jsonb_array_elements(l.inputs) x))
-LEFT JOIN events ev ON ev.envelope_id = e.id AND e.size_bytes <= $8
+LEFT JOIN events ev ON ev.envelope_id = e.id AND e.size_bytes <= ${inline}
 LEFT JOIN items i ON i.event_id = ev.id
 ORDER BY l.available_at, l.created_at, l.id, e.id, ev.position, i.position"""
-)
-# Where the envelope columns start in a LEASE_FOR_ACTOR_HANDED row.
+
+# One actor's requests of these channels (HTTP polling; a NATS actor probed), $8 `inline`.
+LEASE_FOR_ACTOR = "WITH" + _DUE.format(where=_FOR_ACTOR) + _HANDED.format(leased=_LEASED, inline=8)
+# The requests of every actor online over NATS, $7 `inline`.
+LEASE_FOR_NATS = "WITH" + _DUE_FOR_NATS + _HANDED.format(leased=_LEASED, inline=7)
+# Where the envelope columns start in a leased row.
 HANDED_ENVELOPE_AT = 17
 
 # The envelopes a request hands out: size and count, and the events and items of those

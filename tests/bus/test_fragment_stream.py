@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import base64
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import FastAPI
 
 from app.envelopes import repository
-from app.envelopes.codec import envelope_to_fragments
-from app.nats_api.payload import Reader, events_of, first_fragment, fragments, seen
+from app.envelopes.codec import FRAGMENT_SIZE, envelope_to_fragments
+from app.nats_api.payload import (
+    Reader,
+    events_of,
+    first_fragment,
+    fragments,
+    held_envelopes,
+    process_request,
+    seen,
+)
+from app.store import processes as store
 from tests.bus.conftest import Bus, chain
 
 
@@ -68,3 +78,33 @@ async def test_streamed_fragments_are_the_whole_envelope_cut(bus: Bus, app: Fast
     for k, position in enumerate(positions):
         rest = [f for n, f in enumerate(streamed) if not seen(position, n, f)]
         assert rest == streamed[k + 1 :], k
+
+
+async def test_a_request_cut_from_what_its_lease_read_is_the_one_read_again(
+    bus: Bus, app: FastAPI
+) -> None:
+    """ActorProcessRequest cut from the envelope rows a lease read (`held_envelopes`) is
+    byte for byte the one read again page by page; an envelope above the lease's bound, or
+    unknown, is not held (read again, as before)."""
+    envelope_id = uuid.UUID(await _stored(bus))
+    request = SimpleNamespace(
+        process_id=uuid.uuid4(),
+        node_id="consumer",
+        inputs=[{"name": "default", "envelope_id": str(envelope_id)}],
+    )
+    db = app.state.xbus.db
+    async with db.working() as work:
+        conn = await work.connection(begin=False)
+        whole_bound = 10 * 1024 * 1024
+        rows = await conn.fetch(store.ENVELOPES, [envelope_id, uuid.uuid4()], whole_bound)
+        held = held_envelopes(rows, whole_bound)
+        for size in (FRAGMENT_SIZE, 64 * 1024):  # one fragment holds the 150 items, or a few
+            read = await process_request(work, request, max_size=size)
+            cut = await process_request(work, request, max_size=size, held=held)
+            assert cut.SerializeToString() == read.SerializeToString()
+        assert list(held) == [envelope_id]  # the unknown envelope is not held
+        events, items = held[envelope_id]
+        assert [kind for _, _, kind in events] == ["a", "b", "c"]
+        assert len(items) == 151
+        small = await conn.fetch(store.ENVELOPES, [envelope_id], 64 * 1024)
+        assert held_envelopes(small, 64 * 1024) == {}

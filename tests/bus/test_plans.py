@@ -51,7 +51,7 @@ async def test_an_http_lease_reads_its_envelopes_by_their_ids(
     )
     await db.execute("ANALYZE envelopes")
     args = _ARGS.format(actor=consumer["id"]) + ", 65536"
-    for plan in await _plans(db, store.LEASE_FOR_ACTOR_HANDED, args):
+    for plan in await _plans(db, store.LEASE_FOR_ACTOR, args):
         assert "Seq Scan on envelopes" not in plan, plan
         assert "Index Scan using pk_envelopes on envelopes" in plan, plan
     r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
@@ -76,13 +76,23 @@ async def test_the_nats_claim_starts_from_the_online_actors(
     await db.execute("BEGIN")
     try:
         await db.execute("UPDATE actors SET online = true WHERE id = $1", online["id"])
-        args = "NULL::uuid, now(), 50, now() + interval '60 s', 'x', 'nats'"
+        args = "NULL::uuid, now(), 50, now() + interval '60 s', 'x', 'nats', 65536"
         for plan in await _plans(db, store.LEASE_FOR_NATS, args):
             # The requests are read by actor: those of an actor not online are never read.
             assert "actor_id = a.id" in plan, plan
         leased = await db.fetch(
-            store.LEASE_FOR_NATS, None, utcnow(), 50, utcnow() + timedelta(minutes=1), "t", "nats"
+            store.LEASE_FOR_NATS,
+            None,
+            utcnow(),
+            50,
+            utcnow() + timedelta(minutes=1),
+            "t",
+            "nats",
+            65536,
         )
-        assert [row["actor_id"] for row in leased] == [uuid.UUID(online["id"])]
+        # One request leased, on as many rows as its envelope has items (ENVELOPES).
+        assert {(row["id"], row["actor_id"]) for row in leased} == {
+            (leased[0]["id"], uuid.UUID(online["id"]))
+        }
     finally:
         await db.execute("ROLLBACK")
