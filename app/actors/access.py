@@ -87,11 +87,17 @@ async def _info(session: AsyncSession, ref: str) -> ActorInfo | None:
     return ActorInfo.of(actor) if actor is not None else None
 
 
+async def actor_info(session: Unit, cache: Cache, ref: str) -> ActorInfo | None:
+    """An actor by UUID or by name (`find_actor`), from the cache (dropped on any change of
+    actors)."""
+    return await cache.get(("actor", ref), lambda: read_with(session, lambda orm: _info(orm, ref)))
+
+
 async def owned_actor_info(
     session: Unit, cache: Cache, principal: Principal, ref: str
 ) -> ActorInfo:
     """`load_owned_actor` from the cache (dropped on any change of actors)."""
-    actor = await cache.get(("actor", ref), lambda: read_with(session, lambda orm: _info(orm, ref)))
+    actor = await actor_info(session, cache, ref)
     if actor is None or not (principal.admin or actor.account_id == principal.account_id):
         raise NotFound(f"no actor {ref!r}")
     return actor

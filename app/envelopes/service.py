@@ -114,15 +114,23 @@ async def emit(
 
 
 async def plan_emission(
-    session: Unit, director: Director, emitter: Emitter, envelope: EnvelopeData
+    session: Unit,
+    director: Director,
+    emitter: Emitter,
+    envelope: EnvelopeData,
+    *,
+    check_ids: bool = True,
 ) -> Planned:
     """A complete envelope routed and its ids checked free, nothing written yet: its rows,
-    its event types and its route. XbusError when it is refused (no pipeline, an id taken)."""
+    its event types and its route. XbusError when it is refused (no pipeline, an id taken).
+    `check_ids=False` leaves the ids to the write, for a caller whose write is its whole
+    transaction: an id taken fails it whole (`start_emission` raises Conflict)."""
     check_emitter(emitter)
     types = list(dict.fromkeys(e.type for e in envelope.events))
     # Routed first: an envelope that no pipeline takes is refused before a byte is written.
     route = await director.route(session, emitter, types)
-    await repository.check_new_envelope(session, envelope)
+    if check_ids:
+        await repository.check_new_envelope(session, envelope)
     return repository.envelope_rows(envelope, emitter_id=emitter.id), types, route
 
 

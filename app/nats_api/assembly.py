@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.actors.access import ActorInfo
 from app.envelopes.codec import EventProgress
-from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
+from app.models.enums import EnvelopeStatus
 from app.store.connection import Unit, driver_connection
 from app.store.processes import OPEN_REQUEST
 
@@ -37,27 +36,6 @@ class EventRow:
     encoding: str
     size_bytes: int
     new: bool = False
-
-
-async def actor(unit: Unit, actor_id: uuid.UUID) -> ActorInfo | None:
-    conn = await driver_connection(unit, begin=False)  # a read: no transaction for it alone
-    row = await conn.fetchrow(
-        "SELECT id, name, account_id, kind, status, roles, unresponsive, last_seen "
-        "FROM actors WHERE id = $1",
-        actor_id,
-    )
-    if row is None:
-        return None
-    return ActorInfo(
-        row["id"],
-        row["name"],
-        row["account_id"],
-        ActorKind(row["kind"]),
-        ActorStatus(row["status"]),
-        list(row["roles"]),
-        row["unresponsive"],
-        row["last_seen"],
-    )
 
 
 async def lock_envelope(unit: Unit, envelope_id: uuid.UUID) -> EnvelopeRow | None:

@@ -12,10 +12,10 @@ from typing import Any
 
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from app.actors.access import ActorInfo
+from app.actors.access import ActorInfo, actor_info
 from app.bus.director import Director
 from app.config import Settings
-from app.core.exceptions import XbusError
+from app.core.exceptions import Conflict, XbusError
 from app.envelopes import repository
 from app.envelopes import service as emissions
 from app.envelopes.codec import (
@@ -29,7 +29,8 @@ from app.envelopes.codec import (
 from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
 from app.nats_api import assembly as sql
 from app.nats_api.convert import uuid_of
-from app.store.connection import Unit, savepoint
+from app.store.cache import Cache
+from app.store.connection import Unit, Work, savepoint
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -46,17 +47,23 @@ def ack(envelope_id: bytes, status: int, reason: str = "") -> Any:
 
 
 async def output(
-    unit: Unit, director: Director, settings: Settings, actor_id: uuid.UUID, request: Any
+    unit: Unit,
+    director: Director,
+    settings: Settings,
+    cache: Cache,
+    actor_id: uuid.UUID,
+    request: Any,
 ) -> Any:
     """Take one fragment; answer an EnvelopeAck. Raises OutputRejected for errors that must
-    roll the fragment back (the caller answers ERROR)."""
+    roll the fragment back (the caller answers ERROR). The actor is read from `cache`, as
+    an HTTP emission reads its emitter."""
     fragment = request.envelope
     raw_id = bytes(fragment.id)
     try:
         envelope_id = uuid_of(raw_id, "envelope id")
     except ValueError as exc:
         return ack(raw_id, ERROR, str(exc))
-    actor = await sql.actor(unit, actor_id)
+    actor = await actor_info(unit, cache, str(actor_id))
     if actor is None or actor.status != ActorStatus.ENABLED:
         return ack(raw_id, ERROR, f"actor {actor_id} is unknown or not enabled")
     port = request.output or "default"
@@ -181,13 +188,24 @@ async def _emit_whole(
         or envelope.byte_size > settings.envelope_max_bytes
     ):
         return False
+    # With no transaction open on the unit, the one write is the whole transaction and its
+    # own check of the ids: one taken (a retry, a forward) fails it whole, nothing written,
+    # and the assembly answers. Otherwise the ids are checked first, as before.
+    alone = isinstance(unit, Work) and not unit.in_transaction
     try:
-        planned = await emissions.plan_emission(unit, director, actor, envelope)
+        planned = await emissions.plan_emission(
+            unit, director, actor, envelope, check_ids=not alone
+        )
     except XbusError:
         return False
     if planned[0].copied:
         return False  # many items: assembled, their COPY in the assembly's transaction
-    await emissions.start_emission(unit, director, actor, planned)
+    try:
+        await emissions.start_emission(unit, director, actor, planned)
+    except Conflict:
+        if not alone:
+            raise
+        return False
     return True
 
 

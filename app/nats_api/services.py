@@ -165,7 +165,7 @@ class BrokerServer(Base):
         try:
             async with self.state.db.working() as work:
                 return await broker.output(
-                    work, self.state.director, self.state.settings, actor_id, req
+                    work, self.state.director, self.state.settings, self.state.cache, actor_id, req
                 )
         except broker.OutputRejected as exc:
             await self._mark_error(req.envelope.id, str(exc))

@@ -35,7 +35,9 @@ def units(request: pytest.FixtureRequest, app: FastAPI) -> Units:
 async def _output(app: FastAPI, units: Units, actor_id: str, req: Any) -> Any:
     state = app.state.xbus
     async with units() as unit:
-        return await broker.output(unit, state.director, state.settings, uuid.UUID(actor_id), req)
+        return await broker.output(
+            unit, state.director, state.settings, state.cache, uuid.UUID(actor_id), req
+        )
 
 
 def _request(fragment: Any, context: tuple[uuid.UUID, str] | None = None, port: str = "") -> Any:
@@ -151,6 +153,7 @@ async def test_refusals_leave_nothing_behind(
                 unit,
                 state.director,
                 small,
+                state.cache,
                 uuid.UUID(emitter["emitter"]["id"]),
                 _request(fragments[1]),
             )
@@ -283,6 +286,7 @@ async def test_an_envelope_whole_in_one_fragment_is_stored_with_its_process(
                 unit,
                 state.director,
                 state.settings,
+                state.cache,
                 uuid.UUID(emitter["emitter"]["id"]),
                 _request(fragment),
             )
@@ -290,9 +294,9 @@ async def test_an_envelope_whole_in_one_fragment_is_stored_with_its_process(
             conn.remove_query_logger(log)
     assert done.status == broker.ACCEPTED, done.reason
     if isinstance(unit, Work):
-        # The actor, the ids checked free, the write: no transaction (the route's pipelines
-        # and actors, on a cache miss, are read by a session of their own).
-        assert len(sent) == 3, "\n---\n".join(q[:120] for q in sent)
+        # The write alone, no transaction: it checks the ids itself (the emitter, the
+        # route's pipelines and actors are cached; on a miss, read by a session of their own).
+        assert len(sent) == 1, "\n---\n".join(q[:120] for q in sent)
         assert not any(q.lstrip().upper().startswith(("BEGIN", "SAVEPOINT")) for q in sent)
     envelope_id = uuid.UUID(bytes=bytes(fragment.id))
     await _assert_started(db, data, envelope_id, emitter["emitter"]["id"])
