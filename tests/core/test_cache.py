@@ -56,3 +56,77 @@ async def test_a_value_read_across_a_change_is_not_kept() -> None:
 
     assert await cache.get("k", slow) == "old"
     assert await cache.get("k", lambda: asyncio.sleep(0, "new")) == "new"
+
+
+async def test_concurrent_misses_share_one_load() -> None:
+    """Requests that miss a key while it is being read wait for that read: an entry that
+    expires under load is read once, not once per request in flight."""
+    cache = Cache(Notifier(), ttl=60)
+    loads: list[int] = []
+    release = asyncio.Event()
+
+    async def load() -> str:
+        loads.append(1)
+        await release.wait()
+        return "v"
+
+    waiting = [asyncio.ensure_future(cache.get("k", load)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(*waiting) == ["v"] * 10
+    assert loads == [1]
+    # `fresh` reads again, whatever is in flight or held.
+    assert await cache.get("k", lambda: asyncio.sleep(0, "w"), fresh=True) == "w"
+
+
+async def test_a_shared_load_that_fails_leaves_each_waiter_to_load() -> None:
+    cache = Cache(Notifier(), ttl=60)
+    started = asyncio.Event()
+
+    async def failing() -> str:
+        started.set()
+        await asyncio.sleep(0.01)
+        raise RuntimeError("database down")
+
+    first = asyncio.ensure_future(cache.get("k", failing))
+    await started.wait()
+    second = asyncio.ensure_future(cache.get("k", lambda: asyncio.sleep(0, "own")))
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] == "own"  # its own load, not the failed one's error
+
+
+async def test_a_canceled_load_leaves_its_waiters_to_load() -> None:
+    cache = Cache(Notifier(), ttl=60)
+    started = asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await asyncio.sleep(10)
+        return "never"
+
+    first = asyncio.ensure_future(cache.get("k", slow))
+    await started.wait()
+    second = asyncio.ensure_future(cache.get("k", lambda: asyncio.sleep(0, "own")))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    assert await second == "own"
+
+
+async def test_a_load_started_before_a_change_is_not_shared_after_it() -> None:
+    notifier = Notifier()
+    cache = Cache(notifier, ttl=60)
+    release = asyncio.Event()
+
+    async def old() -> str:
+        await release.wait()
+        return "old"
+
+    first = asyncio.ensure_future(cache.get("k", old))
+    await asyncio.sleep(0.01)
+    notifier.wake_local([CONFIG])
+    second = asyncio.ensure_future(cache.get("k", lambda: asyncio.sleep(0, "new")))
+    assert await second == "new"
+    release.set()
+    assert await first == "old"
+    assert await cache.get("k", lambda: asyncio.sleep(0, "x")) == "new"
