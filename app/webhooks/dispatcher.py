@@ -36,8 +36,7 @@ from datetime import UTC, datetime, timedelta
 
 from app import metrics
 from app.bus.director import Director
-from app.bus.notify import CONFIG, Notifier, actor_key
-from app.commit_hooks import notify_after_commit
+from app.bus.notify import Notifier, actor_key
 from app.config import Settings
 from app.db import Database
 from app.store.connection import Unit
@@ -263,8 +262,8 @@ class Dispatcher:
                     now + timedelta(seconds=self.settings.webhook_probe_interval),
                     self.holder,
                 )
-                # The probe's UPDATE of the actor drops the caches, as it did through the ORM.
-                notify_after_commit(session, CONFIG)
+                # The probe moves only the actor's probe schedule, which no cache holds: no
+                # cache is dropped (every due probe tried would empty them on every replica).
                 if claimed_probe is not None:
                     jobs.append(await self._job(session, claimed_probe, actor, ws, probe=True))
         for job in jobs:

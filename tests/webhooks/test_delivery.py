@@ -192,10 +192,13 @@ async def test_a_probe_with_nothing_to_send_waits_one_interval_not_a_lease(
     assert (await finished(acct.http, first["process_id"]))["status"] == "error"
     path = f"/api/v1/actors/{co['name']}/webhook"
     suspended = (await acct.http.get(path)).json()["next_probe_at"]
+    generation = bus.app.state.xbus.notifier.generation
     deadline = time.monotonic() + 10
     while (await acct.http.get(path)).json()["next_probe_at"] == suspended:
         assert time.monotonic() < deadline, "the due probe was never taken"
         await asyncio.sleep(0.05)
+    # The probe moved the actor's probe schedule only: no cache was dropped for it.
+    assert bus.app.state.xbus.notifier.generation == generation
     # The probe was due with nothing pending; the next request is probed within ~0.5 s.
     receiver.script("/hook", Reply(204))
     second = await emit(acct, em["name"])
