@@ -27,11 +27,6 @@ ANY = "*"  # wait(ANY) wakes on every key
 NATS_WORK = "nats.work"
 # Accounts, keys, actors or pipelines changed: caches of them are dropped (app.store.cache).
 CONFIG = "config"
-# Keys the other replicas are not told of: what waits on them runs on every replica (each
-# has its NATS dispatcher, which claims for every NATS actor), and the replica whose commit
-# made the work wakes its own at once. Rung across, each replica's dispatcher made a claim
-# that mostly found nothing; the others still find what it leaves at their next pass.
-LOCAL_ONLY = frozenset({NATS_WORK})
 
 
 def actor_key(actor_id: uuid.UUID) -> str:
@@ -67,14 +62,10 @@ class Notifier:
                 waiter.set()
 
     def publish(self, keys: list[str]) -> None:
-        """Called after a commit: wake here and on the other replicas (but for LOCAL_ONLY
-        keys). The keys of the commits of one turn of the event loop go out together, in
-        one doorbell ring."""
+        """Called after a commit: wake here and on the other replicas. The keys of the
+        commits of one turn of the event loop go out together, in one doorbell ring."""
         self.wake_local(keys)
         if self.remote is None or self._loop is None:
-            return
-        keys = [key for key in keys if key not in LOCAL_ONLY]
-        if not keys:
             return
         self._outgoing.update(keys)
         if not self._ringing:

@@ -1,7 +1,6 @@
 """The NATS doorbell between replicas, on the real nats-server: a lone replica rings nobody (no
 publish after its commits), two replicas learn of each other at once and wake each other's
-waiters (NATS work excepted: each replica has its dispatcher), and a replica that leaves is no
-longer rung."""
+waiters, and a replica that leaves is no longer rung."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from app.bus.notify import NATS_WORK, Notifier
+from app.bus.notify import Notifier
 from app.doorbell import SUBJECT, doorbell
 from app.nats import NatsConnection
 from app.runtime.nats import EmbeddedNats
@@ -100,13 +99,6 @@ async def test_a_lone_replica_rings_nobody_two_wake_each_other(
     back = asyncio.create_task(a.notifier.wait("actor.y", 10))
     b.notifier.publish(["actor.y"])
     assert await asyncio.wait_for(back, 2) is True
-    # NATS work wakes the replica that made it, not the others (each has its dispatcher).
-    rings.clear()
-    await _commit(a, NATS_WORK)
-    assert rings == []
-    a.notifier.publish([NATS_WORK, "actor.z"])
-    await asyncio.sleep(0.2)
-    assert [ring.split(b"\n")[1:] for ring in rings] == [[b"actor.z"]]
 
     await b.stop()  # it says bye
     rings.clear()
