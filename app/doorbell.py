@@ -174,12 +174,11 @@ async def doorbell(nats: NatsConnection, notifier: Notifier, *, local: bool = Tr
         if peers.heard(msg.data):
             await say("seen")  # the newcomer learns of this replica at once
 
-    subscriptions = [
-        await client.subscribe(SUBJECT, cb=on_ring),
-        await client.subscribe(PRESENCE, cb=on_presence),
-    ]
-    notifier.remote = ring
+    subscriptions = []
     try:
+        subscriptions.append(await client.subscribe(SUBJECT, cb=on_ring))
+        subscriptions.append(await client.subscribe(PRESENCE, cb=on_presence))
+        notifier.remote = ring
         while True:
             with contextlib.suppress(Exception):
                 await say("here")
