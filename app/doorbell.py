@@ -85,23 +85,16 @@ class Peers:
                 self._ports[sender] = int(where[1])
         return new and word == "here"
 
-    def any(self) -> bool:
-        return bool(self._alive())
-
-    def _alive(self) -> set[str]:
+    def targets(self) -> tuple[list[int], bool]:
+        """Where a ring goes: the ports of the live peers of this host, and whether a peer
+        elsewhere listens (over NATS). Peers not heard for PRESENCE_TIMEOUT are gone."""
         cutoff = time.monotonic() - PRESENCE_TIMEOUT
         for sender, seen in list(self._seen.items()):
             if seen < cutoff:
                 del self._seen[sender]
                 self._ports.pop(sender, None)
-        return set(self._seen)
-
-    def targets(self) -> tuple[list[int], bool]:
-        """Where a ring goes: the ports of the live peers of this host, and whether a peer
-        elsewhere listens (over NATS)."""
-        alive = self._alive()
-        local = [port for sender, port in self._ports.items() if sender in alive]
-        return local, len(local) < len(alive)
+        local = list(self._ports.values())
+        return local, len(local) < len(self._seen)
 
     def is_local(self, sender: str) -> bool:
         return sender in self._ports
