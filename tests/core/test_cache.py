@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from app.bus.notify import CONFIG, Notifier
 from app.store.cache import Cache
 
@@ -79,38 +81,31 @@ async def test_concurrent_misses_share_one_load() -> None:
     assert await cache.get("k", lambda: asyncio.sleep(0, "w"), fresh=True) == "w"
 
 
-async def test_a_shared_load_that_fails_leaves_each_waiter_to_load() -> None:
+@pytest.mark.parametrize("ending", ["error", "cancel"])
+async def test_a_shared_load_that_ends_without_a_value_leaves_each_waiter_to_load(
+    ending: str,
+) -> None:
+    """A load that fails (the database down) or is canceled (its request gone) hands its
+    waiters nothing: each makes its own load."""
     cache = Cache(Notifier(), ttl=60)
     started = asyncio.Event()
 
-    async def failing() -> str:
+    async def shared() -> str:
         started.set()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01 if ending == "error" else 10)
         raise RuntimeError("database down")
 
-    first = asyncio.ensure_future(cache.get("k", failing))
+    first = asyncio.ensure_future(cache.get("k", shared))
     await started.wait()
     second = asyncio.ensure_future(cache.get("k", lambda: asyncio.sleep(0, "own")))
+    if ending == "cancel":
+        await asyncio.sleep(0.01)
+        first.cancel()
+        assert await second == "own"
+        return
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
     assert results[1] == "own"  # its own load, not the failed one's error
-
-
-async def test_a_canceled_load_leaves_its_waiters_to_load() -> None:
-    cache = Cache(Notifier(), ttl=60)
-    started = asyncio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await asyncio.sleep(10)
-        return "never"
-
-    first = asyncio.ensure_future(cache.get("k", slow))
-    await started.wait()
-    second = asyncio.ensure_future(cache.get("k", lambda: asyncio.sleep(0, "own")))
-    await asyncio.sleep(0.01)
-    first.cancel()
-    assert await second == "own"
 
 
 async def test_a_load_started_before_a_change_is_not_shared_after_it() -> None:
