@@ -47,7 +47,7 @@ from app.models.ids import new_id
 from app.pipelines.graph import Graph
 from app.pipelines.graphs import graph_of
 from app.store import processes as store
-from app.store.connection import Unit, driver_connection
+from app.store.connection import Unit, alone, driver_connection
 from app.store.processes import (
     OPEN_REQUEST,
     Changes,
@@ -178,6 +178,17 @@ def _owned(envelope: EnvelopeRows, process_id: uuid.UUID, node_id: str) -> tuple
     return (*envelope.parameters[:2], process_id, node_id, *envelope.parameters[4:])
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What an actor answered for a request (`Director.report`)."""
+
+    status: RequestStatus
+    messages: list[Message]
+    outputs: dict[str, EnvelopeData]
+    account_id: uuid.UUID | None
+    recorded_outputs: bool
+
+
 @dataclass(slots=True)
 class Answering:
     """A batch of answers under way (`Director.lock_answers`): the requests whose processes
@@ -248,9 +259,12 @@ class Director:
         conn: Any,
         ctx: ProcessContext,
         joined: store.Joined | None = None,
-    ) -> list[str]:
+        versions: tuple[int, int] | None = None,
+    ) -> list[str] | None:
         """Write what was decided; what it tells (wake-ups, metrics, end listeners) goes out
-        once the transaction commits. Returns the channels of the requests it canceled."""
+        once the transaction commits. Returns the channels of the requests it canceled. With
+        `versions` (a decision taken without the locks, `store.save`): None when the process
+        or the request changed since they were read, and nothing was written."""
         canceled = await store.save(
             conn,
             ctx.process,
@@ -259,8 +273,10 @@ class Director:
             now=utcnow(),
             max_attempts=self.limits.max_attempts,
             joined=joined,
+            versions=versions,
         )
-        self._told(session, ctx, canceled)
+        if canceled is not None:
+            self._told(session, ctx, canceled)
         return canceled
 
     def _told(self, session: Unit, ctx: ProcessContext, canceled: list[str]) -> None:
@@ -568,7 +584,22 @@ class Director:
         worker's outputs) or error. `account_id` None means the admin. `recorded_outputs`:
         a success takes the outputs recorded on the request (a NATS worker's, sent by
         Broker.Output before it ends), as read under the lock. `answering`: the batch this
-        answer is part of (`lock_answers`)."""
+        answer is part of (`lock_answers`).
+
+        Outside any transaction, an answer that stores no envelope is first decided on what
+        one statement reads without a lock, and written by one statement only if neither
+        the process nor the request changed meanwhile (no BEGIN, lock or COMMIT: two round
+        trips instead of five); if either did, it is decided again under the locks."""
+        answer = _Answer(status, messages, outputs, account_id, recorded_outputs)
+        if answering is None and not outputs and alone(session):
+            conn = await driver_connection(session, begin=False)
+            row = await conn.fetchrow(store.PEEK_FOR_ANSWER, request_id)
+            if row is None:
+                raise NotFound(f"no request {request_id}")
+            versions = (row["process_version"], row["request_version"])
+            request = await self._answer(session, conn, request_id, row, answer, versions)
+            if request is not None:
+                return request
         conn = await driver_connection(session)
         row = answering.take(request_id) if answering is not None else None
         if row is None:
@@ -581,6 +612,23 @@ class Director:
             raise NotFound(f"no request {request_id}")
         if answering is not None:
             answering.touched.add(row["id"])
+        request = await self._answer(session, conn, request_id, row, answer, None)
+        assert request is not None  # written under the locks
+        return request
+
+    async def _answer(
+        self,
+        session: Unit,
+        conn: Any,
+        request_id: uuid.UUID,
+        row: Any,
+        answer: _Answer,
+        versions: tuple[int, int] | None,
+    ) -> RequestRow | None:
+        """`report` decided on `row` (READ_FOR_ANSWER's) and written: None when `versions`
+        were given and the process or the request changed since `row` was read."""
+        status, messages, outputs = answer.status, answer.messages, answer.outputs
+        account_id, recorded_outputs = answer.account_id, answer.recorded_outputs
         if account_id is not None and row["account_id"] != account_id:
             raise NotFound(f"no request {request_id}")
         actor_name = row["actor_name"]
@@ -657,7 +705,8 @@ class Director:
             ctx.ended.append((request.channel.value, status.value))
             await self._answered(session, ctx, request, actor_name, messages, produced, open_left)
         request.updated_at = now
-        await self._save(session, conn, ctx)
+        if await self._save(session, conn, ctx, versions=versions) is None:
+            return None
         return request
 
     async def lock_answers(self, session: Unit, request_ids: list[uuid.UUID]) -> Answering:
@@ -842,4 +891,6 @@ class Director:
         conn = await driver_connection(session)
         ctx.changes.cancel_open = True
         self._end(ctx, ProcessStatus.ERROR, reason, pm)
-        return len(await self._save(session, conn, ctx))
+        canceled = await self._save(session, conn, ctx)
+        assert canceled is not None  # written under the lock
+        return len(canceled)

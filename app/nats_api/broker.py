@@ -30,7 +30,7 @@ from app.models.enums import ActorKind, ActorStatus, EnvelopeStatus
 from app.nats_api import assembly as sql
 from app.nats_api.convert import uuid_of
 from app.store.cache import Cache
-from app.store.connection import Unit, Work, savepoint
+from app.store.connection import Unit, alone, savepoint
 
 log = logging.getLogger(__name__)
 pb: Any = xbus_pb2
@@ -191,10 +191,10 @@ async def _emit_whole(
     # With no transaction open on the unit, the one write is the whole transaction and its
     # own check of the ids: one taken (a retry, a forward) fails it whole, nothing written,
     # and the assembly answers. Otherwise the ids are checked first, as before.
-    alone = isinstance(unit, Work) and not unit.in_transaction
+    single = alone(unit)
     try:
         planned = await emissions.plan_emission(
-            unit, director, actor, envelope, check_ids=not alone
+            unit, director, actor, envelope, check_ids=not single
         )
     except XbusError:
         return False
@@ -203,7 +203,7 @@ async def _emit_whole(
     try:
         await emissions.start_emission(unit, director, actor, planned)
     except Conflict:
-        if not alone:
+        if not single:
             raise
         return False
     return True

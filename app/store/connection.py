@@ -251,6 +251,12 @@ async def lost(session: AsyncSession, error: BaseException) -> None:
         await session.invalidate()
 
 
+def alone(unit: Unit) -> bool:
+    """Whether no transaction is open on the unit (a `Work`): its next statement, run with
+    `driver_connection(unit, begin=False)`, is a transaction of its own."""
+    return isinstance(unit, Work) and not unit.in_transaction
+
+
 async def driver_connection(session: Unit, *, begin: bool = True) -> Any:
     """The unit's asyncpg connection. With `begin` (the default) a transaction is open on
     it, the one the unit commits; without, a statement run before any other autocommits

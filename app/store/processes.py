@@ -4,7 +4,9 @@ lease due requests, read the envelopes a request hands out.
 Each is one fixed SQL text run on asyncpg (prepared once per connection by its statement
 cache), with arrays for the rows of a batch, so a state change of a process costs two
 round trips (read under lock, write) whatever it touches: nodes, new requests, the
-request it ends, the open ones it cancels, its log lines."""
+request it ends, the open ones it cancels, its log lines. An answer outside any transaction
+costs two statements and no BEGIN or COMMIT: read without a lock (`PEEK_FOR_ANSWER`), then
+written only if neither its process nor its request changed meanwhile (SAVE's guard)."""
 
 from __future__ import annotations
 
@@ -143,6 +145,11 @@ _NODES_AND_WARNINGS = """
 # reads as of its start, and a lock it waited for refreshes only the locked row, not the rest
 # of what it reads (the nodes, the other requests). The reads come in the next statement, which
 # sees what the previous holder of the lock committed.
+#
+# Every write of a decision (SAVE) also updates its process's row, whatever changed: the row's
+# version (`xmin`, the transaction that wrote it last) then tells whether anything of the
+# process changed since it was read, which is what SAVE's guard checks for a decision taken
+# without the lock (an answer: `PEEK_FOR_ANSWER`).
 LOCK_PROCESS = "SELECT id FROM processes WHERE id = $1 FOR UPDATE"
 LOCK_PROCESS_SKIP = LOCK_PROCESS + " SKIP LOCKED"
 LOCK_PROCESS_OF_REQUEST = """
@@ -185,21 +192,28 @@ LOCK_REQUEST_SKIP = LOCK_REQUEST + " SKIP LOCKED"
 ANSWER_REQUEST_AT = 20
 
 # A request to answer, its process locked already: the process, who owns the request's actor
-# (an account answers only for its own actors), the request (locked) and the open requests
-# of the process by node (the request left out).
+# (an account answers only for its own actors), the request (locked), the open requests of
+# the process by node (the request left out), and the versions of the process's row and the
+# request's (for SAVE's guard).
 READ_FOR_ANSWER = f"""
 SELECT {_PROCESS_COLUMNS}, {_NODES_AND_WARNINGS}, a.account_id, a.name AS actor_name,
     {_REQUEST_COLUMNS.replace("r.id,", "r.id AS request_id,", 1)},
     (SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
         SELECT node_id, count(*) AS n FROM requests
         WHERE process_id = r.process_id AND status IN {_OPEN_SQL} AND id <> r.id
-        GROUP BY node_id) o) AS open_left
+        GROUP BY node_id) o) AS open_left,
+    p.xmin AS process_version, r.xmin AS request_version
 FROM requests r
 JOIN processes p ON p.id = r.process_id
 LEFT JOIN pipelines pl ON pl.id = p.pipeline_id
 LEFT JOIN actors a ON a.id = r.actor_id
 WHERE r.id = $1
 FOR UPDATE OF r"""
+
+# READ_FOR_ANSWER without any lock, for a decision SAVE writes only if the versions it read
+# are still those of the process and the request (its guard): one statement, no transaction.
+PEEK_FOR_ANSWER = READ_FOR_ANSWER.removesuffix("\nFOR UPDATE OF r")
+assert PEEK_FOR_ANSWER != READ_FOR_ANSWER
 
 # READ_FOR_ANSWER for many requests (their processes locked already).
 READ_FOR_ANSWERS = READ_FOR_ANSWER.replace("WHERE r.id = $1", "WHERE r.id = ANY($1::uuid[])")
@@ -213,7 +227,20 @@ SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
 # Everything a decision writes, in one statement. The parts run on one snapshot and the
 # foreign keys are checked at its end, so a new process, its nodes, requests and log lines
 # go in together; a part with nothing to do (empty arrays, a false flag) writes nothing.
+#
+# The guard: given the versions ($51, $52) of the process's row and of the request's as the
+# decision read them (without a lock), the two rows are locked first and each part writes
+# only if both are still those versions; otherwise nothing is written and the statement says
+# so (`go` false). A row changed by a transaction that commits while the guard waits for it
+# is read again at its new version (READ COMMITTED), which fails the guard too. Without
+# versions ($51 NULL: the decision was taken under the locks) every part writes.
 _SAVE_PARTS = f"""
+guard AS (
+    SELECT p.id FROM processes p JOIN requests r ON r.id = $31
+    WHERE p.id = $1 AND p.xmin = $51::xid AND r.xmin = $52::xid
+    FOR UPDATE OF p, r
+),
+ok AS (SELECT $51::xid IS NULL OR EXISTS (SELECT FROM guard) AS go),
 process_new AS (
     INSERT INTO processes (id, pipeline_id, trigger_envelope_id, emitter_id, group_id,
         replay_of, status, status_reason, created_at, status_changed_at,
@@ -221,13 +248,18 @@ process_new AS (
     SELECT $1::uuid, $2::uuid, $3::uuid, $4::uuid, $5::uuid, $6::uuid, $7::text, $8::text,
         $9::timestamptz, $10::timestamptz, $11::timestamptz, $12::timestamptz, false,
         $13::text, $14::text, $15::timestamptz
-    WHERE $16::bool
+    WHERE $16::bool AND (SELECT go FROM ok)
 ),
 process_changed AS (
     UPDATE processes SET status = $7, status_reason = $8, status_changed_at = $10,
         nodes_state_changed_at = $11, ended_at = $12, pm_level = $13, pm_status = $14,
         pm_changed_at = $15
-    WHERE id = $1 AND $17::bool AND NOT $16::bool
+    WHERE id = $1 AND $17::bool AND NOT $16::bool AND (SELECT go FROM ok)
+),
+-- the process's row updated as it is: its version changes with the rest of the process
+process_touched AS (
+    UPDATE processes SET status = status
+    WHERE id = $1 AND NOT $17::bool AND NOT $16::bool AND (SELECT go FROM ok)
 ),
 nodes AS (
     INSERT INTO process_nodes AS n (process_id, node_id, status, inputs, outputs, created_at,
@@ -237,6 +269,7 @@ nodes AS (
         u.ended_at
     FROM unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],
                 $24::timestamptz[]) AS u(node_id, status, inputs, outputs, started_at, ended_at)
+    WHERE (SELECT go FROM ok)
     ON CONFLICT (process_id, node_id) DO UPDATE SET status = excluded.status,
         inputs = excluded.inputs, outputs = excluded.outputs,
         started_at = excluded.started_at, ended_at = excluded.ended_at
@@ -250,18 +283,19 @@ new_requests AS (
         0, $25::int, $18, $18, $18, CASE WHEN $39::bool THEN $18 END
     FROM unnest($26::uuid[], $27::text[], $28::uuid[], $29::text[], $30::text[])
         AS u(id, node_id, actor_id, channel, inputs)
+    WHERE (SELECT go FROM ok)
 ),
 request_changed AS (
     UPDATE requests SET status = $32, attempts = $33, available_at = $34,
         lease_expires_at = $35, leased_by = $36, last_error = $37, ended_at = $38,
         updated_at = $18
-    WHERE id = $31
+    WHERE id = $31 AND (SELECT go FROM ok)
 ),
 canceled AS (
     UPDATE requests SET status = 'canceled', ended_at = $18, lease_expires_at = NULL,
         updated_at = $18
     WHERE $39::bool AND process_id = $1 AND status IN {_OPEN_SQL}
-        AND id IS DISTINCT FROM $31
+        AND id IS DISTINCT FROM $31 AND (SELECT go FROM ok)
     RETURNING channel
 ),
 logs AS (
@@ -269,13 +303,14 @@ logs AS (
         request_id, processing_error)
     SELECT * FROM unnest($40::timestamptz[], $41::text[], $42::text[], $43::uuid[],
         $44::text[], $45::uuid[], $46::uuid[], $47::uuid[], $48::bool[])
+    WHERE (SELECT go FROM ok)
 ),
 envelope AS (
     UPDATE envelopes SET process_id = $1, node_id = $50
-    WHERE id = $49 AND process_id IS NULL
+    WHERE id = $49 AND process_id IS NULL AND (SELECT go FROM ok)
 )"""
-_SAVE_PARAMETERS = 50
-_SAVE_RESULT = "SELECT coalesce(array_agg(channel), '{}') FROM canceled"
+_SAVE_PARAMETERS = 52
+_SAVE_RESULT = "SELECT (SELECT go FROM ok), coalesce(array_agg(channel), '{}') FROM canceled"
 SAVE = f"WITH {_SAVE_PARTS} {_SAVE_RESULT}"
 
 
@@ -460,14 +495,19 @@ async def save(
     now: datetime,
     max_attempts: int,
     joined: Joined | None = None,
-) -> list[str]:
-    """Write the changes (and `joined`); returns the channels of the requests it canceled."""
+    versions: tuple[int, int] | None = None,
+) -> list[str] | None:
+    """Write the changes (and `joined`); returns the channels of the requests it canceled.
+    With `versions` (of the process's row and of `changes.request`'s, as the decision read
+    them without a lock): written only if they are still those, else nothing is and the
+    answer is None."""
+    assert versions is None or (joined is None and changes.request is not None)
     changed_nodes = [nodes[n] for n in sorted(changes.nodes)]
     request = changes.request
     logs = changes.logs
     envelope_id, envelope_node = changes.envelope or (None, None)
     statement, more = (SAVE, ()) if joined is None else (save_with(joined.parts), joined.parameters)
-    result = await conn.fetchval(
+    result = await conn.fetchrow(
         statement,
         process.id,
         process.pipeline_id,
@@ -511,9 +551,11 @@ async def save(
         *_log_columns(logs),
         envelope_id,
         envelope_node,
+        *(versions or (None, None)),
         *more,
     )
-    return list(result or [])
+    written, canceled = result
+    return list(canceled) if written else None
 
 
 # New processes with their envelopes, many at once (a batch of emissions): only inserts.

@@ -9,14 +9,20 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
+from app.models.enums import RequestStatus
+from app.store.connection import driver_connection
 from tests.bus.conftest import ENVELOPE, Account, Bus, chain
 
 
-async def three_branches(bus: Bus, acct: Account) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """An emitter whose envelopes go to three consumers side by side: its actor and theirs."""
+async def three_branches(
+    bus: Bus, acct: Account, branches: int = 3
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An emitter whose envelopes go to three consumers (or `branches`) side by side: its
+    actor and theirs."""
     em = await bus.actor(acct, "emitter")
-    consumers = [await bus.actor(acct, "consumer") for _ in range(3)]
+    consumers = [await bus.actor(acct, "consumer") for _ in range(branches)]
     graph = chain(em["name"])
     graph["nodes"] += [
         {"id": f"c{n}", "type": "consumer", "actors": [c["name"]]} for n, c in enumerate(consumers)
@@ -137,3 +143,88 @@ async def test_branches_answered_in_one_batch_and_beside_it(bus: Bus) -> None:
         process = r.json()
         assert process["status"] == "done", process
         assert {n["status"] for n in process["nodes"]} == {"done"}
+
+
+async def broadcast(bus: Bus, acct: Account) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An emitter whose envelopes go to one node, sent to both actors of its role."""
+    em = await bus.actor(acct, "emitter")
+    role = f"role-{uuid.uuid4().hex[:8]}"
+    consumers = [await bus.actor(acct, "consumer", roles=[role]) for _ in range(2)]
+    graph = chain(em["name"])
+    graph["nodes"].append({"id": "all", "type": "consumer", "roles": [role], "rolebroadcast": True})
+    graph["edges"] = ["emit->all"]
+    await bus.pipeline(graph)
+    return em, consumers
+
+
+@pytest.mark.parametrize("shape", ["branches", "broadcast"])
+async def test_an_answer_read_without_the_lock_is_decided_again_after_another_commits(
+    bus: Bus, shape: str
+) -> None:
+    """A single answer is decided on a read without any lock and written only if neither its
+    process nor its request changed meanwhile. Here the first answer holds the process (its
+    transaction not committed yet) when the second's is read: the second sees the first's
+    request still open, and its write waits for the process; once the first commits, the
+    second is decided again on what it committed, and ends the process. Two shapes: two
+    branches (the first answer ends its node, a change of the process's row), and one node
+    sent to two actors (the first answer changes its request alone; the process's row is
+    written all the same, which is what tells the second that it changed)."""
+    acct = await bus.account()
+    if shape == "branches":
+        em, consumers = await three_branches(bus, acct, branches=2)
+    else:
+        em, consumers = await broadcast(bus, acct)
+    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+    process_id = r.json()["process_id"]
+    jobs = []
+    for consumer in consumers:
+        r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
+        assert r.status_code == 200, r.text
+        jobs.append(uuid.UUID(r.json()["request_id"]))
+    state = bus.app.state.xbus
+    async with state.db.working() as work:
+        await driver_connection(work)  # a transaction: the answer takes the locks
+        await state.director.report(work, jobs[0], RequestStatus.SUCCESS, [], {}, account_id=None)
+        second = asyncio.create_task(
+            acct.http.post(f"/api/v1/requests/{jobs[1]}/state", json={"status": "success"})
+        )
+        await asyncio.sleep(0.5)
+        assert not second.done()  # read, decided, and its write waits for the process
+    r = await asyncio.wait_for(second, 10)
+    assert r.status_code == 200, r.text
+    r = await acct.http.get(f"/api/v1/processes/{process_id}")
+    process = r.json()
+    assert process["status"] == "done", process
+    assert {n["status"] for n in process["nodes"]} == {"done"}
+
+
+async def test_an_answer_read_without_the_lock_sees_its_request_changed_meanwhile(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """The request itself changed between the answer's read and its write (here its attempt
+    count, as a new lease would): the write is refused and the answer decided again on the
+    request as it now is, so nothing the other transaction wrote is overwritten."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    consumer = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", consumer["name"])))
+    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+    process_id = r.json()["process_id"]
+    r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
+    job = uuid.UUID(r.json()["request_id"])
+    await db.execute("BEGIN")
+    try:
+        await db.execute("UPDATE requests SET attempts = 5 WHERE id = $1", job)
+        answer = asyncio.create_task(
+            acct.http.post(f"/api/v1/requests/{job}/state", json={"status": "success"})
+        )
+        await asyncio.sleep(0.5)
+        assert not answer.done()  # read, decided, and its write waits for the request
+    finally:
+        await db.execute("COMMIT")
+    r = await asyncio.wait_for(answer, 10)
+    assert r.status_code == 200, r.text
+    row = await db.fetchrow("SELECT status, attempts FROM requests WHERE id = $1", job)
+    assert (row["status"], row["attempts"]) == ("success", 5)
+    r = await acct.http.get(f"/api/v1/processes/{process_id}")
+    assert r.json()["status"] == "done", r.text
