@@ -47,7 +47,7 @@ from app.models.ids import new_id
 from app.pipelines.graph import Graph
 from app.pipelines.graphs import graph_of
 from app.store import processes as store
-from app.store.connection import Unit, alone, driver_connection
+from app.store.connection import Unit, driver_connection
 from app.store.processes import (
     OPEN_REQUEST,
     Changes,
@@ -586,12 +586,13 @@ class Director:
         Broker.Output before it ends), as read under the lock. `answering`: the batch this
         answer is part of (`lock_answers`).
 
-        Outside any transaction, an answer that stores no envelope is first decided on what
-        one statement reads without a lock, and written by one statement only if neither
-        the process nor the request changed meanwhile (no BEGIN, lock or COMMIT: two round
-        trips instead of five); if either did, it is decided again under the locks."""
+        An answer that stores no envelope is first decided on what one statement reads
+        without a lock, and written by one statement only if neither the process nor the
+        request changed meanwhile; if either did, it is decided again under the locks. Two
+        round trips instead of five when the unit has no transaction open (no BEGIN, lock or
+        COMMIT: each statement is its own transaction), one less than locking in one."""
         answer = _Answer(status, messages, outputs, account_id, recorded_outputs)
-        if answering is None and not outputs and alone(session):
+        if answering is None and not outputs:
             conn = await driver_connection(session, begin=False)
             row = await conn.fetchrow(store.PEEK_FOR_ANSWER, request_id)
             if row is None:
