@@ -834,18 +834,17 @@ class Director:
         """Lease up to `limit` due requests, oldest first: those of `actor_id` on `channels`
         (HTTP polling), or with `actor_id` None those of every actor connected over NATS,
         moved to the channel `moved_to`; each with what it hands out, read by the same
-        statement: the rows of its input envelopes (those of `app.store.processes.ENVELOPES`:
+        statement: the rows of its input envelopes (`app.store.processes.handed`:
         events and items only of envelopes no larger than `inline_max`). One statement: it
         commits on its own unless the session has a transaction open."""
         conn = await driver_connection(session, begin=False)
         statement = store.LEASE_FOR_NATS if actor_id is None else store.LEASE_FOR_ACTOR
         args = self._lease_args(actor_id, holder, limit, channels, moved_to, lease)
-        leased: list[tuple[RequestRow, list[Any]]] = []
-        for row in await conn.fetch(statement, *args, inline_max):
-            if not leased or leased[-1][0].id != row[0]:
-                leased.append((store.request_of(row), []))
-            leased[-1][1].append(row[store.HANDED_ENVELOPE_AT :])
-        return leased
+        rows = await conn.fetch(statement, *args, inline_max)
+        return [
+            (store.request_of(first), envelopes)
+            for first, envelopes in store.handed_rows(rows, store.HANDED_ENVELOPE_AT)
+        ]
 
     def _lease_args(
         self,

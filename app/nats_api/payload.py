@@ -116,7 +116,7 @@ Held = dict[uuid.UUID, tuple[Events, list[tuple[int, int, bytes]]]]
 
 
 def held_envelopes(rows: Iterable[Sequence[Any]], inline_max: int) -> Held:
-    """The envelopes a lease read whole (rows of `app.store.processes.ENVELOPES`: envelope
+    """The envelopes a lease read whole (rows of `app.store.processes.handed`: envelope
     id, size, item count, event id, type, encoding, item, in order; events and items only
     of those no larger than `inline_max`, the bound the lease was given)."""
     held: Held = {}

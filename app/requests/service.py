@@ -9,8 +9,6 @@ from typing import Any, Protocol
 
 from app.envelopes.codec import EnvelopeData, EventData, envelope_to_json
 from app.requests.schemas import ActorRequestRead, RequestInput
-from app.store.connection import Unit, driver_connection
-from app.store.processes import ENVELOPES
 
 # Envelopes by id: size, item count, and the envelope itself when small enough to inline.
 Found = dict[uuid.UUID, tuple[int, int, EnvelopeData | None]]
@@ -30,22 +28,6 @@ class HandedOut(Protocol):
     def lease_expires_at(self) -> Any: ...
 
 
-async def request_payload(session: Unit, request: HandedOut, inline_max: int) -> ActorRequestRead:
-    return (await request_payloads(session, [request], inline_max))[0]
-
-
-async def request_payloads(
-    session: Unit, requests: Sequence[HandedOut], inline_max: int
-) -> list[ActorRequestRead]:
-    ids = list(
-        dict.fromkeys(uuid.UUID(entry["envelope_id"]) for r in requests for entry in r.inputs)
-    )
-    # One statement for every input: sizes, and the events and items of the small ones.
-    conn = await driver_connection(session, begin=False)
-    found = _envelopes(await conn.fetch(ENVELOPES, ids, inline_max), inline_max, {})
-    return [_payload(request, found) for request in requests]
-
-
 def handed_payloads(
     leased: Sequence[tuple[HandedOut, Sequence[Sequence[Any]]]], inline_max: int
 ) -> list[ActorRequestRead]:
@@ -57,9 +39,15 @@ def handed_payloads(
     return [_payload(request, found) for request, _ in leased]
 
 
+def handed_envelopes(rows: Iterable[Sequence[Any]], inline_max: int) -> Found:
+    """The envelopes of a `handed` statement's rows (what a lease or claim read)."""
+    return _envelopes(rows, inline_max, {})
+
+
 def _envelopes(rows: Iterable[Sequence[Any]], inline_max: int, found: Found) -> Found:
-    """Envelopes from rows of ENVELOPES (envelope id, size, item count, event id, type,
-    encoding, item), added to `found`; one already there is not read again."""
+    """Envelopes from a `handed` statement's envelope rows (envelope id, size, item count,
+    event id, type, encoding, item), added to `found`; one already there is not read
+    again."""
     known = set(found)
     for envelope_id, size, count, event_id, type_, encoding, data in rows:
         if envelope_id is None or envelope_id in known:

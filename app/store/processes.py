@@ -14,6 +14,7 @@ import functools
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -392,10 +393,10 @@ due AS (
 _EVENTS = """SELECT ev.id, ev.type, ev.encoding, ev.position FROM events ev
     WHERE ev.envelope_id = e.id AND e.size_bytes <= ${inline} OFFSET 0"""
 
-# What a lease hands out, read by the lease's own statement (one round trip less than the
-# lease then ENVELOPES): each leased request's columns, followed on its rows by those of
-# ENVELOPES for its input envelopes (the events and items only of the envelopes no larger
-# than the parameter `inline`); oldest request first.
+# What a lease hands out, read by the lease's own statement: each leased request's columns,
+# followed on its rows by those of its input envelopes (the envelope's id, size and item
+# count; the events, by id, type and encoding, and their items only of the envelopes no
+# larger than the parameter `inline`); oldest request first.
 _HANDED = """,
 leased AS ({leased}
 )
@@ -407,28 +408,32 @@ LEFT JOIN LATERAL ({events}) ev ON true
 LEFT JOIN items i ON i.event_id = ev.id
 ORDER BY l.available_at, l.created_at, l.id, e.id, ev.position, i.position"""
 
+
+def handed(leased: str, inline: int) -> str:
+    """The end of a WITH list whose last part is `leased` (an UPDATE of requests returning
+    at least their id, inputs, available_at and created_at, the id first): its rows, each
+    followed by the rows of its input envelopes (`_HANDED`); `inline` the number of the
+    parameter that bounds the envelopes read whole. Group them with `handed_rows`."""
+    return _HANDED.format(leased=leased, events=_EVENTS.format(inline=inline))
+
+
+def handed_rows(rows: Sequence[Any], at: int) -> list[tuple[Any, list[Any]]]:
+    """The rows of a `handed` statement by request: its first row, and the envelope part
+    (from column `at`) of each of its rows."""
+    grouped: list[tuple[Any, list[Any]]] = []
+    for row in rows:
+        if not grouped or grouped[-1][0][0] != row[0]:
+            grouped.append((row, []))
+        grouped[-1][1].append(row[at:])
+    return grouped
+
+
 # One actor's requests of these channels (HTTP polling; a NATS actor probed), $8 `inline`.
-LEASE_FOR_ACTOR = (
-    "WITH"
-    + _DUE.format(where=_FOR_ACTOR)
-    + _HANDED.format(leased=_LEASED, events=_EVENTS.format(inline=8))
-)
+LEASE_FOR_ACTOR = "WITH" + _DUE.format(where=_FOR_ACTOR) + handed(_LEASED, 8)
 # The requests of every actor online over NATS, $7 `inline`.
-LEASE_FOR_NATS = (
-    "WITH" + _DUE_FOR_NATS + _HANDED.format(leased=_LEASED, events=_EVENTS.format(inline=7))
-)
+LEASE_FOR_NATS = "WITH" + _DUE_FOR_NATS + handed(_LEASED, 7)
 # Where the envelope columns start in a leased row.
 HANDED_ENVELOPE_AT = 17
-
-# The envelopes a request hands out: size and count, and the events and items of those
-# small enough to inline.
-ENVELOPES = f"""
-SELECT e.id, e.size_bytes, e.item_count, ev.id, ev.type, ev.encoding, i.data
-FROM envelopes e
-LEFT JOIN LATERAL ({_EVENTS.format(inline=2)}) ev ON true
-LEFT JOIN items i ON i.event_id = ev.id
-WHERE e.id = ANY($1::uuid[])
-ORDER BY e.id, ev.position, i.position"""
 
 
 def process_of(row: Any) -> tuple[ProcessRow, dict[str, NodeRow]]:

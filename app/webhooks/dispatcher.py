@@ -33,13 +33,13 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app import metrics
 from app.bus.director import Director
 from app.bus.notify import Notifier, actor_key
 from app.config import Settings
 from app.db import Database
-from app.store.connection import Unit
 from app.version import version
 from app.webhooks import repository as repo
 from app.webhooks import store
@@ -244,9 +244,12 @@ class Dispatcher:
                     )
                     for actor_id, count in shares.items()
                 ]
-                for claimed in await store.claim(session, quotas, now, self.holder):
+                inline_max = self.settings.inline_envelope_max_bytes
+                for claimed, rows in await store.claim(
+                    session, quotas, now, self.holder, inline_max
+                ):
                     actor, ws, _ = ready[claimed.actor_id]
-                    jobs.append(await self._job(session, claimed, actor, ws, probe=False))
+                    jobs.append(self._job(claimed, rows, actor, ws, probe=False))
             for actor, ws in probes:
                 if len(jobs) >= free:
                     break
@@ -261,11 +264,13 @@ class Dispatcher:
                     next_probe,
                     now + timedelta(seconds=self.settings.webhook_probe_interval),
                     self.holder,
+                    self.settings.inline_envelope_max_bytes,
                 )
                 # The probe moves only the actor's probe schedule, which no cache holds: no
                 # cache is dropped (every due probe tried would empty them on every replica).
                 if claimed_probe is not None:
-                    jobs.append(await self._job(session, claimed_probe, actor, ws, probe=True))
+                    claimed, rows = claimed_probe
+                    jobs.append(self._job(claimed, rows, actor, ws, probe=True))
         for job in jobs:
             if job.settings.rate_limit and not job.probe:
                 self._limiter(job.actor_id, job.settings.rate_limit).take(1)
@@ -291,21 +296,21 @@ class Dispatcher:
             limiter = self._limiters[actor_id] = RateLimiter(rate)
         return limiter
 
-    async def _job(
+    def _job(
         self,
-        session: Unit,
         claimed: store.Claimed,
+        rows: list[Any],
         actor: repo.WebhookActor,
         ws: WebhookSettings,
         *,
         probe: bool,
     ) -> Job:
-        # The body is built in the claiming transaction: one transaction less per attempt.
+        # The body is built from what the claim read: its input envelopes' rows.
         body, unsendable = b"", None
         try:
-            body = await request_body(
-                session,
+            body = request_body(
                 claimed.as_request(),
+                rows,
                 ws.content_type,
                 self.settings.inline_envelope_max_bytes,
             )

@@ -1,6 +1,6 @@
 """What a webhook sends (the request body, JSON or protobuf) and how its answer reads.
 
-JSON: the body of a polled request (`app.requests.service.request_payload`). Protobuf
+JSON: the body of a polled request (`app.requests.service.handed_payloads`). Protobuf
 (`http.webhook.content-type: application/x-protobuf`): an `xbus.ActorProcessRequest`, each
 input a whole envelope in one `Envelope` fragment, or only `Envelope{id}` when the envelope is
 too large to inline (read it at `/api/v1/envelopes/{id}`).
@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from google.protobuf.message import DecodeError
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 from xbus import xbus_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from app.bus.director import Message
-from app.envelopes import repository as envelopes
 from app.envelopes.codec import (
     EnvelopeData,
     EnvelopeFormatError,
@@ -38,8 +36,7 @@ from app.envelopes.codec import (
 from app.models import ActorRequest
 from app.models.enums import LogLevel, RequestStatus
 from app.requests.schemas import RequestStateIn
-from app.requests.service import request_payload
-from app.store.connection import Unit, read_with
+from app.requests.service import handed_envelopes, handed_payloads
 from app.webhooks.settings import JSON, PROTOBUF
 
 _STATES = frozenset(
@@ -61,32 +58,22 @@ class ActorState:
     outputs: dict[str, EnvelopeData] = field(default_factory=dict)
 
 
-async def json_body(session: Unit, request: ActorRequest, inline_max: int) -> bytes:
-    payload = await request_payload(session, request, inline_max)
+def json_body(request: ActorRequest, rows: Sequence[Sequence[Any]], inline_max: int) -> bytes:
+    [payload] = handed_payloads([(request, rows)], inline_max)
     return payload.model_dump_json().encode()
 
 
-async def _inline(
-    session: AsyncSession, *, envelope_id: uuid.UUID, limit: int
-) -> EnvelopeData | None:
-    """The whole envelope when it is small enough to inline, else None."""
-    stored = await envelopes.get_envelope(session, envelope_id)
-    if stored is None or stored.size_bytes > limit:
-        return None
-    return await envelopes.load_envelope(session, envelope_id)
-
-
-async def protobuf_body(session: Unit, request: ActorRequest, inline_max: int) -> bytes:
+def protobuf_body(request: ActorRequest, rows: Sequence[Sequence[Any]], inline_max: int) -> bytes:
     message: Any = xbus_pb2.ActorProcessRequest()
     message.context.processID = request.process_id.bytes
     message.context.nodeID = request.node_id
+    found = handed_envelopes(rows, inline_max)
     for entry in request.inputs:
         envelope_id = uuid.UUID(entry["envelope_id"])
         item = message.inputs.add()
         item.name = entry["name"]
         item.close = True
-        # Committed long before the request was claimed: read beside a Work (`read_with`).
-        data = await read_with(session, partial(_inline, envelope_id=envelope_id, limit=inline_max))
+        data = found.get(envelope_id, (0, 0, None))[2]
         if data is None:
             item.envelope.id = envelope_id.bytes
             continue
@@ -95,12 +82,14 @@ async def protobuf_body(session: Unit, request: ActorRequest, inline_max: int) -
     return bytes(message.SerializeToString())
 
 
-async def request_body(
-    session: Unit, request: ActorRequest, content_type: str, inline_max: int
+def request_body(
+    request: ActorRequest, rows: Sequence[Sequence[Any]], content_type: str, inline_max: int
 ) -> bytes:
+    """The body of a request whose input envelopes' rows (`app.store.processes.handed`'s,
+    as its claim read them) are `rows`."""
     if content_type == PROTOBUF:
-        return await protobuf_body(session, request, inline_max)
-    return await json_body(session, request, inline_max)
+        return protobuf_body(request, rows, inline_max)
+    return json_body(request, rows, inline_max)
 
 
 def _media(content_type: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from app.models import ActorRequest
 from app.models.enums import AttemptOutcome, LogLevel
 from app.store.connection import Unit, driver_connection
-from app.store.processes import clean_text
+from app.store.processes import clean_text, handed, handed_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,12 @@ async def in_flight(unit: Unit, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int
     return {row[0]: int(row[1]) for row in rows if row[0] is not None}
 
 
+# What a claim returns of each request (Claimed's fields, then available_at for the order of
+# `handed`), each followed by the rows of its input envelopes: the body is built from them.
+_CLAIMED = """RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r.created_at,
+    r.inputs, r.lease_expires_at, r.available_at"""
+_ENVELOPE_AT = 9
+
 _CLAIM = """
 WITH quota AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::float8[])
@@ -101,35 +107,54 @@ WITH quota AS (
         LIMIT q.k
         FOR UPDATE OF r SKIP LOCKED
     ) c
-)
+)""" + handed(
+    f"""
 UPDATE requests r SET
     status = 'leased', attempts = r.attempts + 1, max_attempts = picked.max_attempts,
     lease_expires_at = $5::timestamptz + make_interval(secs => picked.lease),
     leased_by = $6, updated_at = $5, leased_at = $5
 FROM picked WHERE r.id = picked.id
-RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r.created_at,
-    r.inputs, r.lease_expires_at"""
+{_CLAIMED}""",
+    7,
+)
 
 _CLAIM_PROBE = """
-UPDATE requests r SET
-    status = 'leased', attempts = r.attempts + 1, max_attempts = $2,
-    lease_expires_at = $4::timestamptz + make_interval(secs => $3::float8),
-    leased_by = $5, updated_at = $4, leased_at = $4
-WHERE r.id = (
+WITH probe AS (
     SELECT r2.id FROM requests r2 JOIN processes p ON p.id = r2.process_id
     WHERE r2.actor_id = $1 AND r2.channel = 'webhook' AND r2.status = 'pending'
       AND p.status = 'running'
     ORDER BY r2.created_at
     LIMIT 1
     FOR UPDATE OF r2 SKIP LOCKED
+)""" + handed(
+    f"""
+UPDATE requests r SET
+    status = 'leased', attempts = r.attempts + 1, max_attempts = $2,
+    lease_expires_at = $4::timestamptz + make_interval(secs => $3::float8),
+    leased_by = $5, updated_at = $4, leased_at = $4
+FROM probe WHERE r.id = probe.id
+{_CLAIMED}""",
+    6,
 )
-RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r.created_at,
-    r.inputs, r.lease_expires_at"""
 
 
-async def claim(unit: Unit, quotas: Sequence[Quota], now: datetime, holder: str) -> list[Claimed]:
+# A claimed request with the rows of its input envelopes (`app.store.processes.handed`).
+Handed = tuple[Claimed, list[Any]]
+
+
+def _handed(rows: Sequence[Any]) -> list[Handed]:
+    return [
+        (Claimed(*first[: _ENVELOPE_AT - 1]), envelopes)
+        for first, envelopes in handed_rows(rows, _ENVELOPE_AT)
+    ]
+
+
+async def claim(
+    unit: Unit, quotas: Sequence[Quota], now: datetime, holder: str, inline_max: int
+) -> list[Handed]:
     """Lease up to each quota's count of due webhook requests of its actor (oldest due
-    first), attempts + 1: rows other replicas hold are skipped."""
+    first), attempts + 1: rows other replicas hold are skipped. Each with its input
+    envelopes, read whole when no larger than `inline_max`, by the same statement."""
     if not quotas:
         return []
     conn = await driver_connection(unit)
@@ -141,8 +166,9 @@ async def claim(unit: Unit, quotas: Sequence[Quota], now: datetime, holder: str)
         [q.lease for q in quotas],
         now,
         holder,
+        inline_max,
     )
-    return [Claimed(*row) for row in rows]
+    return _handed(rows)
 
 
 _MOVE_PROBE = (
@@ -152,8 +178,14 @@ _MOVE_PROBE = (
 
 
 async def claim_probe(
-    unit: Unit, quota: Quota, now: datetime, next_probe: datetime, idle_probe: datetime, holder: str
-) -> Claimed | None:
+    unit: Unit,
+    quota: Quota,
+    now: datetime,
+    next_probe: datetime,
+    idle_probe: datetime,
+    holder: str,
+    inline_max: int,
+) -> Handed | None:
     """If the actor's probe is due, move its schedule on and lease its oldest pending
     request (due or not): one replica wins the probe. The schedule moves to `next_probe`
     (beyond the probe's lease) when a request goes out, to `idle_probe` when none is pending:
@@ -162,15 +194,16 @@ async def claim_probe(
     won = await conn.fetchval(_MOVE_PROBE, quota.actor_id, now, next_probe, datetime.now(UTC))
     if won is None:
         return None
-    row = await conn.fetchrow(
-        _CLAIM_PROBE, quota.actor_id, quota.max_attempts, quota.lease, now, holder
+    rows = await conn.fetch(
+        _CLAIM_PROBE, quota.actor_id, quota.max_attempts, quota.lease, now, holder, inline_max
     )
-    if row is None:
+    if not rows:
         await conn.execute(
             "UPDATE actors SET webhook_probe_at = $2 WHERE id = $1", quota.actor_id, idle_probe
         )
         return None
-    return Claimed(*row)
+    [handed] = _handed(rows)
+    return handed
 
 
 # The attempt's row, and whether the actor's webhook is suspended or disabled now (False: no

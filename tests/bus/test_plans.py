@@ -90,7 +90,7 @@ async def test_the_nats_claim_starts_from_the_online_actors(
             "nats",
             65536,
         )
-        # One request leased, on as many rows as its envelope has items (ENVELOPES).
+        # One request leased, on as many rows as its envelope has items (`handed`).
         assert {(row["id"], row["actor_id"]) for row in leased} == {
             (leased[0]["id"], uuid.UUID(online["id"]))
         }

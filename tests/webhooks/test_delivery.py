@@ -18,6 +18,7 @@ from app.requests.schemas import ActorRequestRead
 from app.webhooks.verify import WebhookVerificationError, verify
 from tests.bus.conftest import Bus
 from tests.webhooks.conftest import (
+    FAST,
     Received,
     Receiver,
     Reply,
@@ -444,3 +445,56 @@ async def test_an_output_whose_ids_are_taken_fails_the_node(
         assert status == "error"
         # Only the emitted envelope was stored: nothing of the refused output.
         assert await db.fetchval("SELECT count(*) FROM envelopes") == envelopes_before + 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{**FAST, "inline_envelope_max_bytes": 200}])
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-protobuf"])
+async def test_a_claim_hands_out_small_envelopes_whole_and_links_large_ones(
+    bus: Bus, receiver: Receiver, content_type: str
+) -> None:
+    """The claim reads each request's input envelopes in its own statement: one within
+    `inline_envelope_max_bytes` goes whole in the body (every event and item, in order), a
+    larger one only by its id (JSON: with its size, item count and URL)."""
+    receiver.script("/hook", Reply(200))
+    acct = await bus.account()
+    em, _ = await webhook_chain(bus, acct, receiver.url("/hook"), content_type=content_type)
+    small = {
+        "events": [
+            {"type": "order.created", "encoding": "json", "items": [{"n": 1}, {"n": 2}]},
+            {"type": "order.created", "encoding": "json", "items": [{"n": 3}]},
+        ]
+    }
+    large = {
+        "events": [{"type": "order.created", "encoding": "json", "items": [{"n": "x" * 40}] * 10}]
+    }
+    emissions = [await emit(acct, em["name"], envelope) for envelope in (small, large)]
+    for emission in emissions:
+        assert (await finished(acct.http, emission["process_id"]))["status"] == "done"
+    got = {}
+    for request in receiver.at("/hook"):
+        if content_type == "application/json":
+            [inp] = json.loads(request.body)["inputs"]
+            got[inp["envelope_id"]] = inp
+        else:
+            [inp] = xbus_pb2.ActorProcessRequest.FromString(request.body).inputs
+            got[str(uuid.UUID(bytes=inp.envelope.id))] = inp
+    whole, linked = (got[emission["envelope_id"]] for emission in emissions)
+    if content_type == "application/json":
+        assert whole["inline"]
+        assert whole["item_count"] == 3
+        assert whole["size_bytes"] <= 200
+        assert [event["items"] for event in whole["envelope"]["events"]] == [
+            [{"n": 1}, {"n": 2}],
+            [{"n": 3}],
+        ]
+        assert not linked["inline"]
+        assert linked["envelope"] is None
+        assert linked["item_count"] == 10
+        assert linked["size_bytes"] > 200
+        assert linked["envelope_url"] == f"/api/v1/envelopes/{linked['envelope_id']}"
+    else:
+        items = [[json.loads(i) for i in event.items] for event in whole.envelope.events]
+        assert items == [[{"n": 1}, {"n": 2}], [{"n": 3}]]
+        assert whole.envelope.last
+        assert not linked.envelope.events
+        assert not linked.envelope.last
