@@ -32,17 +32,32 @@ async def three_branches(
     return em, consumers
 
 
+async def all_done(acct: Account, process_id: str) -> None:
+    """The process ended done, every node of it done."""
+    r = await acct.http.get(f"/api/v1/processes/{process_id}")
+    process = r.json()
+    assert process["status"] == "done", process
+    assert {n["status"] for n in process["nodes"]} == {"done"}
+
+
+async def emit_and_lease(
+    acct: Account, em: dict[str, Any], consumers: list[dict[str, Any]]
+) -> tuple[str, list[str]]:
+    """One envelope emitted: its process, and the request each consumer leased of it."""
+    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+    jobs = []
+    for consumer in consumers:
+        r2 = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
+        assert r2.status_code == 200, r2.text
+        jobs.append(r2.json()["request_id"])
+    return r.json()["process_id"], jobs
+
+
 async def test_parallel_branches_answered_at_once_end_the_process(bus: Bus) -> None:
     acct = await bus.account()
     em, consumers = await three_branches(bus, acct)
     for _ in range(10):
-        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
-        process_id = r.json()["process_id"]
-        jobs = []
-        for consumer in consumers:
-            r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
-            assert r.status_code == 200, r.text
-            jobs.append(r.json()["request_id"])
+        process_id, jobs = await emit_and_lease(acct, em, consumers)
         answers = await asyncio.gather(
             *(
                 acct.http.post(f"/api/v1/requests/{job}/state", json={"status": "success"})
@@ -50,10 +65,7 @@ async def test_parallel_branches_answered_at_once_end_the_process(bus: Bus) -> N
             )
         )
         assert [a.status_code for a in answers] == [200, 200, 200]
-        r = await acct.http.get(f"/api/v1/processes/{process_id}")
-        process = r.json()
-        assert process["status"] == "done", process
-        assert {n["status"] for n in process["nodes"]} == {"done"}
+        await all_done(acct, process_id)
 
 
 async def test_a_dispatch_that_fails_the_process_withdraws_the_others(
@@ -139,10 +151,7 @@ async def test_branches_answered_in_one_batch_and_beside_it(bus: Bus) -> None:
     results = answers[0].json()["results"]
     assert [x["status"] for x in results] == [200] * 3 + [404] + [200] * 12 + [409]
     for process_id in processes:
-        r = await acct.http.get(f"/api/v1/processes/{process_id}")
-        process = r.json()
-        assert process["status"] == "done", process
-        assert {n["status"] for n in process["nodes"]} == {"done"}
+        await all_done(acct, process_id)
 
 
 async def broadcast(bus: Bus, acct: Account) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -174,13 +183,8 @@ async def test_an_answer_read_without_the_lock_is_decided_again_after_another_co
         em, consumers = await three_branches(bus, acct, branches=2)
     else:
         em, consumers = await broadcast(bus, acct)
-    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
-    process_id = r.json()["process_id"]
-    jobs = []
-    for consumer in consumers:
-        r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
-        assert r.status_code == 200, r.text
-        jobs.append(uuid.UUID(r.json()["request_id"]))
+    process_id, leased = await emit_and_lease(acct, em, consumers)
+    jobs = [uuid.UUID(job) for job in leased]
     state = bus.app.state.xbus
     async with state.db.working() as work:
         await driver_connection(work)  # a transaction: the answer takes the locks
@@ -192,10 +196,7 @@ async def test_an_answer_read_without_the_lock_is_decided_again_after_another_co
         assert not second.done()  # read, decided, and its write waits for the process
     r = await asyncio.wait_for(second, 10)
     assert r.status_code == 200, r.text
-    r = await acct.http.get(f"/api/v1/processes/{process_id}")
-    process = r.json()
-    assert process["status"] == "done", process
-    assert {n["status"] for n in process["nodes"]} == {"done"}
+    await all_done(acct, process_id)
 
 
 async def test_an_answer_read_without_the_lock_sees_its_request_changed_meanwhile(
@@ -208,10 +209,8 @@ async def test_an_answer_read_without_the_lock_sees_its_request_changed_meanwhil
     em = await bus.actor(acct, "emitter")
     consumer = await bus.actor(acct, "consumer")
     await bus.pipeline(chain(em["name"], ("consumer", consumer["name"])))
-    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
-    process_id = r.json()["process_id"]
-    r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
-    job = uuid.UUID(r.json()["request_id"])
+    process_id, [leased] = await emit_and_lease(acct, em, [consumer])
+    job = uuid.UUID(leased)
     await db.execute("BEGIN")
     try:
         await db.execute("UPDATE requests SET attempts = 5 WHERE id = $1", job)
