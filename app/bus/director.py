@@ -187,6 +187,7 @@ class _Answer:
     outputs: dict[str, EnvelopeData]
     account_id: uuid.UUID | None
     recorded_outputs: bool
+    joined: store.Joined | None
 
 
 @dataclass(slots=True)
@@ -579,19 +580,21 @@ class Director:
         account_id: uuid.UUID | None,
         recorded_outputs: bool = False,
         answering: Answering | None = None,
+        joined: store.Joined | None = None,
     ) -> RequestRow:
         """An actor's state for one request: running (lease extended), success (with a
         worker's outputs) or error. `account_id` None means the admin. `recorded_outputs`:
         a success takes the outputs recorded on the request (a NATS worker's, sent by
         Broker.Output before it ends), as read under the lock. `answering`: the batch this
-        answer is part of (`lock_answers`).
+        answer is part of (`lock_answers`). `joined`: rows written by the answer's statement
+        (`store.Joined`; not with `answering`).
 
         An answer that stores no envelope is first decided on what one statement reads
         without a lock, and written by one statement only if neither the process nor the
         request changed meanwhile; if either did, it is decided again under the locks. Two
         round trips instead of five when the unit has no transaction open (no BEGIN, lock or
         COMMIT: each statement is its own transaction), one less than locking in one."""
-        answer = _Answer(status, messages, outputs, account_id, recorded_outputs)
+        answer = _Answer(status, messages, outputs, account_id, recorded_outputs, joined)
         if answering is None and not outputs:
             conn = await driver_connection(session, begin=False)
             row = await conn.fetchrow(store.PEEK_FOR_ANSWER, request_id)
@@ -706,7 +709,7 @@ class Director:
             ctx.ended.append((request.channel.value, status.value))
             await self._answered(session, ctx, request, actor_name, messages, produced, open_left)
         request.updated_at = now
-        if await self._save(session, conn, ctx, versions=versions) is None:
+        if await self._save(session, conn, ctx, answer.joined, versions) is None:
             return None
         return request
 

@@ -292,7 +292,9 @@ envelope AS (
     WHERE id = $49 AND process_id IS NULL AND (SELECT go FROM ok)
 )"""
 _SAVE_PARAMETERS = 52
-_SAVE_RESULT = "SELECT (SELECT go FROM ok), coalesce(array_agg(channel), '{}') FROM canceled"
+_SAVE_RESULT = (
+    "SELECT (SELECT go FROM ok), coalesce(array_agg(channel), '{}'), {ANSWER} FROM canceled"
+)
 
 # The process's own row: a new one inserted ($16 true), or one that exists updated, with
 # what changed ($17) or as it is (its version changes with the rest of the process). Two
@@ -321,24 +323,36 @@ process_touched AS (
 ),
 unused AS (SELECT $2::uuid, $3::uuid, $4::uuid, $5::uuid, $6::uuid, $9::timestamptz),"""
 _SAVE_NEW_PARTS = _SAVE_PARTS.replace("{PROCESS}", _PROCESS_NEW)
-SAVE_NEW = f"WITH {_SAVE_NEW_PARTS} {_SAVE_RESULT}"
-SAVE = f"WITH {_SAVE_PARTS.replace('{PROCESS}', _PROCESS_CHANGED)} {_SAVE_RESULT}"
+_SAVE_CHANGED_PARTS = _SAVE_PARTS.replace("{PROCESS}", _PROCESS_CHANGED)
+_NO_ANSWER = _SAVE_RESULT.replace("{ANSWER}", "NULL")
+SAVE_NEW = f"WITH {_SAVE_NEW_PARTS} {_NO_ANSWER}"
+SAVE = f"WITH {_SAVE_CHANGED_PARTS} {_NO_ANSWER}"
 
 
-@functools.cache
-def save_with(parts: str) -> str:
-    """SAVE_NEW joined with more parts (CTEs whose parameters start at $1), renumbered after
-    SAVE's own: written by the same statement as the new process."""
-    shifted = re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + _SAVE_PARAMETERS}", parts)
-    return f"WITH {_SAVE_NEW_PARTS}, {shifted} {_SAVE_RESULT}"
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Joined:
-    """Rows written with a decision (a new envelope with the process it starts)."""
+    """Rows written with a decision, by the same statement: a new envelope with the process
+    it starts, a webhook attempt with its answer. `parts` are CTEs whose parameters start at
+    $1; with a decision taken without the locks (SAVE's guard) each must write only `WHERE
+    (SELECT go FROM ok)`. `answer`, an expression over the same parameters, is what the
+    statement gives back in `result` once written."""
 
     parts: str
     parameters: tuple[Any, ...]
+    answer: str = "NULL"
+    result: Any = None
+
+
+@functools.cache
+def save_with(parts: str, answer: str, new: bool) -> str:
+    """SAVE_NEW (or SAVE) with more parts and an answer, their parameters renumbered after
+    SAVE's own."""
+
+    def shifted(sql: str) -> str:
+        return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + _SAVE_PARAMETERS}", sql)
+
+    own = _SAVE_NEW_PARTS if new else _SAVE_CHANGED_PARTS
+    return f"WITH {own}, {shifted(parts)} {_SAVE_RESULT.replace('{ANSWER}', shifted(answer))}"
 
 
 # Up to $n due requests (pending, available, of a running process) matching the filter,
@@ -531,7 +545,7 @@ async def save(
     With `versions` (of the process's row and of `changes.request`'s, as the decision read
     them without a lock): written only if they are still those, else nothing is and the
     answer is None."""
-    assert versions is None or (joined is None and changes.request is not None)
+    assert versions is None or changes.request is not None
     changed_nodes = [nodes[n] for n in sorted(changes.nodes)]
     request = changes.request
     logs = changes.logs
@@ -539,8 +553,8 @@ async def save(
     statement = SAVE_NEW if changes.new_process else SAVE
     more: tuple[Any, ...] = ()
     if joined is not None:
-        assert changes.new_process
-        statement, more = save_with(joined.parts), joined.parameters
+        statement = save_with(joined.parts, joined.answer, changes.new_process)
+        more = joined.parameters
     result = await conn.fetchrow(
         statement,
         process.id,
@@ -588,8 +602,12 @@ async def save(
         *(versions or (None, None)),
         *more,
     )
-    written, canceled = result
-    return list(canceled) if written else None
+    written, canceled, answer = result
+    if not written:
+        return None
+    if joined is not None:
+        joined.result = answer
+    return list(canceled)
 
 
 # New processes with their envelopes, many at once (a batch of emissions): only inserts.

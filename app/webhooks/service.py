@@ -35,7 +35,7 @@ from app.config import Settings
 from app.core.exceptions import Conflict, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
 from app.models.enums import AttemptOutcome, LogLevel, RequestStatus
-from app.store.connection import Unit
+from app.store.connection import Unit, driver_connection
 from app.webhooks import store
 from app.webhooks.client import HttpResponse
 from app.webhooks.payload import ActorState, AnswerError, read_state
@@ -192,7 +192,8 @@ def _seconds(value: float) -> str:
 
 
 class Outcomes:
-    """Applies an attempt's verdict in the caller's transaction."""
+    """Records an attempt and applies its verdict in the caller's unit of work: the
+    attempt's row and what the verdict changes are committed together."""
 
     def __init__(self, director: Director, settings: Settings) -> None:
         self.director = director
@@ -201,8 +202,7 @@ class Outcomes:
     async def record(self, session: Unit, job: Job, result: AttemptResult) -> Verdict:
         verdict = judge(job, result, self.settings)
         response = result.response
-        suspended = await store.add_attempt(
-            session,
+        attempt = store.Attempt(
             request_id=job.request_id,
             actor_id=job.actor_id,
             attempt=job.attempt,
@@ -219,10 +219,16 @@ class Outcomes:
         )
         now = utcnow()
         if verdict.kind == Kind.DELIVERED:
-            await self._delivered(session, job, verdict.state)
-            if suspended:
+            if job.probe:
+                # A probe's success resumes the webhook: in one transaction with the answer.
+                await driver_connection(session)
+            if await self._delivered(session, job, verdict.state, attempt):
+                # Also when suspended since the claim (another attempt's verdict); outside a
+                # probe, after the answer's own commit.
                 await self._resume(session, job, now)
-        elif job.unsendable is not None:
+            return verdict
+        suspended = await store.add_attempt(session, attempt)
+        if job.unsendable is not None:
             # No later attempt would do better.
             await self._fail(
                 session, job, f"webhook to actor {job.actor_name} not sent: {verdict.summary}"
@@ -262,10 +268,35 @@ class Outcomes:
             return  # ended meanwhile (canceled, answered by another attempt) or deleted
         # xbus_requests_ended_total is counted by the director when the request ends.
 
-    async def _delivered(self, session: Unit, job: Job, state: ActorState | None) -> None:
+    async def _delivered(
+        self, session: Unit, job: Job, state: ActorState | None, attempt: store.Attempt
+    ) -> bool:
+        """Record a delivered attempt and the state its answer gave (success when it gave
+        none); returns whether the actor's webhook is suspended now. Without outputs to
+        store, the attempt's row is written by the answer's own statement."""
         if state is None:
-            await self._report(session, job, RequestStatus.SUCCESS, [], {})
-            return
+            state = ActorState(RequestStatus.SUCCESS)
+        if not state.outputs:
+            joined = store.attempt_joined(attempt)
+            try:
+                await self.director.report(
+                    session,
+                    job.request_id,
+                    state.status,
+                    state.messages,
+                    {},
+                    account_id=None,
+                    joined=joined,
+                )
+            except (Conflict, NotFound):
+                # Ended meanwhile, or deleted: nothing was written but the attempt.
+                return await store.add_attempt(session, attempt)
+            except Unprocessable as exc:
+                suspended = await store.add_attempt(session, attempt)
+                await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
+                return suspended
+            return bool(joined.result)
+        suspended = await store.add_attempt(session, attempt)
         try:
             await self._report(session, job, state.status, state.messages, state.outputs)
         except (Unprocessable, OutputConflict) as exc:
@@ -273,6 +304,7 @@ class Outcomes:
             # taken: found before the report changes anything, so the request can still end
             # in error.
             await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
+        return suspended
 
     async def _fail(self, session: Unit, job: Job, reason: str) -> None:
         await self._report(session, job, RequestStatus.ERROR, [Message(LogLevel.ERROR, reason)], {})

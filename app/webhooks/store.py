@@ -15,7 +15,7 @@ from typing import Any
 from app.models import ActorRequest
 from app.models.enums import AttemptOutcome, LogLevel
 from app.store.connection import Unit, driver_connection
-from app.store.processes import clean_text, handed, handed_rows
+from app.store.processes import Joined, clean_text, handed, handed_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,46 +206,60 @@ async def claim_probe(
     return handed
 
 
-# The attempt's row, and whether the actor's webhook is suspended or disabled now (False: no
-# such actor), in one round trip.
-_ADD_ATTEMPT = """
-WITH attempt AS (
-    INSERT INTO delivery_attempts (request_id, actor_id, attempt, started_at, duration_ms,
-        status_code, outcome, error, response_excerpt)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-)
-SELECT webhook_suspended_at IS NOT NULL FROM actors WHERE id = $2"""
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An attempt's row (delivery_attempts)."""
+
+    request_id: uuid.UUID
+    actor_id: uuid.UUID
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    outcome: AttemptOutcome
+    error: str | None
+    response_excerpt: str | None
+
+    def parameters(self) -> tuple[Any, ...]:
+        return (
+            self.request_id,
+            self.actor_id,
+            self.attempt,
+            self.started_at,
+            self.duration_ms,
+            self.status_code,
+            self.outcome.value,
+            self.error,
+            self.response_excerpt,
+        )
 
 
-async def add_attempt(
-    unit: Unit,
-    *,
-    request_id: uuid.UUID,
-    actor_id: uuid.UUID,
-    attempt: int,
-    started_at: datetime,
-    duration_ms: float,
-    status_code: int | None,
-    outcome: AttemptOutcome,
-    error: str | None,
-    response_excerpt: str | None,
-) -> bool:
+_INSERT_ATTEMPT = """INSERT INTO delivery_attempts (request_id, actor_id, attempt, started_at,
+        duration_ms, status_code, outcome, error, response_excerpt)
+    SELECT $1::uuid, $2::uuid, $3::int, $4::timestamptz, $5::float8, $6::int, $7::text,
+        $8::text, $9::text"""
+# Whether the actor's webhook is suspended or disabled now (False: no such actor).
+_SUSPENDED = "coalesce((SELECT webhook_suspended_at IS NOT NULL FROM actors WHERE id = $2), false)"
+# The attempt's row and the flag, in one round trip.
+_ADD_ATTEMPT = f"WITH attempt AS ({_INSERT_ATTEMPT}) SELECT {_SUSPENDED}"
+
+
+async def add_attempt(unit: Unit, attempt: Attempt) -> bool:
     """Write an attempt's row; returns whether the actor's webhook is suspended or disabled
-    now (False: no such actor)."""
+    now."""
     conn = await driver_connection(unit)
-    suspended = await conn.fetchval(
-        _ADD_ATTEMPT,
-        request_id,
-        actor_id,
-        attempt,
-        started_at,
-        duration_ms,
-        status_code,
-        outcome.value,
-        error,
-        response_excerpt,
+    return bool(await conn.fetchval(_ADD_ATTEMPT, *attempt.parameters()))
+
+
+def attempt_joined(attempt: Attempt) -> Joined:
+    """The attempt's row written by the statement of the request's answer (`Director.report`
+    with `joined`), the flag as its `result` once written: the attempt and what it ended are
+    one write."""
+    return Joined(
+        f"attempt AS ({_INSERT_ATTEMPT} WHERE (SELECT go FROM ok))",
+        attempt.parameters(),
+        _SUSPENDED,
     )
-    return bool(suspended)
 
 
 async def reschedule(
