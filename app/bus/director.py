@@ -47,7 +47,7 @@ from app.models.ids import new_id
 from app.pipelines.graph import Graph
 from app.pipelines.graphs import graph_of
 from app.store import processes as store
-from app.store.connection import Unit, driver_connection
+from app.store.connection import Unit, committed_alone, driver_connection
 from app.store.processes import (
     OPEN_REQUEST,
     Changes,
@@ -282,7 +282,8 @@ class Director:
 
     def _told(self, session: Unit, ctx: ProcessContext, canceled: list[str]) -> None:
         """A decision is written: what it tells (wake-ups, metrics, end listeners) goes out
-        once the transaction commits."""
+        once the transaction commits (at once when it was written with no transaction
+        open: it committed on its own)."""
         ended = ctx.ended + [(channel, RequestStatus.CANCELED.value) for channel in canceled]
         metrics.requests_ended(session, ended)
         for key in ctx.notify:
@@ -293,6 +294,7 @@ class Director:
         ctx.notify = set()
         ctx.ended = []
         ctx.after_commit = []
+        committed_alone(session)
 
     async def save(self, session: Unit, ctx: ProcessContext) -> None:
         """Write a change made to a locked context (operator control)."""

@@ -254,6 +254,15 @@ class DirectorServer(Base):
                 process = await session.get(Process, process_id)
                 if process is None:
                     raise client_error(f"no process {process_id}")
+                if any(m.level == LogLevel.WARNING for m in messages_of(req)):
+                    # A warning changes how the process ends (its postmortem): written with
+                    # its row, whose version an answer decided without the lock checks.
+                    await session.execute(
+                        sa.update(Process)
+                        .where(Process.id == process_id)
+                        .values(status=Process.status)
+                        .execution_options(synchronize_session=False)
+                    )
             envelope_id = uuid_of(bytes(req.envelopeID), "envelope id") if req.envelopeID else None
             for message in messages_of(req):
                 add_log(

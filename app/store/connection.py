@@ -257,6 +257,15 @@ def alone(unit: Unit) -> bool:
     return isinstance(unit, Work) and not unit.in_transaction
 
 
+def committed_alone(unit: Unit) -> None:
+    """After a write that ran with no transaction open on `unit` (it committed on its own):
+    what it left for after the commit (wake-ups, metrics, end listeners) goes out now, so an
+    error later in the unit cannot drop it with a rollback."""
+    if alone(unit):
+        assert isinstance(unit, Work)
+        committed(unit.info)
+
+
 async def driver_connection(session: Unit, *, begin: bool = True) -> Any:
     """The unit's asyncpg connection. With `begin` (the default) a transaction is open on
     it, the one the unit commits; without, a statement run before any other autocommits

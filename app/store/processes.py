@@ -546,6 +546,9 @@ async def save(
     them without a lock): written only if they are still those, else nothing is and the
     answer is None."""
     assert versions is None or changes.request is not None
+    # Guarded, each joined part must write only where the guard let it (else a write the
+    # guard refused would leave it written, and the answer written again would repeat it).
+    assert versions is None or joined is None or "(SELECT go FROM ok)" in joined.parts
     changed_nodes = [nodes[n] for n in sorted(changes.nodes)]
     request = changes.request
     logs = changes.logs
