@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -119,3 +120,27 @@ def chain(
 ENVELOPE = {
     "events": [{"type": "order.created", "encoding": "json", "items": [{"id": 1}, {"id": 2}]}]
 }
+
+
+@dataclass
+class Leased:
+    """One process of emitter -> consumer, its request leased by the consumer."""
+
+    account: Account
+    consumer: dict[str, Any]
+    process_id: uuid.UUID
+    request_id: uuid.UUID
+    attempt: int
+
+
+async def one_leased(bus: Bus) -> Leased:
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    consumer = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", consumer["name"])))
+    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+    process_id = uuid.UUID(r.json()["process_id"])
+    r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
+    assert r.status_code == 200, r.text
+    leased = r.json()
+    return Leased(acct, consumer, process_id, uuid.UUID(leased["request_id"]), leased["attempt"])

@@ -4,24 +4,17 @@ metrics, end listeners) goes out then, whatever the rest of its unit of work doe
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
 from app.bus.notify import process_key
 from app.models.enums import RequestStatus
-from tests.bus.conftest import ENVELOPE, Bus, chain
+from tests.bus.conftest import Bus, one_leased
 
 
 async def test_an_answer_that_committed_tells_even_if_its_unit_fails_later(bus: Bus) -> None:
-    acct = await bus.account()
-    em = await bus.actor(acct, "emitter")
-    consumer = await bus.actor(acct, "consumer")
-    await bus.pipeline(chain(em["name"], ("consumer", consumer["name"])))
-    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
-    process_id = uuid.UUID(r.json()["process_id"])
-    r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
-    request_id = uuid.UUID(r.json()["request_id"])
+    leased = await one_leased(bus)
+    process_id, request_id = leased.process_id, leased.request_id
     state = bus.app.state.xbus
     woken = asyncio.create_task(state.notifier.wait(process_key(process_id), 3))
     await asyncio.sleep(0.1)  # the waiter is registered
@@ -36,5 +29,5 @@ async def test_an_answer_that_committed_tells_even_if_its_unit_fails_later(bus: 
     with pytest.raises(RuntimeError):
         await answer_then_fail()
     assert await asyncio.wait_for(woken, 5)  # woken by the answer, not timed out
-    r = await acct.http.get(f"/api/v1/processes/{process_id}")
+    r = await leased.account.http.get(f"/api/v1/processes/{process_id}")
     assert r.json()["status"] == "done"

@@ -15,30 +15,23 @@ from app.store.connection import driver_connection
 from app.webhooks.client import HttpResponse
 from app.webhooks.service import AttemptResult, Job, Outcomes
 from app.webhooks.settings import parse_webhook_settings
-from tests.bus.conftest import ENVELOPE, Bus, chain
+from tests.bus.conftest import Bus, one_leased
 
 
 async def _leased(bus: Bus, db: asyncpg.Connection) -> Job:
     """A request leased by a consumer, as the webhook dispatcher would have claimed it."""
-    acct = await bus.account()
-    em = await bus.actor(acct, "emitter")
-    consumer = await bus.actor(acct, "consumer")
-    await bus.pipeline(chain(em["name"], ("consumer", consumer["name"])))
-    r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
-    process_id = uuid.UUID(r.json()["process_id"])
-    r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
-    leased = r.json()
-    request_id = uuid.UUID(leased["request_id"])
+    leased = await one_leased(bus)
+    request_id = leased.request_id
     settings = parse_webhook_settings({"http.webhook.url": "http://127.0.0.1:9/hook"})
     assert settings is not None
     created_at = await db.fetchval("SELECT created_at FROM requests WHERE id = $1", request_id)
     return Job(
         request_id,
-        uuid.UUID(consumer["id"]),
-        consumer["name"],
-        process_id,
+        uuid.UUID(leased.consumer["id"]),
+        leased.consumer["name"],
+        leased.process_id,
         "consumer0",
-        leased["attempt"],
+        leased.attempt,
         created_at,
         settings,
     )
