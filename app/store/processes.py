@@ -4,9 +4,9 @@ lease due requests, read the envelopes a request hands out.
 Each is one fixed SQL text run on asyncpg (prepared once per connection by its statement
 cache), with arrays for the rows of a batch, so a state change of a process costs two
 round trips (read under lock, write) whatever it touches: nodes, new requests, the
-request it ends, the open ones it cancels, its log lines. An answer outside any transaction
-costs two statements and no BEGIN or COMMIT: read without a lock (`PEEK_FOR_ANSWER`), then
-written only if neither its process nor its request changed meanwhile (SAVE's guard)."""
+request it ends, the open ones it cancels, its log lines. An answer is read without a lock
+(`PEEK_FOR_ANSWER`), then written only if neither its process nor its request changed
+meanwhile (SAVE's guard): outside any transaction, two statements and no BEGIN or COMMIT."""
 
 from __future__ import annotations
 
