@@ -22,7 +22,7 @@ from xbus import xbus_pb2
 from app.bus.director import Director, Message, add_log
 from app.bus.notify import NATS_WORK
 from app.core.exceptions import XbusError
-from app.models import Account, Actor, ActorRequest
+from app.models import Account, Actor, ActorRequest, Process
 from app.models.enums import ActorStatus, LogLevel, RequestChannel, RequestStatus
 from app.nats_api.convert import LOG_LEVEL_FROM_PB
 from app.nats_api.liveness import Liveness
@@ -280,7 +280,22 @@ class NatsDispatcher:
         exhausted: str | None = None
         async with self.state.db.session() as session:
             actor = await session.get(Actor, actor_id)
-            request = await session.get(ActorRequest, request_id)
+            # The request locked before it is read (an answer committed meanwhile is seen,
+            # not overwritten), its process key-shared first: the lock order of every writer
+            # of a process (the process, then its requests), which the log line's foreign key
+            # would otherwise take after the request's lock.
+            process_id = await session.scalar(
+                sa.select(ActorRequest.process_id).where(ActorRequest.id == request_id)
+            )
+            if process_id is not None:
+                await session.execute(
+                    sa.select(Process.id)
+                    .where(Process.id == process_id)
+                    .with_for_update(read=True, key_share=True)
+                )
+            request = await session.get(
+                ActorRequest, request_id, with_for_update=True, populate_existing=True
+            )
             name = actor.name if actor else str(actor_id)
             if actor is not None and actor.online:
                 actor.online = False
