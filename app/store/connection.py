@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import asyncpg
 from sqlalchemy import event
@@ -251,7 +251,7 @@ async def lost(session: AsyncSession, error: BaseException) -> None:
         await session.invalidate()
 
 
-def alone(unit: Unit) -> bool:
+def alone(unit: Unit) -> TypeGuard[Work]:
     """Whether no transaction is open on the unit (a `Work`): its next statement, run with
     `driver_connection(unit, begin=False)`, is a transaction of its own."""
     return isinstance(unit, Work) and not unit.in_transaction
@@ -262,7 +262,6 @@ def committed_alone(unit: Unit) -> None:
     what it left for after the commit (wake-ups, metrics, end listeners) goes out now, so an
     error later in the unit cannot drop it with a rollback."""
     if alone(unit):
-        assert isinstance(unit, Work)
         committed(unit.info)
 
 
