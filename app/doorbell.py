@@ -145,7 +145,8 @@ async def doorbell(nats: NatsConnection, notifier: Notifier, *, local: bool = Tr
 
     async def ring(keys: list[str]) -> None:
         ports, elsewhere = peers.targets()
-        data = "\n".join([origin, *keys]).encode()
+        lines = "".join(f"\n{key}" for key in keys)  # after the sender's line
+        data = f"{origin}{lines}".encode()
         sender = origin
         if ports and endpoint is not None and len(data) <= DATAGRAM_MAX:
             for port in ports:
@@ -154,7 +155,7 @@ async def doorbell(nats: NatsConnection, notifier: Notifier, *, local: bool = Tr
         elif ports:
             elsewhere = True  # too large for a datagram: all of them over NATS
         if elsewhere and client.is_connected:
-            await client.publish(SUBJECT, "\n".join([sender, *keys]).encode())
+            await client.publish(SUBJECT, f"{sender}{lines}".encode())
 
     async def on_ring(msg: Any) -> None:
         first, *keys = msg.data.decode().split("\n")
