@@ -247,6 +247,7 @@ class DirectorServer(Base):
 
     async def Log(self, actorID: str, req: Any) -> None:
         actor_id = _uuid(actorID, "actor")
+        messages = messages_of(req)
         async with self.state.db.session() as session:
             process_id = None
             if req.Context.processID:
@@ -254,7 +255,7 @@ class DirectorServer(Base):
                 process = await session.get(Process, process_id)
                 if process is None:
                     raise client_error(f"no process {process_id}")
-                if any(m.level == LogLevel.WARNING for m in messages_of(req)):
+                if any(m.level == LogLevel.WARNING for m in messages):
                     # A warning changes how the process ends (its postmortem): written with
                     # its row, whose version an answer decided without the lock checks.
                     await session.execute(
@@ -264,7 +265,7 @@ class DirectorServer(Base):
                         .execution_options(synchronize_session=False)
                     )
             envelope_id = uuid_of(bytes(req.envelopeID), "envelope id") if req.envelopeID else None
-            for message in messages_of(req):
+            for message in messages:
                 add_log(
                     session,
                     message.level,
