@@ -284,15 +284,12 @@ class NatsDispatcher:
             # not overwritten), its process key-shared first: the lock order of every writer
             # of a process (the process, then its requests), which the log line's foreign key
             # would otherwise take after the request's lock.
-            process_id = await session.scalar(
-                sa.select(ActorRequest.process_id).where(ActorRequest.id == request_id)
+            await session.execute(
+                sa.select(Process.id)
+                .join(ActorRequest, ActorRequest.process_id == Process.id)
+                .where(ActorRequest.id == request_id)
+                .with_for_update(read=True, key_share=True, of=Process)
             )
-            if process_id is not None:
-                await session.execute(
-                    sa.select(Process.id)
-                    .where(Process.id == process_id)
-                    .with_for_update(read=True, key_share=True)
-                )
             request = await session.get(
                 ActorRequest, request_id, with_for_update=True, populate_existing=True
             )
