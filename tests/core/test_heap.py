@@ -16,7 +16,9 @@ from app import heap
 def collector() -> Iterator[None]:
     """The test process's collector as it was, afterwards."""
     frozen = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
     yield
+    gc.set_threshold(*thresholds)
     gc.unfreeze()
     if frozen:
         gc.freeze()
@@ -43,3 +45,12 @@ def test_settle_freezes_what_is_alive(collector: None) -> None:
     assert gone() is not None  # a cycle: reference counting alone does not free it
     gc.collect()
     assert gone() is None
+
+
+def test_settle_makes_full_passes_rarer(collector: None) -> None:
+    """A full pass after 100 collections of the middle generation, not 10: what it would walk
+    is mostly the batches in flight (app/heap.py); the young threshold stays CPython's."""
+    gc.set_threshold(700, 10, 10)
+    heap.settle()
+    assert gc.get_threshold() == (700, 10, heap.FULL_EVERY)
+    assert heap.FULL_EVERY == 100
