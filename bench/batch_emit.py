@@ -10,7 +10,10 @@ accepting costs), then C clients post N ~300-byte envelopes in batches of B (JSO
 or NDJSON with --ndjson) with the raw HTTP/1.1 client, back to back. Prints envelopes/s
 accepted (202 in the batch answers, each stored and routed before its batch is answered),
 the latency of a batch, and the CPU of xbusd (all its processes) and PostgreSQL per
-envelope. Everything on 127.0.0.1; servers stopped by pid at the end.
+envelope, and what each of xbusd's workers used: a warning says when one did most of the
+work (a worker that wakes up takes every connection waiting, so C long-lived connections
+may all land on one worker while the others stand idle; then the figures are one worker's).
+Everything on 127.0.0.1; servers stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from bench.http_bus import (
     machine,
     new_client,
     post_json,
+    uneven,
 )
 from bench.rawhttp import RawClient
 
@@ -121,6 +125,7 @@ async def load(
         "accepted_per_s": round(accepted / wall, 1) if wall else 0.0,
         "batch_latency_ms": latency_ms(latencies),
         "cpu_s": cpu,
+        "workers_cpu_s": meter.workers,
         "xbusd_cpu_ms_per_envelope": round(1000 * cpu["server"] / accepted, 3)
         if accepted
         else None,
@@ -164,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU s {figures['cpu_s']}; xbusd {figures['xbusd_cpu_ms_per_envelope']} ms, "
         f"PostgreSQL {figures['postgres_cpu_ms_per_envelope']} ms per envelope"
     )
+    if len(figures["workers_cpu_s"]) > 1:
+        print(f"xbusd's workers, CPU s: {', '.join(map(str, figures['workers_cpu_s']))}")
+    if uneven(figures["workers_cpu_s"]):
+        print(
+            "WARNING: one worker took most of the connections, the others stood idle: the "
+            "figures are one worker's (run again, or raise --concurrency)"
+        )
     busy = figures["cpu_s"]["others"] / max(figures["cpu_s"]["wall"], 1e-9) / (os.cpu_count() or 1)
     if busy > 0.05:
         print(f"WARNING: other processes used {busy:.0%} of the machine: the figures are disturbed")

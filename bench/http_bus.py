@@ -308,9 +308,29 @@ def machine_busy_seconds() -> float:
     )
 
 
+def worker_seconds(pid: int | None, exclude: frozenset[int] = frozenset()) -> dict[int, float]:
+    """CPU time of each direct child of xbusd (its uvicorn workers, with their own
+    descendants), PostgreSQL and nats-server left out."""
+    if pid is None or pid == LOADGEN:
+        return {}
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.Error:
+        return {}
+    return {kid.pid: cpu_seconds(kid.pid, exclude) for kid in kids if kid.pid not in exclude}
+
+
+def uneven(workers: list[float]) -> bool:
+    """Whether one worker did most of the work: with a few long-lived connections, one
+    worker may accept them all (it takes every connection waiting when it wakes up), and the
+    others stand idle."""
+    return len(workers) > 1 and workers[0] > 0.75 * sum(workers)
+
+
 class CpuMeter:
     """CPU seconds used by named processes between `start()` and `stop()`, and by everything
-    else on the machine ("others": other people's work disturbs the figures)."""
+    else on the machine ("others": other people's work disturbs the figures). `workers`:
+    what each of the server's workers used, the busiest first."""
 
     def __init__(
         self, pids: dict[str, int | None], exclude: dict[str, int | None] | None = None
@@ -321,12 +341,15 @@ class CpuMeter:
         self.used: dict[str, float] = {}
         self.machine_before = 0.0
         self.wall_before = 0.0
+        self.workers_before: dict[int, float] = {}
+        self.workers: list[float] = []
 
     def _cpu(self, name: str, pid: int | None) -> float:
         return cpu_seconds(pid, self.exclude if name == "server" else frozenset())
 
     def start(self) -> None:
         self.before = {name: self._cpu(name, pid) for name, pid in self.pids.items()}
+        self.workers_before = worker_seconds(self.pids.get("server"), self.exclude)
         self.machine_before = machine_busy_seconds()
         self.wall_before = time.perf_counter()
 
@@ -335,6 +358,9 @@ class CpuMeter:
             name: round(self._cpu(name, pid) - self.before[name], 2)
             for name, pid in self.pids.items()
         }
+        after = worker_seconds(self.pids.get("server"), self.exclude)
+        used = [after[pid] - self.workers_before.get(pid, 0.0) for pid in after]
+        self.workers = sorted((round(s, 2) for s in used if s >= 0.05), reverse=True)
         busy = machine_busy_seconds() - self.machine_before
         self.used["others"] = round(max(0.0, busy - sum(self.used.values())), 2)
         self.used["wall"] = round(time.perf_counter() - self.wall_before, 2)

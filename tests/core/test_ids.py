@@ -27,8 +27,10 @@ def test_ids_carry_their_time() -> None:
 def test_an_id_built_from_its_integer_is_a_whole_uuid() -> None:
     made = new_id()
     plain = uuid.UUID(int=made.int)
-    assert made == plain and hash(made) == hash(plain)
-    assert str(made) == str(plain) and made.bytes == plain.bytes
+    assert made == plain
+    assert hash(made) == hash(plain)
+    assert str(made) == str(plain)
+    assert made.bytes == plain.bytes
     assert made.is_safe == plain.is_safe
     assert pickle.loads(pickle.dumps(made)) == plain
     assert uuid_of_int(made.int) == made
