@@ -394,7 +394,8 @@ class Director:
         nodes = {node_id: NodeRow(node_id, NodeStatus.WAITING) for node_id in route.graph.nodes}
         start = nodes[route.node.id]
         start.status = NodeStatus.DONE
-        start.outputs = {port: str(envelope_id)}
+        envelope = str(envelope_id)
+        start.outputs = {port: envelope}
         start.started_at = start.ended_at = now
         ctx = ProcessContext(process, route.graph, nodes, new=True)
         ctx.changes.new_process = True
@@ -403,12 +404,12 @@ class Director:
         ctx.log(
             LogLevel.NOTICE,
             f"process started by emitter {emitter.name} on pipeline {route.pipeline.name} "
-            f"{route.pipeline.version} with envelope {envelope_id} [{', '.join(event_types)}]",
+            f"{route.pipeline.version} with envelope {envelope} [{', '.join(event_types)}]",
             node_id=route.node.id,
             actor_id=emitter.id,
             envelope_id=envelope_id,
         )
-        await self._propagate(session, ctx, route.node.id, port, envelope_id)
+        await self._propagate(session, ctx, route.node.id, port, envelope)
         self._settle(ctx, {})
         ctx.notify.add(process_key(process.id))
         return ctx
@@ -435,15 +436,17 @@ class Director:
         ctx: ProcessContext,
         node_id: str,
         port: str,
-        envelope_id: uuid.UUID,
+        envelope: str,
     ) -> None:
+        """`envelope` (an id, as the nodes' inputs and outputs hold it) leaves `node_id` by
+        `port`: the nodes it reaches take it, those with all their inputs are dispatched."""
         for edge in ctx.graph.outgoing(node_id, port):
             if ctx.process.status.final:
                 return  # a dispatch on the way failed the process: nothing more moves
             target = ctx.node(edge.target)
             if target.status in (NodeStatus.ERROR, NodeStatus.CANCELED):
                 continue
-            target.inputs = {**target.inputs, edge.target_port: str(envelope_id)}
+            target.inputs = {**target.inputs, edge.target_port: envelope}
             if set(target.inputs) >= ctx.graph.connected_inputs(edge.target):
                 await self._dispatch(session, ctx, edge.target)
 
@@ -461,7 +464,7 @@ class Director:
             ctx.changes.requests.append(
                 NewRequest(new_id(), node_id, actor.id, actor.channel, inputs)
             )
-            ctx.notify.add(actor_key(actor.id))
+            ctx.notify.add(actor.key)
             if actor.channel == RequestChannel.NATS:
                 ctx.notify.add(NATS_WORK)
         ctx.dispatched += len(actors)
@@ -745,15 +748,16 @@ class Director:
             self._fail(ctx, node_id, f"actor {name} failed on node {node_id}: {first}")
             return
         pn = ctx.node(node_id)
-        if produced:
-            pn.outputs = {**pn.outputs, **{port: str(env) for port, env in produced}}
+        outputs = [(port, str(env)) for port, env in produced]
+        if outputs:
+            pn.outputs = {**pn.outputs, **dict(outputs)}
         if not open_left.get(node_id):
             pn.status = NodeStatus.DONE
             pn.ended_at = utcnow()
             ctx.process.nodes_state_changed_at = pn.ended_at
             ctx.changes.process = True
-        for port, envelope_id in produced:
-            await self._propagate(session, ctx, node_id, port, envelope_id)
+        for port, envelope in outputs:
+            await self._propagate(session, ctx, node_id, port, envelope)
         self._settle(ctx, open_left)
         ctx.notify.add(process_key(ctx.process.id))
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.bus.notify import actor_key
 from app.core.exceptions import Unprocessable
 from app.models import Actor, Pipeline
 from app.models.enums import ActorKind, ActorStatus, RequestChannel
@@ -109,6 +110,11 @@ class Target:
     id: uuid.UUID
     name: str
     channel: RequestChannel
+    # Its wake-up key (`actor_key`), made once with the target the cache keeps.
+    key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", actor_key(self.id))
 
 
 def channel_for(config: dict[str, str], online: bool) -> RequestChannel:
