@@ -510,6 +510,12 @@ def open_counts(raw: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in (_json(raw) or {}).items()}
 
 
+def _json_text(value: Any) -> str:
+    """`value` as JSON text; the empty mapping, most nodes' inputs or outputs, without a
+    call to the encoder (~1.4 us each, two of every new process's four)."""
+    return "{}" if value == {} else json.dumps(value)
+
+
 def _json(value: Any) -> Any:
     # The session's connection decodes JSON itself (SQLAlchemy's codec); a bare one does not.
     return json.loads(value) if isinstance(value, str | bytes) else value
@@ -580,8 +586,8 @@ async def save(
         now,
         [n.node_id for n in changed_nodes],
         [n.status.value for n in changed_nodes],
-        [json.dumps(n.inputs) for n in changed_nodes],
-        [json.dumps(n.outputs) for n in changed_nodes],
+        [_json_text(n.inputs) for n in changed_nodes],
+        [_json_text(n.outputs) for n in changed_nodes],
         [n.started_at for n in changed_nodes],
         [n.ended_at for n in changed_nodes],
         max_attempts,
@@ -589,7 +595,7 @@ async def save(
         [r.node_id for r in changes.requests],
         [r.actor_id for r in changes.requests],
         [r.channel.value for r in changes.requests],
-        [json.dumps(r.inputs) for r in changes.requests],
+        [_json_text(r.inputs) for r in changes.requests],
         request.id if request else None,
         request.status.value if request else None,
         request.attempts if request else None,
@@ -721,8 +727,8 @@ async def insert_new(
         [process_id for process_id, _ in nodes],
         [n.node_id for _, n in nodes],
         [n.status.value for _, n in nodes],
-        [json.dumps(n.inputs) for _, n in nodes],
-        [json.dumps(n.outputs) for _, n in nodes],
+        [_json_text(n.inputs) for _, n in nodes],
+        [_json_text(n.outputs) for _, n in nodes],
         [n.started_at for _, n in nodes],
         [n.ended_at for _, n in nodes],
         max_attempts,
@@ -731,7 +737,7 @@ async def insert_new(
         [r.node_id for _, r, _ in requests],
         [r.actor_id for _, r, _ in requests],
         [r.channel.value for _, r, _ in requests],
-        [json.dumps(r.inputs) for _, r, _ in requests],
+        [_json_text(r.inputs) for _, r, _ in requests],
         *_log_columns(logs),
         [e[0] for e in envelopes],
         [e[1] for e in envelopes],
