@@ -70,17 +70,16 @@ async def try_lock_actors(unit: Unit, ids: Sequence[uuid.UUID]) -> list[uuid.UUI
     return [row[0] for row in rows]
 
 
-# Webhook requests in flight, by actor: read from the partial index of leases (what is in
-# flight everywhere, bounded by the work under way), whatever the statistics say. Asked by
+# Webhook requests in flight, by actor: read from the partial index of leases (the webhook
+# requests in flight, bounded by the work under way), whatever the statistics say. Asked by
 # actor directly, the planner, told by stale statistics that an actor has few requests,
 # joined the actor's index to it and read every request the actor ever had: 0.87 ms a round
 # with 43,000 of them, against 0.06 ms (OFFSET 0 keeps the actor out of the subquery).
 IN_FLIGHT = """
 SELECT actor_id, count(*) FROM (
-    SELECT actor_id, channel, status FROM requests WHERE status IN ('leased', 'running')
-    OFFSET 0
+    SELECT actor_id FROM requests WHERE status = 'leased' AND channel = 'webhook' OFFSET 0
 ) l
-WHERE status = 'leased' AND channel = 'webhook' AND actor_id = ANY($1::uuid[])
+WHERE actor_id = ANY($1::uuid[])
 GROUP BY actor_id"""
 
 
@@ -90,7 +89,7 @@ async def in_flight(unit: Unit, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int
         return {}
     conn = await driver_connection(unit)
     rows = await conn.fetch(IN_FLIGHT, list(ids))
-    return {row[0]: int(row[1]) for row in rows if row[0] is not None}
+    return {row[0]: int(row[1]) for row in rows}
 
 
 # What a claim returns of each request (Claimed's fields, then available_at for the order of
