@@ -4,6 +4,7 @@ processes themselves are checked in tests/runtime/test_serve.py and test_workers
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -47,6 +48,9 @@ def test_settle_freezes_what_is_alive(collector: None) -> None:
     assert gone() is None
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14), reason="the incremental collector has no third threshold"
+)
 def test_settle_makes_full_passes_rarer(collector: None) -> None:
     """A full pass after 100 collections of the middle generation, not 10: what it would walk
     is mostly the batches in flight (app/heap.py); the young threshold stays CPython's."""
