@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if uneven(figures["workers_cpu_s"]):
         print(
             "WARNING: one worker took most of the connections, the others stood idle: the "
-            "figures are one worker's (run again, or raise --concurrency)"
+            "figures are one worker's (run again)"
         )
     busy = figures["cpu_s"]["others"] / max(figures["cpu_s"]["wall"], 1e-9) / (os.cpu_count() or 1)
     if busy > 0.05:

@@ -309,15 +309,20 @@ def machine_busy_seconds() -> float:
 
 
 def worker_seconds(pid: int | None, exclude: frozenset[int] = frozenset()) -> dict[int, float]:
-    """CPU time of each direct child of xbusd (its uvicorn workers, with their own
-    descendants), PostgreSQL and nats-server left out."""
+    """CPU time of each of xbusd's uvicorn workers (its direct children but multiprocessing's
+    resource tracker, each with its own descendants), PostgreSQL and nats-server left out."""
     if pid is None or pid == LOADGEN:
         return {}
+    workers = {}
     try:
         kids = psutil.Process(pid).children()
     except psutil.Error:
         return {}
-    return {kid.pid: cpu_seconds(kid.pid, exclude) for kid in kids if kid.pid not in exclude}
+    for kid in kids:
+        with contextlib.suppress(psutil.Error):
+            if kid.pid not in exclude and "resource_tracker" not in " ".join(kid.cmdline()):
+                workers[kid.pid] = cpu_seconds(kid.pid, exclude)
+    return workers
 
 
 def uneven(workers: list[float]) -> bool:
@@ -359,8 +364,9 @@ class CpuMeter:
             for name, pid in self.pids.items()
         }
         after = worker_seconds(self.pids.get("server"), self.exclude)
+        # A worker replaced meanwhile counts from its start; one that died, not at all.
         used = [after[pid] - self.workers_before.get(pid, 0.0) for pid in after]
-        self.workers = sorted((round(s, 2) for s in used if s >= 0.05), reverse=True)
+        self.workers = sorted((round(max(0.0, s), 2) for s in used), reverse=True)
         busy = machine_busy_seconds() - self.machine_before
         self.used["others"] = round(max(0.0, busy - sum(self.used.values())), 2)
         self.used["wall"] = round(time.perf_counter() - self.wall_before, 2)
