@@ -1,10 +1,11 @@
 """The webhook dispatcher: a duty of every replica that claims due webhook requests and sends
 them, each attempt in a task of its own.
 
-Scheduling, each round (on a wake-up for a webhook actor, when an attempt ends, or every
-`webhook_poll_interval`):
-- the webhook actors are read; enabled ones with an active webhook are candidates, in an
-  order that rotates every round (no actor is always first);
+Scheduling, each round (on a wake-up for a webhook actor, when an attempt ends, when
+accounts, actors or pipelines change, or every `webhook_poll_interval`):
+- the webhook actors are read (again only after such a change, or a poll interval);
+  enabled ones with an active webhook are candidates, in an order that rotates every round
+  (no actor is always first);
 - per candidate, a try-advisory-lock (a replica claiming for that actor right now makes the
   others skip it), then its requests in flight on every replica are counted: it gets at most
   `http.webhook.concurrency` minus those, and at most what its rate limit allows;
@@ -37,7 +38,7 @@ from typing import Any
 
 from app import metrics
 from app.bus.director import Director
-from app.bus.notify import Notifier, actor_key
+from app.bus.notify import CONFIG, Notifier, actor_key
 from app.config import Settings
 from app.db import Database
 from app.version import version
@@ -120,6 +121,7 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.attempts: set[asyncio.Task[None]] = set()
         self._watchers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._config_watcher: asyncio.Task[None] | None = None
         self._parsed: dict[uuid.UUID, tuple[dict[str, str], WebhookSettings | None]] = {}
         self._limiters: dict[uuid.UUID, RateLimiter] = {}
         self._turn = 0
@@ -128,9 +130,14 @@ class Dispatcher:
         self._db_slots = asyncio.Semaphore(max(1, settings.db_hot_pool_size // 2))
         self._actors_cache: list[repo.WebhookActor] = []
         self._actors_read_at = -math.inf
+        self._actors_generation = -1  # the notifier's generation when they were read
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
+        # A change of actors (a webhook enabled, a new webhook actor) starts a round at once.
+        self._config_watcher = asyncio.create_task(
+            self._watcher(CONFIG), name="webhook-watch-config"
+        )
         try:
             while True:
                 self.wake.clear()
@@ -147,14 +154,17 @@ class Dispatcher:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for watcher in self._watchers.values():
+        watchers = list(self._watchers.values())
+        if self._config_watcher is not None:
+            watchers.append(self._config_watcher)
+        for watcher in watchers:
             watcher.cancel()
         if self.attempts:
             # Let attempts in flight end (their answers recorded) before the engine goes.
             await asyncio.wait(self.attempts, timeout=self.settings.webhook_shutdown_grace)
         for task in list(self.attempts):
             task.cancel()
-        await asyncio.gather(*self.attempts, *self._watchers.values(), return_exceptions=True)
+        await asyncio.gather(*self.attempts, *watchers, return_exceptions=True)
         self.pools.close()
 
     def _watch(self, actor_ids: Iterable[uuid.UUID]) -> None:
@@ -166,11 +176,10 @@ class Dispatcher:
                 self._watchers.pop(actor_id).cancel()
         for actor_id in wanted - self._watchers.keys():
             self._watchers[actor_id] = asyncio.create_task(
-                self._watcher(actor_id), name=f"webhook-watch-{actor_id}"
+                self._watcher(actor_key(actor_id)), name=f"webhook-watch-{actor_id}"
             )
 
-    async def _watcher(self, actor_id: uuid.UUID) -> None:
-        key = actor_key(actor_id)
+    async def _watcher(self, key: str) -> None:
         while True:
             if await self.notifier.wait(key, 3600):
                 self.wake.set()
@@ -280,11 +289,20 @@ class Dispatcher:
         return delay
 
     async def _actors(self) -> list[repo.WebhookActor]:
-        """The webhook actors, read again at most every poll interval: a round runs after
-        every attempt, and actors change far less often than that."""
-        if time.monotonic() - self._actors_read_at >= self.settings.webhook_poll_interval:
+        """The webhook actors, read again once accounts, actors or pipelines changed (the
+        notifier's generation: at once here, through the doorbell on the other replicas: a
+        webhook enabled delivers at once, not at the next poll) and at least every poll
+        interval (a ring lost, a change written around the ORM); a round runs after every
+        attempt, and actors change far less often than that."""
+        generation = self.notifier.generation
+        if (
+            generation != self._actors_generation
+            or time.monotonic() - self._actors_read_at >= self.settings.webhook_poll_interval
+        ):
             async with self.db.session() as session:
                 self._actors_cache = await repo.webhook_actors(session)
+            # The generation as it was before the read: a change during it reads them again.
+            self._actors_generation = generation
             self._actors_read_at = time.monotonic()
             self._watch(a.id for a in self._actors_cache)
             self.pools.sweep()

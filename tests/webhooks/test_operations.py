@@ -8,10 +8,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.bus.conftest import Bus
 from tests.conftest import assert_problem, row_counts
-from tests.webhooks.conftest import Receiver, Reply, emit, eventually, finished, webhook_chain
+from tests.webhooks.conftest import (
+    FAST,
+    Receiver,
+    Reply,
+    emit,
+    eventually,
+    finished,
+    webhook_chain,
+)
 
 
 async def test_attempt_log_filters_and_cursor(bus: Bus, receiver: Receiver) -> None:
@@ -160,3 +169,26 @@ async def test_disable_holds_requests_and_enable_sends_them(bus: Bus, receiver: 
     ):
         r = await bus.admin.post(f"/api/v1/actors/{co['name']}/webhook/{verb}")
         assert r.json()["state"] == state_name
+
+
+@pytest.mark.parametrize("settings_overrides", [{**FAST, "webhook_poll_interval": 60}])
+async def test_a_new_or_enabled_webhook_delivers_at_once_not_at_the_next_poll(
+    bus: Bus, receiver: Receiver
+) -> None:
+    """The dispatcher keeps the webhook actors it read for a poll interval (60 s here): a
+    change of actors reads them again at once, here and on the other replicas."""
+    acct = await bus.account()
+    # Made after the dispatcher's first read of the actors.
+    em, co = await webhook_chain(bus, acct, receiver.url("/hook"))
+    await emit(acct, em["name"])
+    await receiver.wait_for("/hook", timeout=5)
+
+    r = await acct.http.post(f"/api/v1/actors/{co['name']}/webhook/disable")
+    assert r.status_code == 200, r.text
+    emission = await emit(acct, em["name"])
+    await asyncio.sleep(0.3)
+    assert len(receiver.at("/hook")) == 1
+    r = await acct.http.post(f"/api/v1/actors/{co['name']}/webhook/enable")
+    assert r.status_code == 200, r.text
+    await receiver.wait_for("/hook", 2, timeout=5)
+    assert (await finished(acct.http, emission["process_id"]))["status"] == "done"
