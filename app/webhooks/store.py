@@ -98,7 +98,7 @@ _CLAIMED = """RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r
     r.inputs, r.lease_expires_at, r.available_at"""
 _ENVELOPE_AT = 9
 
-_CLAIM = """
+CLAIM = """
 WITH quota AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::float8[])
         AS q(actor_id, k, max_attempts, lease)
@@ -168,7 +168,7 @@ async def claim(
         return []
     conn = await driver_connection(unit)
     rows = await conn.fetch(
-        _CLAIM,
+        CLAIM,
         [q.actor_id for q in quotas],
         [q.count for q in quotas],
         [q.max_attempts for q in quotas],

@@ -99,11 +99,12 @@ async def test_the_nats_claim_starts_from_the_online_actors(
         await db.execute("ROLLBACK")
 
 
-async def test_a_webhook_claim_counts_what_is_in_flight_from_the_leases(
+async def test_a_webhook_round_reads_the_leases_and_the_due_requests_not_the_history(
     bus: Bus, db: asyncpg.Connection
 ) -> None:
     """Statistics that believe the actor has no requests, read before its history of 3,000:
-    asked by actor, the planner joined the actor's index and read them all at every round."""
+    asked by actor, the count of what is in flight joined the actor's index and read them
+    all at every round. The claim starts from the actor's due requests."""
     acct = await bus.account()
     em = await bus.actor(acct, "emitter")
     hook = await bus.actor(acct, "consumer")
@@ -125,3 +126,9 @@ async def test_a_webhook_claim_counts_what_is_in_flight_from_the_leases(
         assert "ix_requests_lease" in plan, plan
     counted = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])])
     assert [tuple(row) for row in counted] == [(uuid.UUID(hook["id"]), 5)]
+    args = f"ARRAY['{hook['id']}'::uuid], ARRAY[16], ARRAY[5], ARRAY[11.0], now(), 'x', 65536"
+    for plan in await _plans(db, webhooks_store.CLAIM, args):
+        assert "ix_requests_actor_id" not in plan, plan
+        # The actor's own end of the due index, not the whole index nor its history.
+        assert "Index Scan using ix_requests_due on requests r" in plan, plan
+        assert "Index Cond: ((actor_id = q.actor_id)" in plan, plan
