@@ -120,8 +120,7 @@ class Dispatcher:
         self.user_agent = f"xbus/{version()}"
         self.wake = asyncio.Event()
         self.attempts: set[asyncio.Task[None]] = set()
-        self._watchers: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._config_watcher: asyncio.Task[None] | None = None
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # by the notifier's key
         self._parsed: dict[uuid.UUID, tuple[dict[str, str], WebhookSettings | None]] = {}
         self._limiters: dict[uuid.UUID, RateLimiter] = {}
         self._turn = 0
@@ -134,10 +133,6 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
-        # A change of actors (a webhook enabled, a new webhook actor) starts a round at once.
-        self._config_watcher = asyncio.create_task(
-            self._watcher(CONFIG), name="webhook-watch-config"
-        )
         try:
             while True:
                 self.wake.clear()
@@ -154,29 +149,27 @@ class Dispatcher:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        watchers = list(self._watchers.values())
-        if self._config_watcher is not None:
-            watchers.append(self._config_watcher)
-        for watcher in watchers:
+        for watcher in self._watchers.values():
             watcher.cancel()
         if self.attempts:
             # Let attempts in flight end (their answers recorded) before the engine goes.
             await asyncio.wait(self.attempts, timeout=self.settings.webhook_shutdown_grace)
         for task in list(self.attempts):
             task.cancel()
-        await asyncio.gather(*self.attempts, *watchers, return_exceptions=True)
+        await asyncio.gather(*self.attempts, *self._watchers.values(), return_exceptions=True)
         self.pools.close()
 
     def _watch(self, actor_ids: Iterable[uuid.UUID]) -> None:
-        """Keep one waiter per webhook actor on the notifier: new work for any of them wakes
-        the loop (locally and, through the doorbell, from other replicas)."""
-        wanted = set(actor_ids)
-        for actor_id in list(self._watchers):
-            if actor_id not in wanted:
-                self._watchers.pop(actor_id).cancel()
-        for actor_id in wanted - self._watchers.keys():
-            self._watchers[actor_id] = asyncio.create_task(
-                self._watcher(actor_key(actor_id)), name=f"webhook-watch-{actor_id}"
+        """Keep one waiter per webhook actor on the notifier, and one on changes of actors:
+        new work for any of them, or a change (a webhook enabled, a new webhook actor),
+        wakes the loop (locally and, through the doorbell, from other replicas)."""
+        wanted = {actor_key(actor_id) for actor_id in actor_ids} | {CONFIG}
+        for key in list(self._watchers):
+            if key not in wanted:
+                self._watchers.pop(key).cancel()
+        for key in wanted - self._watchers.keys():
+            self._watchers[key] = asyncio.create_task(
+                self._watcher(key), name=f"webhook-watch-{key}"
             )
 
     async def _watcher(self, key: str) -> None:
