@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
 
+from app.cli import fair_accept
 from app.config import Settings
 from app.logs import setup_logging_for, stop_logging
 from app.runtime import children
@@ -38,6 +39,7 @@ log = logging.getLogger("xbusd")
 # PostgreSQL keeps a few connections for superusers: a pool that would need them fails.
 _RESERVED_CONNECTIONS = 3
 _HEALTHCHECK_TIMEOUT = 30
+_LOAD_SLOTS = 64
 
 
 def worker_app(settings: Settings) -> FastAPI:
@@ -74,6 +76,9 @@ class WorkerConfig(uvicorn.Config):
     def __init__(self, settings: Settings, workers: int, **kwargs: Any) -> None:
         self.settings = settings
         self.supervisor_pid = os.getpid()
+        # The workers' connections, for each to take the shared socket's least-loaded first
+        # (room for the workers added by SIGTTIN and for those replaced).
+        self.loads = fair_accept.Loads(max(_LOAD_SLOTS, 4 * workers))
         super().__init__(
             functools.partial(worker_app, settings), factory=True, workers=workers, **kwargs
         )
@@ -84,6 +89,7 @@ class WorkerConfig(uvicorn.Config):
         super().configure_logging()
         if os.getpid() != self.supervisor_pid:
             _become_worker(self.settings, self.supervisor_pid)
+            fair_accept.share(self.loads)
 
 
 def prepare(settings: Settings) -> Settings:
@@ -151,6 +157,8 @@ def serve_workers(settings: Settings) -> bool:
         timeout_graceful_shutdown=settings.http_shutdown_grace,
         server_header=False,
         proxy_headers=True,
+        # The workers take the shared socket's connections least-loaded first.
+        loop="app.cli.fair_accept:new_event_loop",
         # A worker answers the supervisor's pings once it has imported enough to start its
         # server: on a busy machine that takes longer than uvicorn's 5 s, and a worker
         # that does not answer in time is killed and started again.

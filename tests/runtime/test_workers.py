@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import statistics
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +180,81 @@ def test_two_workers_serve_wake_each_other_and_stop(server: Server) -> None:
     output = server.log.read_text()
     for pid in (a, b):  # drained, and their last words were flushed
         assert f"Finished server process [{pid}]" in output
+
+
+def _connect(server: Server) -> socket.socket:
+    """A connection that got its answer to GET /healthz, kept open."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: xbus\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    return sock
+
+
+def _burst(server: Server, count: int) -> list[socket.socket]:
+    """`count` connections opened at once (as a client's pool, or a load generator, does)."""
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: _connect(server), range(count)))
+
+
+def _serving(server: Server, workers: list[psutil.Process]) -> dict[int, int]:
+    """The connections each worker serves."""
+    return {
+        worker.pid: sum(
+            1
+            for conn in worker.net_connections(kind="tcp")
+            if conn.laddr and conn.laddr.port == server.port and conn.raddr
+        )
+        for worker in workers
+    }
+
+
+def _close(server: Server, workers: list[psutil.Process], socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while any(_serving(server, workers).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_connections_opened_at_once_are_shared_by_the_workers(server: Server) -> None:
+    """A worker used to accept every connection waiting when it woke up: a burst of
+    connections all went to one worker (and stayed there). The worker that serves fewer now
+    takes the next (app/cli/fair_accept.py), and a stopped worker is not waited for."""
+    server.start(timeout=120)
+    workers = _workers(server)
+    assert len(workers) == 2
+    deadline = time.monotonic() + 60  # both serving (/readyz answered from one of them)
+    while server.log.read_text().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    for _ in range(3):
+        socks = _burst(server, 10)
+        serving = _serving(server, workers)
+        assert sum(serving.values()) == 10
+        assert max(serving.values()) - min(serving.values()) <= 2, serving
+        _close(server, workers, socks)
+
+    # A worker stopped (as if hung) while it serves fewer: the other takes the new
+    # connections, after a few milliseconds at first, at once once the stopped one's loop
+    # has missed its beats.
+    socks = [_connect(server), _connect(server), _connect(server)]
+    serving = _serving(server, workers)
+    stopped = min(serving, key=lambda pid: serving[pid])
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        socks += [_connect(server) for _ in range(6)]
+        after = _serving(server, workers)
+        assert after[stopped] == serving[stopped], (serving, after)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    socks.append(_connect(server))
+    _close(server, workers, socks)
+    assert server.stop(signal.SIGTERM) == 0
 
 
 def test_kill_9_of_the_supervisor_leaves_no_worker(server: Server) -> None:
