@@ -9,13 +9,13 @@ connections live (`bench.http_bus`: its 20 connections on one worker of two, run
 Here each worker's event loop serves the shared socket with a `Listener`, which counts the
 connections its worker serves in a small array that all the workers share (`Loads`). When a
 connection waits, a worker that serves more than another live worker lets that one take it
-first: it tries only after `DEFER` (the other's wake-up takes up to a millisecond on a busy
-machine). Workers that serve as many take it at once, whoever is first: clients that open a
-connection for each request are not slowed. The connections still wait in the one queue of
-the shared socket: a worker that stops or dies leaves them to the others (per-worker
-`SO_REUSEPORT` sockets would split them by a hash of the addresses instead, and drop what
-waits in a closed worker's queue), and a worker that hangs costs the others `DEFER` per
-connection, no more.
+first: it tries only after `DEFER` (the other's wake-up took up to a millisecond on a busy
+2-core machine). Workers that serve as many take it at once, whoever is first: clients that
+open a connection for each request are not slowed. The connections still wait in the one
+queue of the shared socket: a worker that stops or dies leaves them to the others
+(per-worker `SO_REUSEPORT` sockets would split them by a hash of the addresses instead, and
+drop what waits in a closed worker's queue). A worker whose event loop stops beating
+(stopped, stuck in a long computation) is waited for during `STALE_MS`, then no more.
 
 The workers' event loop (uvicorn's `Config(loop=...)`, `new_event_loop`) is uvloop's, or
 asyncio's without uvloop, with `FairAccept`: its `create_server` for a given plain socket
@@ -43,10 +43,8 @@ DEFER = 0.005
 # A worker whose event loop beats every BEAT seconds; one silent for STALE_MS is not waited for.
 BEAT = 0.1
 STALE_MS = 500
-# What accept(2) can fail with while the socket is fine: the connection reset before it was
-# taken, or the process out of descriptors or memory for a moment (asyncio waits 1 s too).
+# What accept(2) fails with when the connection was reset before it was taken.
 _RETRY_AT_ONCE = {errno.ECONNABORTED, errno.EPROTO, errno.EINTR}
-_RETRY_LATER = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _RETRY_DELAY = 1.0
 
 
@@ -154,6 +152,7 @@ class Listener:
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._loads = loads
         self._connections = 0  # accepted and not yet lost
+        self._serving: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         sock.listen(backlog)
         self._beating: asyncio.TimerHandle | None = None
@@ -161,6 +160,7 @@ class Listener:
             loads.take()
             self._beat()
         self._accepting = loop.create_task(self._accept(), name="accept")
+        self._accepting.add_done_callback(self._stopped)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -173,14 +173,20 @@ class Listener:
         """Stop taking connections (the socket is its owner's to close); those accepted
         are their protocols'."""
         self._accepting.cancel()
-        if self._beating is not None:
-            self._beating.cancel()
-        if self._loads is not None:
-            self._loads.free()
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await self._accepting
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """No more accepting (closed, or failed): the other workers no longer wait for this
+        one."""
+        if self._beating is not None:
+            self._beating.cancel()
+        if self._loads is not None:
+            self._loads.free()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("this worker stopped accepting connections", exc_info=task.exception())
 
     def _beat(self) -> None:
         assert self._loads is not None
@@ -204,13 +210,15 @@ class Listener:
             except OSError as exc:
                 if exc.errno in _RETRY_AT_ONCE:
                     continue
-                if exc.errno in _RETRY_LATER:
-                    log.error("cannot accept a connection (%s); again in %g s", exc, _RETRY_DELAY)
-                    await asyncio.sleep(_RETRY_DELAY)
-                    continue
-                raise
+                # Out of descriptors or memory for a moment, or what should not happen:
+                # said, and tried again (asyncio's own accept waits 1 s too).
+                log.error("cannot accept a connection (%s); again in %g s", exc, _RETRY_DELAY)
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
             self._count(+1)
-            self._loop.create_task(self._serve(conn))
+            task = self._loop.create_task(self._serve(conn))
+            self._serving.add(task)  # held until done (the loop holds tasks weakly)
+            task.add_done_callback(self._serving.discard)
 
     async def _connection_waits(self) -> None:
         """Returns once the socket has a connection waiting (in every worker it wakes)."""
