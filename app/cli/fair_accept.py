@@ -7,15 +7,16 @@ worker that wakes first takes them all, and the others stay idle for as long as 
 connections live (`bench.http_bus`: its 20 connections on one worker of two, run after run).
 
 Here each worker's event loop serves the shared socket with a `Listener`, which counts the
-connections its worker serves in a small array that all the workers share (`Loads`). When a
-connection waits, a worker that serves more than another live worker lets that one take it
-first: it tries only after `DEFER` (the other's wake-up took up to a millisecond on a busy
-2-core machine). Workers that serve as many take it at once, whoever is first: clients that
-open a connection for each request are not slowed. The connections still wait in the one
-queue of the shared socket: a worker that stops or dies leaves them to the others
-(per-worker `SO_REUSEPORT` sockets would split them by a hash of the addresses instead, and
-drop what waits in a closed worker's queue). A worker whose event loop stops beating
-(stopped, stuck in a long computation) is waited for during `STALE_MS`, then no more.
+connections its worker serves in a small array that all the workers share (`Loads`). When
+connections wait, a worker takes them at once unless another live worker serves fewer: it
+then leaves that one `DEFER` to take the next first (the other's wake-up took up to a
+millisecond on a busy 2-core machine). Workers that serve as many take what comes, whoever
+is first; a connection waits at most `DEFER` more than before, when the worker that serves
+fewer is busy. The connections still wait in the one queue of the shared socket: a worker
+that stops or dies leaves them to the others (per-worker `SO_REUSEPORT` sockets would split
+them by a hash of the addresses instead, and drop what waits in a closed worker's queue). A
+worker whose event loop stops beating (stopped, stuck in a long computation) is waited for
+during `STALE_MS` at most, then no more.
 
 The workers' event loop (uvicorn's `Config(loop=...)`, `new_event_loop`) is uvloop's, or
 asyncio's without uvloop, with `FairAccept`: its `create_server` for a given plain socket
@@ -30,9 +31,10 @@ import errno
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,24 @@ DEFER = 0.005
 # A worker whose event loop beats every BEAT seconds; one silent for STALE_MS is not waited for.
 BEAT = 0.1
 STALE_MS = 500
-# What accept(2) fails with when the connection was reset before it was taken.
-_RETRY_AT_ONCE = {errno.ECONNABORTED, errno.EPROTO, errno.EINTR}
+# What accept(2) fails with when the connection went wrong before it was taken (on Linux,
+# the pending network errors too: accept(2) says to retry at once).
+_RETRY_AT_ONCE = {
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EINTR",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+}
 _RETRY_DELAY = 1.0
 
 
@@ -81,10 +99,21 @@ class Loads:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_mine": None}
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A worker killed while it held the lock (a moment's window) must not block the
+        # others for good: past a second, go on without it.
+        got = self._lock.acquire(timeout=1.0)
+        try:
+            yield
+        finally:
+            if got:
+                self._lock.release()
+
     def take(self) -> None:
         """This worker's slot, with no connection."""
         me = os.getpid()
-        with self._lock:
+        with self._locked():
             for slot in range(self.slots):
                 at = self._FIELDS * slot
                 pid = self._cells[at]
@@ -96,7 +125,7 @@ class Loads:
 
     def free(self) -> None:
         if self._mine is not None:
-            with self._lock:
+            with self._locked():
                 self._cells[self._mine] = 0
             self._mine = None
 
@@ -128,7 +157,7 @@ class Loads:
 _loads: Loads | None = None
 
 
-def share(loads: Loads) -> None:
+def share(loads: Loads | None) -> None:
     """In a worker, before its server starts: the loads its listener publishes and reads."""
     global _loads
     _loads = loads
@@ -136,7 +165,10 @@ def share(loads: Loads) -> None:
 
 class Listener:
     """Takes the connections of a listening socket, least-loaded worker first; what uvicorn
-    keeps of a server (`close`, `wait_closed`)."""
+    keeps of a server (`close`, `wait_closed`). It listens on a duplicate of the socket of
+    its own: uvicorn closes the socket it gave right after `close`, and an epoll watch of
+    a descriptor closed while other processes hold the same socket outlives it (a loop
+    woken at every waiting connection, for nothing)."""
 
     def __init__(
         self,
@@ -148,13 +180,14 @@ class Listener:
     ) -> None:
         self._loop = loop
         self._factory = protocol_factory
-        self._sock = sock
-        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._loads = loads
-        self._connections = 0  # accepted and not yet lost
-        self._serving: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         sock.listen(backlog)
+        self._sock = sock.dup()
+        self._loads = loads
+        # The connections served: their transports once set up, the set-ups under way.
+        self._transports: set[asyncio.BaseTransport] = set()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._watching = False  # a reader is on the socket
         self._beating: asyncio.TimerHandle | None = None
         if loads is not None:
             loads.take()
@@ -170,55 +203,69 @@ class Listener:
         return not self._accepting.done()
 
     def close(self) -> None:
-        """Stop taking connections (the socket is its owner's to close); those accepted
-        are their protocols'."""
+        """Stop taking connections; those accepted are their protocols'."""
+        self._unwatch()  # now, before uvicorn closes its socket
         self._accepting.cancel()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # `_stopped` said it
             await self._accepting
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
-        """No more accepting (closed, or failed): the other workers no longer wait for this
-        one."""
+        """No more accepting: the other workers no longer wait for this one. Failed, this
+        worker could only answer the connections it has: it stops (gracefully, as on
+        SIGTERM), and the supervisor starts another."""
+        self._unwatch()
+        self._sock.close()
         if self._beating is not None:
             self._beating.cancel()
         if self._loads is not None:
             self._loads.free()
         if not task.cancelled() and task.exception() is not None:
-            log.error("this worker stopped accepting connections", exc_info=task.exception())
+            log.critical(
+                "this worker stopped accepting connections: it stops",
+                exc_info=task.exception(),
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _serving(self) -> int:
+        self._transports = {t for t in self._transports if not t.is_closing()}
+        return len(self._transports) + len(self._starting)
 
     def _beat(self) -> None:
+        """Every BEAT: this worker's loop runs, and serves this many connections (counted
+        from the transports: a connection upgraded to a WebSocket changes protocols, not
+        transports)."""
         assert self._loads is not None
         self._loads.beat()
+        self._loads.serving(self._serving())
         self._beating = self._loop.call_later(BEAT, self._beat)
-
-    def _count(self, change: int) -> None:
-        self._connections += change
-        if self._loads is not None:
-            self._loads.serving(self._connections)
 
     async def _accept(self) -> None:
         while True:
             await self._connection_waits()
-            if self._loads is not None and self._loads.defer(self._connections):
-                await asyncio.sleep(DEFER)
-            try:
-                conn, _ = self._sock.accept()
-            except BlockingIOError:
-                continue  # another worker took it
-            except OSError as exc:
-                if exc.errno in _RETRY_AT_ONCE:
-                    continue
-                # Out of descriptors or memory for a moment, or what should not happen:
-                # said, and tried again (asyncio's own accept waits 1 s too).
-                log.error("cannot accept a connection (%s); again in %g s", exc, _RETRY_DELAY)
-                await asyncio.sleep(_RETRY_DELAY)
-                continue
-            self._count(+1)
-            task = self._loop.create_task(self._serve(conn))
-            self._serving.add(task)  # held until done (the loop holds tasks weakly)
-            task.add_done_callback(self._serving.discard)
+            # What waits is taken at once, unless another worker serves fewer: that one gets
+            # DEFER to take the next connection first.
+            while True:
+                if self._loads is not None and self._loads.defer(self._serving()):
+                    await asyncio.sleep(DEFER)
+                try:
+                    conn, _ = self._sock.accept()
+                except BlockingIOError:
+                    break  # none left (another worker took it)
+                except OSError as exc:
+                    if exc.errno in _RETRY_AT_ONCE:
+                        continue
+                    # Out of descriptors or memory for a moment, or what should not happen:
+                    # said, and tried again (asyncio's own accept waits 1 s too).
+                    log.error("cannot accept a connection (%s); again in %g s", exc, _RETRY_DELAY)
+                    await asyncio.sleep(_RETRY_DELAY)
+                    break
+                task = self._loop.create_task(self._start(conn))
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
+                if self._loads is not None:
+                    self._loads.serving(self._serving())
 
     async def _connection_waits(self) -> None:
         """Returns once the socket has a connection waiting (in every worker it wakes)."""
@@ -228,35 +275,27 @@ class Listener:
             if not ready.done():
                 ready.set_result(None)
 
-        fd = self._sock.fileno()
-        self._loop.add_reader(fd, wake)
+        self._loop.add_reader(self._sock.fileno(), wake)
+        self._watching = True
         try:
             await ready
         finally:
-            self._loop.remove_reader(fd)
+            self._unwatch()
 
-    async def _serve(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        if self._tcp:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._loop.remove_reader(self._sock.fileno())
+
+    async def _start(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._protocol, conn)
+            conn.setblocking(False)
+            transport, _ = await self._loop.connect_accepted_socket(self._factory, conn)
         except Exception:
             log.exception("cannot serve an accepted connection")
             conn.close()
-            self._count(-1)
-
-    def _protocol(self) -> asyncio.Protocol:
-        """The server's protocol, counted out when its connection is lost."""
-        protocol = self._factory()
-        lost = protocol.connection_lost
-
-        def connection_lost(exc: Exception | None) -> None:
-            self._count(-1)
-            lost(exc)
-
-        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        return protocol
+            return
+        self._transports.add(transport)
 
 
 class FairAccept:

