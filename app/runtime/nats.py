@@ -20,6 +20,8 @@ from app.runtime import children
 
 log = logging.getLogger(__name__)
 
+_BIND_ATTEMPTS = 3
+
 
 def server_binary() -> str:
     beside_python = Path(sys.executable).parent / "nats-server"
@@ -50,17 +52,29 @@ class EmbeddedNats:
     def start(self, timeout: float = 30.0) -> str:
         self.base.mkdir(parents=True, exist_ok=True)
         self._clean_stale()
-        if self.port == 0 or not children.port_is_free(self.host, self.port):
+        choose = self.port == 0 or not children.port_is_free(self.host, self.port)
+        if choose and self.port:
             wanted = self.port
             self.port = children.free_port(self.host)
-            if wanted:
-                log.warning(
-                    "NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port
-                )
-        self.monitor_port = children.free_port("127.0.0.1")
+            log.warning(
+                "NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port
+            )
         if self.tls is not None and not self.auth_file.exists():
             self.auth_file.write_text(render_auth([]))
-        self.launch(timeout)
+        # A port found free can be taken by another process before nats-server binds it
+        # (other servers starting on the machine: a test suite's, in parallel): then others.
+        for attempt in range(1, _BIND_ATTEMPTS + 1):
+            if choose and (attempt > 1 or self.port == 0):
+                self.port = children.free_port(self.host)
+            self.monitor_port = children.free_port("127.0.0.1")
+            try:
+                self.launch(timeout)
+                break
+            except RuntimeError:
+                taken = "address already in use" in children.tail(self.log_file, 3)
+                if not taken or attempt == _BIND_ATTEMPTS:
+                    raise
+                log.warning("a port of the embedded nats-server was taken as it started; again")
         return self.url()
 
     def launch(self, timeout: float) -> None:
