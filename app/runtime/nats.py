@@ -52,20 +52,18 @@ class EmbeddedNats:
     def start(self, timeout: float = 30.0) -> str:
         self.base.mkdir(parents=True, exist_ok=True)
         self._clean_stale()
-        choose = self.port == 0 or not children.port_is_free(self.host, self.port)
-        if choose and self.port:
-            wanted = self.port
-            self.port = children.free_port(self.host)
-            log.warning(
-                "NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port
-            )
+        chosen = self.port == 0 or not children.port_is_free(self.host, self.port)
+        if chosen:
+            wanted, self.port = self.port, children.free_port(self.host)
+            if wanted:
+                log.warning(
+                    "NATS port %d is taken; the embedded nats-server uses %d", wanted, self.port
+                )
         if self.tls is not None and not self.auth_file.exists():
             self.auth_file.write_text(render_auth([]))
         # A port found free can be taken by another process before nats-server binds it
         # (other servers starting on the machine: a test suite's, in parallel): then others.
         for attempt in range(1, _BIND_ATTEMPTS + 1):
-            if choose and (attempt > 1 or self.port == 0):
-                self.port = children.free_port(self.host)
             self.monitor_port = children.free_port("127.0.0.1")
             try:
                 self.launch(timeout)
@@ -75,6 +73,8 @@ class EmbeddedNats:
                 if not taken or attempt == _BIND_ATTEMPTS:
                     raise
                 log.warning("a port of the embedded nats-server was taken as it started; again")
+                if chosen:
+                    self.port = children.free_port(self.host)
         return self.url()
 
     def launch(self, timeout: float) -> None:
