@@ -159,12 +159,15 @@ WHERE p.id = (SELECT r.process_id FROM requests r WHERE r.id = $1)
 FOR UPDATE OF p"""
 
 # The processes of many requests, locked in the order of their ids (a batch of answers):
-# the requests whose processes are locked (those found).
+# the requests whose processes are locked (those found). Each process is reached from its
+# request by its key (LATERAL), whatever the statistics say: the plan prepared for any list
+# of requests (a generic plan, guessing 10) joined a scan of every process to them while the
+# table was small (0.5 ms a batch with 2,000 processes, against 0.05).
 LOCK_PROCESSES_OF_REQUESTS = """
-SELECT r.id FROM requests r JOIN processes p ON p.id = r.process_id
-WHERE r.id = ANY($1::uuid[])
-ORDER BY p.id
-FOR UPDATE OF p"""
+SELECT r.id FROM (
+    SELECT id, process_id FROM requests WHERE id = ANY($1::uuid[]) ORDER BY process_id
+) r
+CROSS JOIN LATERAL (SELECT p.id FROM processes p WHERE p.id = r.process_id FOR UPDATE) p"""
 
 # A process (locked already) with its nodes and its warning count.
 READ_PROCESS = f"""
@@ -216,9 +219,12 @@ FOR UPDATE OF r"""
 PEEK_FOR_ANSWER = READ_FOR_ANSWER.removesuffix("\nFOR UPDATE OF r")
 assert PEEK_FOR_ANSWER != READ_FOR_ANSWER
 
-# READ_FOR_ANSWER for many requests (their processes locked already).
-READ_FOR_ANSWERS = READ_FOR_ANSWER.replace("WHERE r.id = $1", "WHERE r.id = ANY($1::uuid[])")
-assert READ_FOR_ANSWERS != READ_FOR_ANSWER
+# READ_FOR_ANSWER for many requests (their processes locked already), each read by its keys
+# as READ_FOR_ANSWER reads one (as LOCK_PROCESSES_OF_REQUESTS, whatever the statistics say).
+READ_FOR_ANSWERS = f"""
+SELECT one.* FROM unnest($1::uuid[]) AS t(id)
+CROSS JOIN LATERAL ({READ_FOR_ANSWER.replace("WHERE r.id = $1", "WHERE r.id = t.id")}) one"""
+assert "t.id" in READ_FOR_ANSWERS
 
 OPEN_BY_NODE = f"""
 SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (

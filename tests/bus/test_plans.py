@@ -132,3 +132,27 @@ async def test_a_webhook_round_reads_the_leases_and_the_due_requests_not_the_his
         # The actor's own end of the due index, not the whole index nor its history.
         assert "Index Scan using ix_requests_due on requests r" in plan, plan
         assert "Index Cond: ((actor_id = q.actor_id)" in plan, plan
+
+
+async def test_a_batch_of_answers_reaches_each_process_by_its_key(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """The plan prepared for any list of requests (generic: it guesses 10) joined a scan of
+    every process to them while the table held some thousands (0.5 ms a batch at 2,000, 0.9
+    ms for the lock and the read together under load): each process and request is reached
+    by its key."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    consumer = await bus.actor(acct, "consumer")
+    await bus.pipeline(chain(em["name"], ("consumer", consumer["name"])))
+    # A thousand processes: past some thousands, the scan looked dearer than the keys to it.
+    r = await acct.http.post(f"/api/v1/actors/{em['name']}/outputs", json=[ENVELOPE] * 1000)
+    assert r.status_code == 200, r.text
+    await db.execute("ANALYZE processes")
+    await db.execute("ANALYZE requests")
+    ids = await db.fetch("SELECT id FROM requests WHERE actor_id = $1 LIMIT 2", consumer["id"])
+    args = "ARRAY[" + ", ".join(f"'{row[0]}'::uuid" for row in ids) + "]"
+    for statement in (store.LOCK_PROCESSES_OF_REQUESTS, store.READ_FOR_ANSWERS):
+        for plan in await _plans(db, statement, args):
+            assert "Seq Scan on processes" not in plan, plan
+            assert "Index Scan using pk_processes on processes" in plan, plan
