@@ -190,16 +190,28 @@ class _Answer:
     joined: store.Joined | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """An answer of a batch decided, to be written by `Director.write_answers`."""
+
+    ctx: ProcessContext
+    joined: store.Joined | None
+    statement: str
+    arguments: tuple[Any, ...]
+
+
 @dataclass(slots=True)
 class Answering:
     """A batch of answers under way (`Director.lock_answers`): the requests whose processes
-    the batch locked, and their rows read after the lock. A row serves the first answer of
-    its process only: once an answer has changed a process, the next answer to a request of
-    it reads again (in the same transaction, it sees what the first wrote)."""
+    the batch locked, their rows read after the lock, and the answers decided but not yet
+    written. A row serves the first answer of its process only: once an answer has changed
+    a process, the next answer to a request of it reads again, after what the batch decided
+    so far is written (in the same transaction, it sees what the first wrote)."""
 
     locked: set[uuid.UUID]
     rows: dict[uuid.UUID, Any]
     touched: set[uuid.UUID] = field(default_factory=set)
+    writes: list[_Write] = field(default_factory=list)
 
     def take(self, request_id: uuid.UUID) -> Any:
         """The row read for this request, unless an answer of the batch came to its process
@@ -266,8 +278,19 @@ class Director:
         once the transaction commits. Returns the channels of the requests it canceled. With
         `versions` (a decision taken without the locks, `store.save`): None when the process
         or the request changed since they were read, and nothing was written."""
-        canceled = await store.save(
-            conn,
+        statement, arguments = self._statement(ctx, joined, versions)
+        canceled = store.saved(await conn.fetchrow(statement, *arguments), joined)
+        if canceled is not None:
+            self._told(session, ctx, canceled)
+        return canceled
+
+    def _statement(
+        self,
+        ctx: ProcessContext,
+        joined: store.Joined | None = None,
+        versions: tuple[int, int] | None = None,
+    ) -> tuple[str, tuple[Any, ...]]:
+        return store.save_statement(
             ctx.process,
             ctx.nodes,
             ctx.changes,
@@ -276,9 +299,6 @@ class Director:
             joined=joined,
             versions=versions,
         )
-        if canceled is not None:
-            self._told(session, ctx, canceled)
-        return canceled
 
     def _told(self, session: Unit, ctx: ProcessContext, canceled: list[str]) -> None:
         """A decision is written: what it tells (wake-ups, metrics, end listeners) goes out
@@ -592,7 +612,7 @@ class Director:
         a success takes the outputs recorded on the request (a NATS worker's, sent by
         Broker.Output before it ends), as read under the lock. `answering`: the batch this
         answer is part of (`lock_answers`). `joined`: rows written by the answer's statement
-        (`store.Joined`; not with `answering`).
+        (`store.Joined`; with `answering`, its `result` is there once `write_answers` wrote).
 
         An answer that stores no envelope is first decided on what one statement reads
         without a lock, and written by one statement only if neither the process nor the
@@ -612,6 +632,9 @@ class Director:
         conn = await driver_connection(session)
         row = answering.take(request_id) if answering is not None else None
         if row is None:
+            if answering is not None:
+                # Read under the lock, after what the batch decided is written.
+                await self.write_answers(session, answering)
             locked = answering is not None and request_id in answering.locked
             lock = store.LOCK_PROCESS_OF_REQUEST
             if not locked and await conn.fetchval(lock, request_id) is None:
@@ -621,8 +644,8 @@ class Director:
             raise NotFound(f"no request {request_id}")
         if answering is not None:
             answering.touched.add(row["id"])
-        request = await self._answer(session, conn, request_id, row, answer, None)
-        assert request is not None  # written under the locks
+        request = await self._answer(session, conn, request_id, row, answer, None, answering)
+        assert request is not None  # decided under the locks
         return request
 
     async def _answer(
@@ -633,9 +656,11 @@ class Director:
         row: Any,
         answer: _Answer,
         versions: tuple[int, int] | None,
+        answering: Answering | None = None,
     ) -> RequestRow | None:
-        """`report` decided on `row` (READ_FOR_ANSWER's) and written: None when `versions`
-        were given and the process or the request changed since `row` was read."""
+        """`report` decided on `row` (READ_FOR_ANSWER's) and written (with `answering`: left
+        to `write_answers`): None when `versions` were given and the process or the request
+        changed since `row` was read."""
         status, messages, outputs = answer.status, answer.messages, answer.outputs
         account_id, recorded_outputs = answer.account_id, answer.recorded_outputs
         if account_id is not None and row["account_id"] != account_id:
@@ -714,6 +739,10 @@ class Director:
             ctx.ended.append((request.channel.value, status.value))
             await self._answered(session, ctx, request, actor_name, messages, produced, open_left)
         request.updated_at = now
+        if answering is not None:
+            statement, arguments = self._statement(ctx, answer.joined)
+            answering.writes.append(_Write(ctx, answer.joined, statement, arguments))
+            return request
         if await self._save(session, conn, ctx, answer.joined, versions) is None:
             return None
         return request
@@ -727,6 +756,25 @@ class Director:
         locked = {r[0] for r in await conn.fetch(store.LOCK_PROCESSES_OF_REQUESTS, request_ids)}
         rows = await conn.fetch(store.READ_FOR_ANSWERS, list(locked)) if locked else []
         return Answering(locked, {row["request_id"]: row for row in rows})
+
+    async def write_answers(self, session: Unit, answering: Answering) -> None:
+        """Write the answers of the batch decided since the last write, in one round trip
+        (asyncpg's `fetchmany` sends them in a row, one statement each, and reads their
+        answers once): the batch's processes are locked, so none of these writes waits on
+        another of them. Call it once the batch's answers are all given, before the commit."""
+        writes, answering.writes = answering.writes, []
+        if not writes:
+            return
+        conn = await driver_connection(session)
+        by_statement: dict[str, list[_Write]] = {}
+        for write in writes:
+            by_statement.setdefault(write.statement, []).append(write)
+        for statement, group in by_statement.items():
+            rows = await conn.fetchmany(statement, [write.arguments for write in group])
+            for write, row in zip(group, rows, strict=True):
+                canceled = store.saved(row, write.joined)
+                assert canceled is not None  # unguarded: decided under the locks
+                self._told(session, write.ctx, canceled)
 
     async def _answered(
         self,

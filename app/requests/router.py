@@ -151,6 +151,7 @@ async def report_states(
                 )
                 continue
             results.append(RequestStateResult(request_id=item.request_id, status=200, state=answer))
+        await state.director.write_answers(session, answering)
         return RequestStatesRead(results=results)
 
 

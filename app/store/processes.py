@@ -542,8 +542,7 @@ def _log_columns(logs: list[LogRow]) -> list[list[Any]]:
     ]
 
 
-async def save(
-    conn: Any,
+def save_statement(
     process: ProcessRow,
     nodes: dict[str, NodeRow],
     changes: Changes,
@@ -552,11 +551,10 @@ async def save(
     max_attempts: int,
     joined: Joined | None = None,
     versions: tuple[int, int] | None = None,
-) -> list[str] | None:
-    """Write the changes (and `joined`); returns the channels of the requests it canceled.
-    With `versions` (of the process's row and of `changes.request`'s, as the decision read
-    them without a lock): written only if they are still those, else nothing is and the
-    answer is None."""
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement that writes the changes (and `joined`), with its arguments; its one row
+    is read by `saved`. With `versions` (of the process's row and of `changes.request`'s, as
+    the decision read them without a lock): it writes only if they are still those."""
     assert versions is None or changes.request is not None
     # Guarded, each joined part must write only where the guard let it (else a write the
     # guard refused would leave it written, and the answer written again would repeat it).
@@ -570,8 +568,7 @@ async def save(
     if joined is not None:
         statement = save_with(joined.parts, joined.answer, changes.new_process)
         more = joined.parameters
-    result = await conn.fetchrow(
-        statement,
+    return statement, (
         process.id,
         process.pipeline_id,
         process.trigger_envelope_id,
@@ -617,12 +614,43 @@ async def save(
         *(versions or (None, None)),
         *more,
     )
+
+
+def saved(result: Any, joined: Joined | None = None) -> list[str] | None:
+    """What `save_statement`'s statement answered: the channels of the requests it canceled,
+    or None when its guard refused the write (nothing written). `joined.result` is set."""
     written, canceled, answer = result
     if not written:
         return None
     if joined is not None:
         joined.result = answer
     return list(canceled)
+
+
+async def save(
+    conn: Any,
+    process: ProcessRow,
+    nodes: dict[str, NodeRow],
+    changes: Changes,
+    *,
+    now: datetime,
+    max_attempts: int,
+    joined: Joined | None = None,
+    versions: tuple[int, int] | None = None,
+) -> list[str] | None:
+    """Write the changes (and `joined`) now (`save_statement`); returns the channels of the
+    requests it canceled, or None when `versions` were given and are no longer those of the
+    rows (then nothing was written)."""
+    statement, arguments = save_statement(
+        process,
+        nodes,
+        changes,
+        now=now,
+        max_attempts=max_attempts,
+        joined=joined,
+        versions=versions,
+    )
+    return saved(await conn.fetchrow(statement, *arguments), joined)
 
 
 # New processes with their envelopes, many at once (a batch of emissions): only inserts.

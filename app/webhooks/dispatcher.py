@@ -17,6 +17,9 @@ accounts, actors or pipelines change, or every `webhook_poll_interval`):
   `webhook-id`);
 - suspended webhooks whose probe is due get their oldest pending request sent as a probe.
 
+Each attempt's outcome is recorded with its request's answer in one transaction; delivered
+answers that end together are written together (`app.webhooks.recorder`).
+
 Isolation: attempts never run on the loop itself, each actor has its own small connection
 pool (as many connections as its concurrency), and an attempt's whole exchange is bounded
 by the actor's timeout, so a hanging endpoint holds only its own slots.
@@ -46,6 +49,7 @@ from app.webhooks import repository as repo
 from app.webhooks import store
 from app.webhooks.client import HttpError, HttpResponse, Pools, Target
 from app.webhooks.payload import request_body
+from app.webhooks.recorder import Recorder
 from app.webhooks.service import AttemptResult, Job, Kind, Outcomes
 from app.webhooks.settings import (
     UnresolvableHostError,
@@ -57,6 +61,12 @@ from app.webhooks.settings import (
 from app.webhooks.signing import signature_headers
 
 log = logging.getLogger(__name__)
+
+# Delivered attempts' outcomes are written in groups (`Recorder`): by this many tasks at once
+# (one: the next group gathers while one is written; with two, drains were no faster and
+# PostgreSQL busier), at most this many attempts a group.
+_GROUP_WRITERS = 1
+_GROUP_MAX = 64
 
 
 def utcnow() -> datetime:
@@ -114,7 +124,15 @@ class Dispatcher:
         self.db = db
         self.settings = settings
         self.notifier = notifier
-        self.outcomes = Outcomes(director, settings)
+        # Attempts record their outcome on the hot routes' pool (units of work without the
+        # ORM): at most half of it at once, so that they never starve the API's hot routes.
+        self.recorder = Recorder(
+            db,
+            Outcomes(director, settings),
+            units=max(1, settings.db_hot_pool_size // 2),
+            writers=_GROUP_WRITERS,
+            group_max=_GROUP_MAX,
+        )
         self.pools = Pools()
         self.holder = f"webhook:{socket.gethostname()}:{os.getpid()}"
         self.user_agent = f"xbus/{version()}"
@@ -124,9 +142,6 @@ class Dispatcher:
         self._parsed: dict[uuid.UUID, tuple[dict[str, str], WebhookSettings | None]] = {}
         self._limiters: dict[uuid.UUID, RateLimiter] = {}
         self._turn = 0
-        # Attempts record their outcome on the hot routes' pool (units of work without the
-        # ORM): at most half of it at once, so that they never starve the API's hot routes.
-        self._db_slots = asyncio.Semaphore(max(1, settings.db_hot_pool_size // 2))
         self._actors_cache: list[repo.WebhookActor] = []
         self._actors_read_at = -math.inf
         self._actors_generation = -1  # the notifier's generation when they were read
@@ -157,6 +172,7 @@ class Dispatcher:
         for task in list(self.attempts):
             task.cancel()
         await asyncio.gather(*self.attempts, *self._watchers.values(), return_exceptions=True)
+        await self.recorder.close()
         self.pools.close()
 
     def _watch(self, actor_ids: Iterable[uuid.UUID]) -> None:
@@ -350,8 +366,7 @@ class Dispatcher:
     async def _attempt(self, job: Job) -> None:
         try:
             result = await self.send(job, job.body)
-            async with self._db_slots, self.db.working() as session:
-                verdict = await self.outcomes.record(session, job, result)
+            verdict = await self.recorder.record(job, result)
             if verdict.kind != Kind.DELIVERED or job.probe:
                 # It may have suspended or resumed the webhook: read the actors again.
                 self._actors_read_at = -math.inf

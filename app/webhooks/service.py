@@ -24,11 +24,12 @@ import logging
 import math
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 
-from app.bus.director import Director, Message, OutputConflict
+from app.bus.director import Answering, Director, Message, OutputConflict
 from app.bus.notify import CONFIG, actor_key
 from app.commit_hooks import notify_after_commit
 from app.config import Settings
@@ -36,6 +37,7 @@ from app.core.exceptions import Conflict, NotFound, Unprocessable
 from app.envelopes.codec import EnvelopeData
 from app.models.enums import AttemptOutcome, LogLevel, RequestStatus
 from app.store.connection import Unit, driver_connection
+from app.store.processes import Joined
 from app.webhooks import store
 from app.webhooks.client import HttpResponse
 from app.webhooks.payload import ActorState, AnswerError, read_state
@@ -201,28 +203,14 @@ class Outcomes:
 
     async def record(self, session: Unit, job: Job, result: AttemptResult) -> Verdict:
         verdict = judge(job, result, self.settings)
+        attempt = self._attempt_row(job, verdict, result)
         response = result.response
-        attempt = store.Attempt(
-            request_id=job.request_id,
-            actor_id=job.actor_id,
-            attempt=job.attempt,
-            started_at=result.started_at,
-            duration_ms=round(result.duration * 1000, 3),
-            status_code=response.status if response is not None else None,
-            outcome=verdict.outcome,
-            error=_attempt_error(verdict),
-            response_excerpt=(
-                excerpt(response.body, self.settings.webhook_excerpt_bytes)
-                if response is not None and response.body
-                else None
-            ),
-        )
         now = utcnow()
         if verdict.kind == Kind.DELIVERED:
             if job.probe:
                 # A probe's success resumes the webhook: in one transaction with the answer.
                 await driver_connection(session)
-            if await self._delivered(session, job, verdict.state, attempt):
+            if (await self._delivered(session, job, verdict.state, attempt)).result:
                 # Also when suspended since the claim (another attempt's verdict); outside a
                 # probe, after the answer's own commit.
                 await self._resume(session, job, now)
@@ -249,6 +237,59 @@ class Outcomes:
                 await self._suspend(session, job, f"the endpoint answered {verdict.summary}", now)
         return verdict
 
+    def _attempt_row(self, job: Job, verdict: Verdict, result: AttemptResult) -> store.Attempt:
+        response = result.response
+        return store.Attempt(
+            request_id=job.request_id,
+            actor_id=job.actor_id,
+            attempt=job.attempt,
+            started_at=result.started_at,
+            duration_ms=round(result.duration * 1000, 3),
+            status_code=response.status if response is not None else None,
+            outcome=verdict.outcome,
+            error=_attempt_error(verdict),
+            response_excerpt=(
+                excerpt(response.body, self.settings.webhook_excerpt_bytes)
+                if response is not None and response.body
+                else None
+            ),
+        )
+
+    def groupable(self, job: Job, result: AttemptResult) -> Verdict | None:
+        """The verdict of an attempt that `record_group` can record with others: a delivery
+        (not a probe's) whose answer stores no envelope, most of them. None for the others:
+        `record` each on its own."""
+        verdict = judge(job, result, self.settings)
+        if verdict.kind != Kind.DELIVERED or job.probe:
+            return None
+        if verdict.state is not None and verdict.state.outputs:
+            return None
+        return verdict
+
+    async def record_group(
+        self, session: Unit, group: Sequence[tuple[Job, AttemptResult, Verdict]]
+    ) -> list[Job]:
+        """Record delivered attempts (`groupable`'s verdicts) in the session's transaction, in
+        four round trips whatever their number: their processes locked and their requests
+        read (`Director.lock_answers`), then every answer with its attempt's row
+        (`Director.write_answers`). Returns the jobs whose webhook was found suspended:
+        `resume` each once this commits."""
+        answering = await self.director.lock_answers(
+            session, [job.request_id for job, _, _ in group]
+        )
+        flags = []
+        for job, result, verdict in group:
+            attempt = self._attempt_row(job, verdict, result)
+            flags.append(
+                (job, await self._delivered(session, job, verdict.state, attempt, answering))
+            )
+        await self.director.write_answers(session, answering)
+        return [job for job, flag in flags if flag.result]
+
+    async def resume(self, session: Unit, job: Job) -> None:
+        """A delivery answered while the actor's webhook was suspended: it is back."""
+        await self._resume(session, job, utcnow())
+
     # ---------------------------------------------------------------- ends
     async def _report(
         self,
@@ -257,10 +298,17 @@ class Outcomes:
         status: RequestStatus,
         messages: list[Message],
         outputs: dict[str, EnvelopeData],
+        answering: Answering | None = None,
     ) -> None:
         try:
             await self.director.report(
-                session, job.request_id, status, messages, outputs, account_id=None
+                session,
+                job.request_id,
+                status,
+                messages,
+                outputs,
+                account_id=None,
+                answering=answering,
             )
         except OutputConflict:
             raise  # the answer's fault: _delivered ends the request in error
@@ -269,15 +317,22 @@ class Outcomes:
         # xbus_requests_ended_total is counted by the director when the request ends.
 
     async def _delivered(
-        self, session: Unit, job: Job, state: ActorState | None, attempt: store.Attempt
-    ) -> bool:
+        self,
+        session: Unit,
+        job: Job,
+        state: ActorState | None,
+        attempt: store.Attempt,
+        answering: Answering | None = None,
+    ) -> Joined:
         """Record a delivered attempt and the state its answer gave (success when it gave
-        none); returns whether the actor's webhook is suspended now. Without outputs to
-        store, the attempt's row is written by the answer's own statement."""
+        none). Without outputs to store, the attempt's row is written by the answer's own
+        statement. `answering`: the group it is part of (`record_group`), which writes the
+        answer later. Whether the actor's webhook is suspended now is the `result` of what
+        it returns, once written."""
         if state is None:
             state = ActorState(RequestStatus.SUCCESS)
+        joined = store.attempt_joined(attempt)
         if not state.outputs:
-            joined = store.attempt_joined(attempt)
             try:
                 await self.director.report(
                     session,
@@ -286,17 +341,19 @@ class Outcomes:
                     state.messages,
                     {},
                     account_id=None,
+                    answering=answering,
                     joined=joined,
                 )
             except (Conflict, NotFound):
                 # Ended meanwhile, or deleted: nothing was written but the attempt.
-                return await store.add_attempt(session, attempt)
+                joined.result = await store.add_attempt(session, attempt)
             except Unprocessable as exc:
-                suspended = await store.add_attempt(session, attempt)
-                await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
-                return suspended
-            return bool(joined.result)
-        suspended = await store.add_attempt(session, attempt)
+                joined.result = await store.add_attempt(session, attempt)
+                await self._fail(
+                    session, job, f"the webhook's answer was refused: {exc.detail}", answering
+                )
+            return joined
+        joined.result = await store.add_attempt(session, attempt)
         try:
             await self._report(session, job, state.status, state.messages, state.outputs)
         except (Unprocessable, OutputConflict) as exc:
@@ -304,10 +361,14 @@ class Outcomes:
             # taken: found before the report changes anything, so the request can still end
             # in error.
             await self._fail(session, job, f"the webhook's answer was refused: {exc.detail}")
-        return suspended
+        return joined
 
-    async def _fail(self, session: Unit, job: Job, reason: str) -> None:
-        await self._report(session, job, RequestStatus.ERROR, [Message(LogLevel.ERROR, reason)], {})
+    async def _fail(
+        self, session: Unit, job: Job, reason: str, answering: Answering | None = None
+    ) -> None:
+        await self._report(
+            session, job, RequestStatus.ERROR, [Message(LogLevel.ERROR, reason)], {}, answering
+        )
 
     # ---------------------------------------------------------------- not yet
     async def _retry(

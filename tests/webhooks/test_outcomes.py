@@ -13,9 +13,10 @@ import asyncpg
 
 from app.store.connection import driver_connection
 from app.webhooks.client import HttpResponse
+from app.webhooks.recorder import Recorder
 from app.webhooks.service import AttemptResult, Job, Outcomes
 from app.webhooks.settings import parse_webhook_settings
-from tests.bus.conftest import Bus, one_leased
+from tests.bus.conftest import ENVELOPE, Bus, chain, one_leased
 
 
 async def _leased(bus: Bus, db: asyncpg.Connection) -> Job:
@@ -111,3 +112,142 @@ async def test_an_answer_written_again_under_the_locks_writes_its_attempt_once(
     assert [a["outcome"] for a in attempts] == ["success"]
     status = await db.fetchval("SELECT status FROM requests WHERE id = $1", job.request_id)
     assert status == "success"
+
+
+def _query_log(sent: list[str]) -> Any:
+    def log(record: Any) -> None:
+        # Not asyncpg's own look at the types of a statement new to the connection.
+        if "typeinfo_tree" not in record.query and "'jit'" not in record.query:
+            sent.append(record.query)
+
+    return log
+
+
+async def test_delivered_attempts_are_recorded_together_in_five_round_trips(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """A group of delivered attempts: BEGIN, the processes locked, the requests read, every
+    answer with its attempt's row (one round trip: `fetchmany`), COMMIT, whatever its size."""
+    jobs = [await _leased(bus, db) for _ in range(3)]
+    state = bus.app.state.xbus
+    outcomes = Outcomes(state.director, state.settings)
+    group = []
+    for job in jobs:
+        verdict = outcomes.groupable(job, OK)
+        assert verdict is not None
+        group.append((job, OK, verdict))
+    sent: list[str] = []
+    async with state.db.working() as work:
+        conn = await driver_connection(work, begin=False)
+        log = _query_log(sent)
+        conn.add_query_logger(log)
+        try:
+            assert await outcomes.record_group(work, group) == []
+        finally:
+            conn.remove_query_logger(log)
+    # Then the COMMIT, as the unit ends.
+    assert len(sent) == 4, "\n---\n".join(q[:120] for q in sent)
+    assert sent[0] == "BEGIN"
+    assert "delivery_attempts" in sent[3]
+    for job in jobs:
+        attempts = await db.fetch(
+            "SELECT attempt, outcome FROM delivery_attempts WHERE request_id = $1",
+            job.request_id,
+        )
+        assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "success")]
+        status = await db.fetchval("SELECT status FROM processes WHERE id = $1", job.process_id)
+        assert status == "done"
+
+
+async def test_a_group_with_two_branches_of_one_process_ends_it_once(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """Two requests of one process in a group: the second answer is decided on what the
+    first wrote (written before it is read again), so the last branch ends the process; an
+    attempt whose request had ended is on record, and its answer refused."""
+    acct = await bus.account()
+    em = await bus.actor(acct, "emitter")
+    consumers = [await bus.actor(acct, "consumer") for _ in range(2)]
+    graph = chain(em["name"])
+    graph["nodes"] += [
+        {"id": f"c{n}", "type": "consumer", "actors": [c["name"]]} for n, c in enumerate(consumers)
+    ]
+    graph["edges"] = ["emit->c0", "emit->c1"]
+    await bus.pipeline(graph)
+    settings = parse_webhook_settings({"http.webhook.url": "http://127.0.0.1:9/hook"})
+    assert settings is not None
+    jobs: list[Job] = []
+    for _ in range(2):
+        r = await acct.http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
+        process_id = uuid.UUID(r.json()["process_id"])
+        for n, consumer in enumerate(consumers):
+            r = await acct.http.get(f"/api/v1/actors/{consumer['name']}/requests")
+            leased = r.json()
+            request_id = uuid.UUID(leased["request_id"])
+            created_at = await db.fetchval(
+                "SELECT created_at FROM requests WHERE id = $1", request_id
+            )
+            jobs.append(
+                Job(
+                    request_id,
+                    uuid.UUID(consumer["id"]),
+                    consumer["name"],
+                    process_id,
+                    f"c{n}",
+                    leased["attempt"],
+                    created_at,
+                    settings,
+                )
+            )
+    state = bus.app.state.xbus
+    outcomes = Outcomes(state.director, state.settings)
+    # Both processes' first branches, then their second ones, then the first again.
+    order = [jobs[0], jobs[2], jobs[1], jobs[3], jobs[0]]
+    group = [(job, OK, outcomes.groupable(job, OK)) for job in order]
+    async with state.db.working() as work:
+        assert await outcomes.record_group(work, group) == []  # type: ignore[arg-type]
+    for process_id in {job.process_id for job in jobs}:
+        r = await acct.http.get(f"/api/v1/processes/{process_id}")
+        process = r.json()
+        assert process["status"] == "done", process
+        assert {n["status"] for n in process["nodes"]} == {"done"}
+    rows = await db.fetch(
+        "SELECT request_id, count(*) FROM delivery_attempts WHERE request_id = ANY($1::uuid[]) "
+        "GROUP BY request_id",
+        [job.request_id for job in jobs],
+    )
+    assert {row[0]: row[1] for row in rows} == {
+        jobs[0].request_id: 2,
+        jobs[1].request_id: 1,
+        jobs[2].request_id: 1,
+        jobs[3].request_id: 1,
+    }
+
+
+async def test_an_attempt_that_fails_its_group_does_not_sink_the_others(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """One request of the group deleted meanwhile (its process purged): its attempt's row
+    cannot be written, which aborts the group's transaction; the others are recorded each
+    on its own, and only that attempt reports the failure."""
+    jobs = [await _leased(bus, db) for _ in range(3)]
+    await db.execute("DELETE FROM processes WHERE id = $1", jobs[1].process_id)
+    state = bus.app.state.xbus
+    recorder = Recorder(
+        state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
+    )
+    try:
+        results = await asyncio.gather(
+            *(recorder.record(job, OK) for job in jobs), return_exceptions=True
+        )
+    finally:
+        await recorder.close()
+    assert isinstance(results[1], asyncpg.ForeignKeyViolationError), results
+    for n in (0, 2):
+        verdict = results[n]
+        assert not isinstance(verdict, BaseException), verdict
+        assert verdict.outcome.value == "success"
+        status = await db.fetchval("SELECT status FROM requests WHERE id = $1", jobs[n].request_id)
+        assert status == "success"
+        count = "SELECT count(*) FROM delivery_attempts WHERE request_id = $1"
+        assert await db.fetchval(count, jobs[n].request_id) == 1

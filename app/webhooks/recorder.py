@@ -1,0 +1,132 @@
+"""Recording webhook attempts' outcomes, delivered answers in groups.
+
+An attempt's outcome is its attempt row and what its answer changes, committed together
+(`Outcomes`). Recorded one by one, each delivery cost its own read, write and commit on one
+of the dispatcher's database connections, and waited for one: at a few hundred deliveries a
+second the attempts spent more time recording than sending. Here a delivery whose answer
+stores no envelope (`Outcomes.groupable`: most of them) joins a group: the deliveries that
+end while a group is being written are written next, together, in one transaction
+(`Outcomes.record_group`: their processes locked and read in two statements, each answer
+with its attempt row in one, one commit), by one of at most `writers` tasks. No delay is
+added: a lone delivery is written at once, and groups grow only while writes are under
+way. Each attempt still learns its own verdict once its group committed.
+
+A group that fails (a deadlock, a connection lost, a statement refused) is written again
+one attempt at a time, each in a unit of its own, so one attempt never sinks the others.
+Every other outcome (a failure, a retry, a probe, an answer with outputs) is recorded on
+its own, as before. Every unit, a group's or one attempt's, holds one of `units` database
+slots: the attempts never take more of the hot routes' connections than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.db import Database
+from app.webhooks.service import AttemptResult, Job, Outcomes, Verdict
+
+log = logging.getLogger(__name__)
+
+# One delivery's place in a group: the attempt, its result, its verdict, and who waits.
+_Waiting = tuple[Job, AttemptResult, Verdict, "asyncio.Future[Verdict]"]
+
+
+class Recorder:
+    def __init__(
+        self, db: Database, outcomes: Outcomes, units: int, writers: int, group_max: int
+    ) -> None:
+        self.db = db
+        self.outcomes = outcomes
+        self._units = asyncio.Semaphore(units)
+        self._writers_max = writers
+        self._writers = 0  # writing now (counted without an await between check and change)
+        self._group_max = group_max
+        self._waiting: list[_Waiting] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def record(self, job: Job, result: AttemptResult) -> Verdict:
+        """Record an attempt's outcome; its verdict once committed."""
+        verdict = self.outcomes.groupable(job, result)
+        if verdict is None:
+            return await self._alone(job, result)
+        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._waiting.append((job, result, verdict, done))
+        if self._writers < self._writers_max:
+            self._writers += 1
+            task = asyncio.create_task(self._write(), name="webhook-outcomes")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await done
+
+    async def close(self) -> None:
+        """Stop the writers (after the attempts that wait for them): whoever still waits is
+        cancelled, and the leases of their requests bring them back."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for *_, done in self._waiting:
+            done.cancel()
+        self._waiting.clear()
+
+    async def _alone(self, job: Job, result: AttemptResult) -> Verdict:
+        async with self._units, self.db.working() as session:
+            return await self.outcomes.record(session, job, result)
+
+    async def _write(self) -> None:
+        group: list[_Waiting] = []
+        try:
+            while self._waiting:
+                group = self._waiting[: self._group_max]
+                del self._waiting[: self._group_max]
+                await self._write_group(group)
+        finally:
+            self._writers -= 1
+            for *_, done in group:
+                if not done.done():
+                    done.cancel()
+
+    async def _write_group(self, group: list[_Waiting]) -> None:
+        try:
+            async with self._units, self.db.working() as session:
+                suspended = await self.outcomes.record_group(
+                    session, [(job, result, verdict) for job, result, verdict, _ in group]
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if len(group) > 1:
+                log.warning(
+                    "recording %d webhook attempts together failed; recording each alone",
+                    len(group),
+                    exc_info=True,
+                )
+            await asyncio.gather(
+                *(self._again(job, result, done) for job, result, _, done in group)
+            )
+            return
+        for _, _, verdict, done in group:
+            if not done.done():
+                done.set_result(verdict)
+        for job in suspended:
+            # Delivered while its webhook was suspended: lift the suspension, after the
+            # answer's commit, as `Outcomes.record` does.
+            try:
+                async with self._units, self.db.working() as session:
+                    await self.outcomes.resume(session, job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not resume the webhook of actor %s", job.actor_name)
+
+    async def _again(self, job: Job, result: AttemptResult, done: asyncio.Future[Verdict]) -> None:
+        try:
+            verdict = await self._alone(job, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(verdict)
