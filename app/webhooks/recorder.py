@@ -6,10 +6,11 @@ of the dispatcher's database connections, and waited for one: at a few hundred d
 second the attempts spent more time recording than sending. Here a delivery whose answer
 stores no envelope (`Outcomes.groupable`: most of them) joins a group: the deliveries that
 end while a group is being written are written next, together, in one transaction
-(`Outcomes.record_group`: their processes locked and read in two statements, each answer
-with its attempt row in one, one commit), by one of at most `writers` tasks. No delay is
-added: a lone delivery is written at once, and groups grow only while writes are under
-way. Each attempt still learns its own verdict once its group committed.
+(`Outcomes.record_group`: their processes locked and read in two statements, the answers
+with their attempts' rows in one round trip, one commit), by one of at most `writers`
+tasks. No delay is added: a lone delivery is written at once, and groups grow only while
+writes are under way; a group of one is recorded as an attempt alone. Each attempt learns
+its own verdict once its group committed.
 
 A group that fails (a deadlock, a connection lost, a statement refused) is written again
 one attempt at a time, each in a unit of its own, so one attempt never sinks the others.
@@ -87,39 +88,43 @@ class Recorder:
                     done.cancel()
 
     async def _write_group(self, group: list[_Waiting]) -> None:
-        try:
-            async with self._units, self.db.working() as session:
-                suspended = await self.outcomes.record_group(
-                    session, [(job, result, verdict) for job, result, verdict, _ in group]
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if len(group) > 1:
+        if len(group) > 1:
+            try:
+                async with self._units, self.db.working() as session:
+                    suspended = await self.outcomes.record_group(
+                        session, [(job, result, verdict) for job, result, verdict, _ in group]
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
                 log.warning(
                     "recording %d webhook attempts together failed; recording each alone",
                     len(group),
                     exc_info=True,
                 )
-            await asyncio.gather(
-                *(self._again(job, result, done) for job, result, _, done in group)
-            )
-            return
-        for _, _, verdict, done in group:
-            if not done.done():
-                done.set_result(verdict)
-        for job in suspended:
-            # Delivered while its webhook was suspended: lift the suspension, after the
-            # answer's commit, as `Outcomes.record` does.
-            try:
-                async with self._units, self.db.working() as session:
-                    await self.outcomes.resume(session, job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("could not resume the webhook of actor %s", job.actor_name)
+            else:
+                for _, _, verdict, done in group:
+                    if not done.done():
+                        done.set_result(verdict)
+                for job in suspended:
+                    await self._resume(job)
+                return
+        # Alone: a lone delivery's answer is read and written without a transaction (two
+        # round trips where a group takes five).
+        await asyncio.gather(*(self._each(job, result, done) for job, result, _, done in group))
 
-    async def _again(self, job: Job, result: AttemptResult, done: asyncio.Future[Verdict]) -> None:
+    async def _resume(self, job: Job) -> None:
+        """Delivered while its webhook was suspended: lift the suspension, after the answer's
+        commit, as `Outcomes.record` does."""
+        try:
+            async with self._units, self.db.working() as session:
+                await self.outcomes.resume(session, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not resume the webhook of actor %s", job.actor_name)
+
+    async def _each(self, job: Job, result: AttemptResult, done: asyncio.Future[Verdict]) -> None:
         try:
             verdict = await self._alone(job, result)
         except asyncio.CancelledError:
