@@ -194,6 +194,7 @@ class _Answer:
 class _Write:
     """An answer of a batch decided, to be written by `Director.write_answers`."""
 
+    request_id: uuid.UUID
     ctx: ProcessContext
     joined: store.Joined | None
     statement: str
@@ -202,20 +203,29 @@ class _Write:
 
 @dataclass(slots=True)
 class Answering:
-    """A batch of answers under way (`Director.lock_answers`): the requests whose processes
-    the batch locked, their rows read after the lock, and the answers decided but not yet
-    written. A row serves the first answer of its process only: once an answer has changed
-    a process, the next answer to a request of it reads again, after what the batch decided
-    so far is written (in the same transaction, it sees what the first wrote)."""
+    """A batch of answers under way: the answers decided but not yet written
+    (`Director.write_answers`), and the rows they are decided on, read either
+
+    - after locking their processes (`Director.lock_answers`): a row serves the first answer
+      of its process only; once an answer has changed a process, the next answer to a
+      request of it reads again, after what the batch decided so far is written (in the same
+      transaction, it sees what the first wrote);
+    - or without a lock (`Director.peek_answers`, `guarded`): each answer is written only if
+      its process and request are still as read (SAVE's guard), whatever else the batch
+      wrote; one whose guard refuses is left to its caller (a second answer to a process of
+      the batch always is)."""
 
     locked: set[uuid.UUID]
     rows: dict[uuid.UUID, Any]
     touched: set[uuid.UUID] = field(default_factory=set)
     writes: list[_Write] = field(default_factory=list)
+    guarded: bool = False
 
     def take(self, request_id: uuid.UUID) -> Any:
         """The row read for this request, unless an answer of the batch came to its process
-        before (then None: read it again)."""
+        before (then None: read it again). Guarded, the row as read, every time."""
+        if self.guarded:
+            return self.rows.get(request_id)
         row = self.rows.pop(request_id, None)
         return None if row is None or row["id"] in self.touched else row
 
@@ -620,6 +630,18 @@ class Director:
         round trips instead of five when the unit has no transaction open (no BEGIN, lock or
         COMMIT: each statement is its own transaction), one less than locking in one."""
         answer = _Answer(status, messages, outputs, account_id, recorded_outputs, joined)
+        if answering is not None and answering.guarded:
+            assert not outputs  # stored at once: not in a guarded batch
+            row = answering.take(request_id)
+            if row is None:
+                raise NotFound(f"no request {request_id}")
+            versions = (row["process_version"], row["request_version"])
+            conn = await driver_connection(session, begin=False)
+            request = await self._answer(
+                session, conn, request_id, row, answer, versions, answering
+            )
+            assert request is not None  # left to write_answers
+            return request
         if answering is None and not outputs:
             conn = await driver_connection(session, begin=False)
             row = await conn.fetchrow(store.PEEK_FOR_ANSWER, request_id)
@@ -740,8 +762,8 @@ class Director:
             await self._answered(session, ctx, request, actor_name, messages, produced, open_left)
         request.updated_at = now
         if answering is not None:
-            statement, arguments = self._statement(ctx, answer.joined)
-            answering.writes.append(_Write(ctx, answer.joined, statement, arguments))
+            statement, arguments = self._statement(ctx, answer.joined, versions)
+            answering.writes.append(_Write(request_id, ctx, answer.joined, statement, arguments))
             return request
         if await self._save(session, conn, ctx, answer.joined, versions) is None:
             return None
@@ -757,24 +779,43 @@ class Director:
         rows = await conn.fetch(store.READ_FOR_ANSWERS, list(locked)) if locked else []
         return Answering(locked, {row["request_id"]: row for row in rows})
 
-    async def write_answers(self, session: Unit, answering: Answering) -> None:
+    async def peek_answers(self, session: Unit, request_ids: list[uuid.UUID]) -> Answering:
+        """Before a batch of answers decided without a lock, each to one process of its own:
+        their requests read, in one statement (`Answering`, guarded). With no transaction
+        open on the unit, `write_answers` then writes them all in one more round trip, a
+        transaction of its own."""
+        conn = await driver_connection(session, begin=False)
+        rows = await conn.fetch(store.PEEK_FOR_ANSWERS, request_ids)
+        return Answering(set(), {row["request_id"]: row for row in rows}, guarded=True)
+
+    async def write_answers(self, session: Unit, answering: Answering) -> list[uuid.UUID]:
         """Write the answers of the batch decided since the last write, in one round trip
         (asyncpg's `fetchmany` sends them in a row, one statement each, and reads their
-        answers once): the batch's processes are locked, so none of these writes waits on
-        another of them. Call it once the batch's answers are all given, before the commit."""
+        answers once; with no transaction open, they commit together). Call it once the
+        batch's answers are all given, before the commit. Returns the requests whose answer
+        was not written: guarded, their process or request was no longer as read (decided
+        under the locks, none). Guarded writes run in the order of their processes' ids,
+        the order in which a batch locks them."""
         writes, answering.writes = answering.writes, []
         if not writes:
-            return
-        conn = await driver_connection(session)
+            return []
+        conn = await driver_connection(session, begin=not answering.guarded)
+        if answering.guarded:
+            writes.sort(key=lambda write: write.ctx.process.id)
         by_statement: dict[str, list[_Write]] = {}
         for write in writes:
             by_statement.setdefault(write.statement, []).append(write)
+        refused = []
         for statement, group in by_statement.items():
             rows = await conn.fetchmany(statement, [write.arguments for write in group])
             for write, row in zip(group, rows, strict=True):
                 canceled = store.saved(row, write.joined)
-                assert canceled is not None  # unguarded: decided under the locks
-                self._told(session, write.ctx, canceled)
+                if canceled is None:
+                    refused.append(write.request_id)
+                else:
+                    self._told(session, write.ctx, canceled)
+        assert answering.guarded or not refused  # decided under the locks
+        return refused
 
     async def _answered(
         self,

@@ -226,6 +226,11 @@ SELECT one.* FROM unnest($1::uuid[]) AS t(id)
 CROSS JOIN LATERAL ({READ_FOR_ANSWER.replace("WHERE r.id = $1", "WHERE r.id = t.id")}) one"""
 assert "t.id" in READ_FOR_ANSWERS
 
+# PEEK_FOR_ANSWER for many requests (a batch decided without the locks, written by guarded
+# statements).
+PEEK_FOR_ANSWERS = READ_FOR_ANSWERS.replace("\nFOR UPDATE OF r", "")
+assert PEEK_FOR_ANSWERS != READ_FOR_ANSWERS
+
 OPEN_BY_NODE = f"""
 SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
     SELECT node_id, count(*) AS n FROM requests

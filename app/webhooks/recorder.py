@@ -5,12 +5,14 @@ An attempt's outcome is its attempt row and what its answer changes, committed t
 of the dispatcher's database connections, and waited for one: at a few hundred deliveries a
 second the attempts spent more time recording than sending. Here a delivery whose answer
 stores no envelope (`Outcomes.groupable`: most of them) joins a group: the deliveries that
-end while a group is being written are written next, together, in one transaction
-(`Outcomes.record_group`: their processes locked and read in two statements, the answers
-with their attempts' rows in one round trip, one commit), by one of at most `writers`
-tasks. No delay is added: a lone delivery is written at once, and groups grow only while
-writes are under way; a group of one is recorded as an attempt alone. Each attempt learns
-its own verdict once its group committed.
+end while a group is being written are written next, together, by one of at most `writers`
+tasks (`Outcomes.record_group`): their requests read in one statement, without a lock, then
+the answers with their attempts' rows in one round trip and one commit, each written only
+if its process and request are still as read; one that is not (another answer came first,
+another request of its process is in the group) is recorded again alone. No delay is
+added: a lone delivery is written at once, and groups grow only while writes are under
+way; a group of one is recorded as an attempt alone. Each attempt learns its own verdict
+once its group committed.
 
 A group that fails (a deadlock, a connection lost, a statement refused) is written again
 one attempt at a time, each in a unit of its own, so one attempt never sinks the others.
@@ -91,7 +93,7 @@ class Recorder:
         if len(group) > 1:
             try:
                 async with self._units, self.db.working() as session:
-                    suspended = await self.outcomes.record_group(
+                    flags = await self.outcomes.record_group(
                         session, [(job, result, verdict) for job, result, verdict, _ in group]
                     )
             except asyncio.CancelledError:
@@ -103,14 +105,17 @@ class Recorder:
                     exc_info=True,
                 )
             else:
-                for _, _, verdict, done in group:
-                    if not done.done():
+                for (_, _, verdict, done), flag in zip(group, flags, strict=True):
+                    if flag is not None and not done.done():
                         done.set_result(verdict)
-                for job in suspended:
-                    await self._resume(job)
-                return
-        # Alone: a lone delivery's answer is read and written without a transaction (two
-        # round trips where a group takes five).
+                for (job, *_), flag in zip(group, flags, strict=True):
+                    if flag:
+                        await self._resume(job)
+                group = [
+                    waiting for waiting, flag in zip(group, flags, strict=True) if flag is None
+                ]
+        # Alone: a lone delivery, an answer the group's could not write, or a group that
+        # failed.
         await asyncio.gather(*(self._each(job, result, done) for job, result, _, done in group))
 
     async def _resume(self, job: Job) -> None:

@@ -268,23 +268,25 @@ class Outcomes:
 
     async def record_group(
         self, session: Unit, group: Sequence[tuple[Job, AttemptResult, Verdict]]
-    ) -> list[Job]:
-        """Record delivered attempts (`groupable`'s verdicts) in the session's transaction, in
-        four round trips whatever their number: their processes locked and their requests
-        read (`Director.lock_answers`), then every answer with its attempt's row
-        (`Director.write_answers`). Returns the jobs whose webhook was found suspended:
-        `resume` each once this commits."""
-        answering = await self.director.lock_answers(
+    ) -> list[bool | None]:
+        """Record delivered attempts (`groupable`'s verdicts) in two round trips whatever
+        their number, with no transaction open on the unit: their requests read without a
+        lock (`Director.peek_answers`), then every answer with its attempt's row, each
+        written only if its process and request are still as read, together in a transaction
+        of their own (`Director.write_answers`). For each attempt, in the group's order:
+        whether the actor's webhook is suspended now (`resume` it), or None where nothing was
+        written, its process or request changed meanwhile (another answer, another request
+        of the group's process; a request twice in the group is written once): `record`
+        each of those alone."""
+        answering = await self.director.peek_answers(
             session, [job.request_id for job, _, _ in group]
         )
         flags = []
         for job, result, verdict in group:
             attempt = self._attempt_row(job, verdict, result)
-            flags.append(
-                (job, await self._delivered(session, job, verdict.state, attempt, answering))
-            )
+            flags.append(await self._delivered(session, job, verdict.state, attempt, answering))
         await self.director.write_answers(session, answering)
-        return [job for job, flag in flags if flag.result]
+        return [None if flag.result is None else bool(flag.result) for flag in flags]
 
     async def resume(self, session: Unit, job: Job) -> None:
         """A delivery answered while the actor's webhook was suspended: it is back."""

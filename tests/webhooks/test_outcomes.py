@@ -123,11 +123,12 @@ def _query_log(sent: list[str]) -> Any:
     return log
 
 
-async def test_delivered_attempts_are_recorded_together_in_five_round_trips(
+async def test_delivered_attempts_are_recorded_together_in_two_round_trips(
     bus: Bus, db: asyncpg.Connection
 ) -> None:
-    """A group of delivered attempts: BEGIN, the processes locked, the requests read, every
-    answer with its attempt's row (one round trip: `fetchmany`), COMMIT, whatever its size."""
+    """A group of delivered attempts: the requests read, then every answer with its
+    attempt's row (one round trip: `fetchmany`, a transaction of its own), whatever its
+    size; no BEGIN, no COMMIT."""
     jobs = [await _leased(bus, db) for _ in range(3)]
     state = bus.app.state.xbus
     outcomes = Outcomes(state.director, state.settings)
@@ -142,13 +143,12 @@ async def test_delivered_attempts_are_recorded_together_in_five_round_trips(
         log = _query_log(sent)
         conn.add_query_logger(log)
         try:
-            assert await outcomes.record_group(work, group) == []
+            assert await outcomes.record_group(work, group) == [False, False, False]
         finally:
             conn.remove_query_logger(log)
-    # Then the COMMIT, as the unit ends.
-    assert len(sent) == 4, "\n---\n".join(q[:120] for q in sent)
-    assert sent[0] == "BEGIN"
-    assert "delivery_attempts" in sent[3]
+    assert len(sent) == 2, "\n---\n".join(q[:120] for q in sent)
+    assert "delivery_attempts" in sent[1]
+    assert not any(q.lstrip().upper().startswith(("BEGIN", "COMMIT")) for q in sent)
     for job in jobs:
         attempts = await db.fetch(
             "SELECT attempt, outcome FROM delivery_attempts WHERE request_id = $1",
@@ -162,9 +162,10 @@ async def test_delivered_attempts_are_recorded_together_in_five_round_trips(
 async def test_a_group_with_two_branches_of_one_process_ends_it_once(
     bus: Bus, db: asyncpg.Connection
 ) -> None:
-    """Two requests of one process in a group: the second answer is decided on what the
-    first wrote (written before it is read again), so the last branch ends the process; an
-    attempt whose request had ended is on record, and its answer refused."""
+    """Two requests of one process in a group: the second answer, decided on what the first
+    changed, is not written (its guard refuses) and is recorded again alone, so the last
+    branch ends the process; a request twice in the group is answered once, both attempts
+    on record."""
     acct = await bus.account()
     em = await bus.actor(acct, "emitter")
     consumers = [await bus.actor(acct, "consumer") for _ in range(2)]
@@ -203,9 +204,19 @@ async def test_a_group_with_two_branches_of_one_process_ends_it_once(
     outcomes = Outcomes(state.director, state.settings)
     # Both processes' first branches, then their second ones, then the first again.
     order = [jobs[0], jobs[2], jobs[1], jobs[3], jobs[0]]
-    group = [(job, OK, outcomes.groupable(job, OK)) for job in order]
+    group = []
+    for job in order:
+        verdict = outcomes.groupable(job, OK)
+        assert verdict is not None
+        group.append((job, OK, verdict))
     async with state.db.working() as work:
-        assert await outcomes.record_group(work, group) == []  # type: ignore[arg-type]
+        # One answer of each process written, the others refused by their guards.
+        flags = await outcomes.record_group(work, group)
+    assert flags == [False, False, None, None, None]
+    # The refused ones, as the recorder records them: each alone.
+    for job, _, _ in group[2:]:
+        async with state.db.working() as work:
+            await outcomes.record(work, job, OK)
     for process_id in {job.process_id for job in jobs}:
         r = await acct.http.get(f"/api/v1/processes/{process_id}")
         process = r.json()
