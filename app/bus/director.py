@@ -286,8 +286,8 @@ class Director:
     ) -> list[str] | None:
         """Write what was decided; what it tells (wake-ups, metrics, end listeners) goes out
         once the transaction commits. Returns the channels of the requests it canceled. With
-        `versions` (a decision taken without the locks, `store.save`): None when the process
-        or the request changed since they were read, and nothing was written."""
+        `versions` (a decision taken without the locks, `store.save_statement`): None when the
+        process or the request changed since they were read, and nothing was written."""
         statement, arguments = self._statement(ctx, joined, versions)
         canceled = store.saved(await conn.fetchrow(statement, *arguments), joined)
         if canceled is not None:
@@ -799,12 +799,15 @@ class Director:
         writes, answering.writes = answering.writes, []
         if not writes:
             return []
-        conn = await driver_connection(session, begin=not answering.guarded)
         if answering.guarded:
             writes.sort(key=lambda write: write.ctx.process.id)
         by_statement: dict[str, list[_Write]] = {}
         for write in writes:
             by_statement.setdefault(write.statement, []).append(write)
+        # Without a transaction, one statement's writes commit together; several need one.
+        conn = await driver_connection(
+            session, begin=not answering.guarded or len(by_statement) > 1
+        )
         refused = []
         for statement, group in by_statement.items():
             rows = await conn.fetchmany(statement, [write.arguments for write in group])

@@ -632,32 +632,6 @@ def saved(result: Any, joined: Joined | None = None) -> list[str] | None:
     return list(canceled)
 
 
-async def save(
-    conn: Any,
-    process: ProcessRow,
-    nodes: dict[str, NodeRow],
-    changes: Changes,
-    *,
-    now: datetime,
-    max_attempts: int,
-    joined: Joined | None = None,
-    versions: tuple[int, int] | None = None,
-) -> list[str] | None:
-    """Write the changes (and `joined`) now (`save_statement`); returns the channels of the
-    requests it canceled, or None when `versions` were given and are no longer those of the
-    rows (then nothing was written)."""
-    statement, arguments = save_statement(
-        process,
-        nodes,
-        changes,
-        now=now,
-        max_attempts=max_attempts,
-        joined=joined,
-        versions=versions,
-    )
-    return saved(await conn.fetchrow(statement, *arguments), joined)
-
-
 # New processes with their envelopes, many at once (a batch of emissions): only inserts.
 INSERT_NEW = """
 WITH

@@ -14,8 +14,10 @@ added: a lone delivery is written at once, and groups grow only while writes are
 way; a group of one is recorded as an attempt alone. Each attempt learns its own verdict
 once its group committed.
 
-A group that fails (a deadlock, a connection lost, a statement refused) is written again
-one attempt at a time, each in a unit of its own, so one attempt never sinks the others.
+A group that fails on a statement (a deadlock, a row refused) rolled back whole and is
+written again one attempt at a time, each in a unit of its own, so one attempt never sinks
+the others; a group whose connection was lost may have committed, and its attempts fail as
+lone ones would (their leases bring the requests back), rather than be written twice.
 Every other outcome (a failure, a retry, a probe, an answer with outputs) is recorded on
 its own, as before. Every unit, a group's or one attempt's, holds one of `units` database
 slots: the attempts never take more of the hot routes' connections than that.
@@ -27,6 +29,7 @@ import asyncio
 import logging
 
 from app.db import Database
+from app.store.connection import connection_lost
 from app.webhooks.service import AttemptResult, Job, Outcomes, Verdict
 
 log = logging.getLogger(__name__)
@@ -98,7 +101,17 @@ class Recorder:
                     )
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if connection_lost(exc):
+                    # The group may have committed before the connection went: recorded
+                    # again, its attempts' rows would be doubled. Each attempt fails as a
+                    # lone one would; the leases bring their requests back.
+                    for *_, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                    return
+                # A statement refused: the group's transaction rolled back, nothing of it
+                # was written.
                 log.warning(
                     "recording %d webhook attempts together failed; recording each alone",
                     len(group),

@@ -350,6 +350,8 @@ class Outcomes:
                 # Ended meanwhile, or deleted: nothing was written but the attempt.
                 joined.result = await store.add_attempt(session, attempt)
             except Unprocessable as exc:
+                if answering is not None and answering.guarded:
+                    return joined  # nothing written (`result` None): recorded alone
                 joined.result = await store.add_attempt(session, attempt)
                 await self._fail(
                     session, job, f"the webhook's answer was refused: {exc.detail}", answering
