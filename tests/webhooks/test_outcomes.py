@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from app.store.connection import driver_connection
+from app.store.connection import connection_lost, driver_connection
 from app.webhooks.client import HttpResponse
 from app.webhooks.recorder import Recorder
 from app.webhooks.service import AttemptResult, Job, Outcomes
@@ -262,3 +262,44 @@ async def test_an_attempt_that_fails_its_group_does_not_sink_the_others(
         assert status == "success"
         count = "SELECT count(*) FROM delivery_attempts WHERE request_id = $1"
         assert await db.fetchval(count, jobs[n].request_id) == 1
+
+
+async def test_a_group_whose_connection_is_lost_is_not_recorded_again(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """The group's connection goes while its writes wait (one process locked elsewhere):
+    whether they committed is not known, so the attempts fail as lone ones would (their
+    leases bring the requests back) rather than be recorded again alone, which would write
+    an attempt's row twice had the group committed."""
+    jobs = [await _leased(bus, db) for _ in range(3)]
+    state = bus.app.state.xbus
+    recorder = Recorder(
+        state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
+    )
+    await db.execute("BEGIN")
+    try:
+        await db.execute("SELECT id FROM processes WHERE id = $1 FOR UPDATE", jobs[0].process_id)
+        recording = asyncio.gather(
+            *(recorder.record(job, OK) for job in jobs), return_exceptions=True
+        )
+        for _ in range(100):
+            waiting = await db.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND pid <> pg_backend_pid()"
+            )
+            if waiting is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting is not None, "the group's writes never waited for the lock"
+        await db.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        results = await asyncio.wait_for(recording, 10)
+    finally:
+        await db.execute("ROLLBACK")
+        await recorder.close()
+    assert all(connection_lost(r) for r in results if isinstance(r, BaseException)), results
+    assert all(isinstance(r, BaseException) for r in results), results
+    ids = [job.request_id for job in jobs]
+    count = "SELECT count(*) FROM delivery_attempts WHERE request_id = ANY($1::uuid[])"
+    assert await db.fetchval(count, ids) == 0
+    statuses = await db.fetch("SELECT status FROM requests WHERE id = ANY($1::uuid[])", ids)
+    assert [row[0] for row in statuses] == ["leased"] * 3
