@@ -211,9 +211,9 @@ class Answering:
       request of it reads again, after what the batch decided so far is written (in the same
       transaction, it sees what the first wrote);
     - or without a lock (`Director.peek_answers`, `guarded`): each answer is written only if
-      its process and request are still as read (SAVE's guard), whatever else the batch
-      wrote; one whose guard refuses is left to its caller (a second answer to a process of
-      the batch always is)."""
+      its process and request are still as read (SAVE's guard) and no other transaction
+      holds them (not waited for), whatever else the batch wrote; one whose guard refuses is
+      left to its caller (a second answer to a process the batch changed always is)."""
 
     locked: set[uuid.UUID]
     rows: dict[uuid.UUID, Any]
@@ -299,6 +299,8 @@ class Director:
         ctx: ProcessContext,
         joined: store.Joined | None = None,
         versions: tuple[int, int] | None = None,
+        *,
+        skip_locked: bool = False,
     ) -> tuple[str, tuple[Any, ...]]:
         return store.save_statement(
             ctx.process,
@@ -308,6 +310,7 @@ class Director:
             max_attempts=self.limits.max_attempts,
             joined=joined,
             versions=versions,
+            skip_locked=skip_locked,
         )
 
     def _told(self, session: Unit, ctx: ProcessContext, canceled: list[str]) -> None:
@@ -762,7 +765,11 @@ class Director:
             await self._answered(session, ctx, request, actor_name, messages, produced, open_left)
         request.updated_at = now
         if answering is not None:
-            statement, arguments = self._statement(ctx, answer.joined, versions)
+            # Guarded, an answer whose process or request another transaction holds is not
+            # waited for: it is refused, and its caller sees to it (the batch goes on).
+            statement, arguments = self._statement(
+                ctx, answer.joined, versions, skip_locked=answering.guarded
+            )
             answering.writes.append(_Write(request_id, ctx, answer.joined, statement, arguments))
             return request
         if await self._save(session, conn, ctx, answer.joined, versions) is None:

@@ -245,7 +245,8 @@ SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
 # only if both are still those versions; otherwise nothing is written and the statement says
 # so (`go` false). A row changed by a transaction that commits while the guard waits for it
 # is read again at its new version (READ COMMITTED), which fails the guard too. Without
-# versions ($51 NULL: the decision was taken under the locks) every part writes.
+# versions ($51 NULL: the decision was taken under the locks) every part writes. A guard
+# that skips locked rows (`skipping`) does not wait: a row another transaction holds fails it.
 _SAVE_PARTS = f"""
 guard AS (
     SELECT p.id FROM processes p JOIN requests r ON r.id = $31
@@ -364,6 +365,17 @@ def save_with(parts: str, answer: str, new: bool) -> str:
 
     own = _SAVE_NEW_PARTS if new else _SAVE_CHANGED_PARTS
     return f"WITH {own}, {shifted(parts)} {_SAVE_RESULT.replace('{ANSWER}', shifted(answer))}"
+
+
+_GUARD_LOCK = "FOR UPDATE OF p, r\n"
+assert _SAVE_PARTS.count(_GUARD_LOCK) == 1
+
+
+@functools.cache
+def skipping(statement: str) -> str:
+    """A guarded SAVE whose guard skips the rows another transaction holds instead of
+    waiting for them (then nothing is written, as when they changed)."""
+    return statement.replace(_GUARD_LOCK, "FOR UPDATE OF p, r SKIP LOCKED\n", 1)
 
 
 # Up to $n due requests (pending, available, of a running process) matching the filter,
@@ -556,10 +568,12 @@ def save_statement(
     max_attempts: int,
     joined: Joined | None = None,
     versions: tuple[int, int] | None = None,
+    skip_locked: bool = False,
 ) -> tuple[str, tuple[Any, ...]]:
     """The statement that writes the changes (and `joined`), with its arguments; its one row
     is read by `saved`. With `versions` (of the process's row and of `changes.request`'s, as
-    the decision read them without a lock): it writes only if they are still those."""
+    the decision read them without a lock): it writes only if they are still those, and,
+    with `skip_locked`, only if no other transaction holds them (else it does not wait)."""
     assert versions is None or changes.request is not None
     # Guarded, each joined part must write only where the guard let it (else a write the
     # guard refused would leave it written, and the answer written again would repeat it).
@@ -573,6 +587,9 @@ def save_statement(
     if joined is not None:
         statement = save_with(joined.parts, joined.answer, changes.new_process)
         more = joined.parameters
+    if skip_locked:
+        assert versions is not None  # unguarded, the rows are locked already
+        statement = skipping(statement)
     return statement, (
         process.id,
         process.pipeline_id,

@@ -121,8 +121,10 @@ class Recorder:
                 for (_, _, verdict, done), flag in zip(group, flags, strict=True):
                     if flag is not None and not done.done():
                         done.set_result(verdict)
+                resumed = set()
                 for (job, *_), flag in zip(group, flags, strict=True):
-                    if flag:
+                    if flag and job.actor_id not in resumed:  # once an actor
+                        resumed.add(job.actor_id)
                         await self._resume(job)
                 group = [
                     waiting for waiting, flag in zip(group, flags, strict=True) if flag is None

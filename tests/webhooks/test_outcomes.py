@@ -267,10 +267,10 @@ async def test_an_attempt_that_fails_its_group_does_not_sink_the_others(
 async def test_a_group_whose_connection_is_lost_is_not_recorded_again(
     bus: Bus, db: asyncpg.Connection
 ) -> None:
-    """The group's connection goes while its writes wait (one process locked elsewhere):
-    whether they committed is not known, so the attempts fail as lone ones would (their
-    leases bring the requests back) rather than be recorded again alone, which would write
-    an attempt's row twice had the group committed."""
+    """The group's connection goes while its writes wait (for the attempts' table, locked
+    elsewhere): whether they committed is not known, so the attempts fail as lone ones would
+    (their leases bring the requests back) rather than be recorded again alone, which would
+    write an attempt's row twice had the group committed."""
     jobs = [await _leased(bus, db) for _ in range(3)]
     state = bus.app.state.xbus
     recorder = Recorder(
@@ -278,7 +278,7 @@ async def test_a_group_whose_connection_is_lost_is_not_recorded_again(
     )
     await db.execute("BEGIN")
     try:
-        await db.execute("SELECT id FROM processes WHERE id = $1 FOR UPDATE", jobs[0].process_id)
+        await db.execute("LOCK TABLE delivery_attempts IN SHARE MODE")
         recording = asyncio.gather(
             *(recorder.record(job, OK) for job in jobs), return_exceptions=True
         )
@@ -303,3 +303,39 @@ async def test_a_group_whose_connection_is_lost_is_not_recorded_again(
     assert await db.fetchval(count, ids) == 0
     statuses = await db.fetch("SELECT status FROM requests WHERE id = ANY($1::uuid[])", ids)
     assert [row[0] for row in statuses] == ["leased"] * 3
+
+
+async def test_a_group_does_not_wait_for_a_process_another_transaction_holds(
+    bus: Bus, db: asyncpg.Connection
+) -> None:
+    """One process of the group held by another transaction: the group writes the others at
+    once and leaves that one to be recorded alone, which waits for the lock (the group's
+    writer is not held up behind it)."""
+    jobs = [await _leased(bus, db) for _ in range(3)]
+    state = bus.app.state.xbus
+    recorder = Recorder(
+        state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
+    )
+    status = "SELECT status FROM requests WHERE id = $1"
+    await db.execute("BEGIN")
+    try:
+        await db.execute("SELECT id FROM processes WHERE id = $1 FOR UPDATE", jobs[0].process_id)
+        recording = asyncio.gather(*(recorder.record(job, OK) for job in jobs))
+        for _ in range(100):
+            if [await db.fetchval(status, job.request_id) for job in jobs[1:]] == ["success"] * 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the group waited for the process held elsewhere")
+        assert await db.fetchval(status, jobs[0].request_id) == "leased"
+    finally:
+        await db.execute("COMMIT")
+    try:
+        verdicts = await asyncio.wait_for(recording, 10)
+    finally:
+        await recorder.close()
+    assert [v.outcome.value for v in verdicts] == ["success"] * 3
+    for job in jobs:
+        assert await db.fetchval(status, job.request_id) == "success"
+        count = "SELECT count(*) FROM delivery_attempts WHERE request_id = $1"
+        assert await db.fetchval(count, job.request_id) == 1
