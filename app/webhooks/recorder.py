@@ -8,8 +8,9 @@ stores no envelope (`Outcomes.groupable`: most of them) joins a group: the deliv
 end while a group is being written are written next, together, by one of at most `writers`
 tasks (`Outcomes.record_group`): their requests read in one statement, without a lock, then
 the answers with their attempts' rows in one round trip and one commit, each written only
-if its process and request are still as read; one that is not (another answer came first,
-another request of its process is in the group) is recorded again alone. No delay is
+if its process and request are still as read and no other transaction holds them (not
+waited for); one that is not (another answer came first, another request of its process
+is in the group, a transaction holds its process) is recorded again alone. No delay is
 added: a lone delivery is written at once, and groups grow only while writes are under
 way; a group of one is recorded as an attempt alone. Each attempt learns its own verdict
 once its group committed.
