@@ -787,10 +787,11 @@ class Director:
         return Answering(locked, {row["request_id"]: row for row in rows})
 
     async def peek_answers(self, session: Unit, request_ids: list[uuid.UUID]) -> Answering:
-        """Before a batch of answers decided without a lock, each to one process of its own:
-        their requests read, in one statement (`Answering`, guarded). With no transaction
-        open on the unit, `write_answers` then writes them all in one more round trip, a
-        transaction of its own."""
+        """Before a batch of answers decided without a lock: their requests read, in one
+        statement (`Answering`, guarded; of answers to one process, the first written is the
+        only one whose guard lets it through). With no transaction open on the unit,
+        `write_answers` then writes them all in one more round trip, a transaction of its
+        own."""
         conn = await driver_connection(session, begin=False)
         rows = await conn.fetch(store.PEEK_FOR_ANSWERS, request_ids)
         return Answering(set(), {row["request_id"]: row for row in rows}, guarded=True)
@@ -800,9 +801,9 @@ class Director:
         (asyncpg's `fetchmany` sends them in a row, one statement each, and reads their
         answers once; with no transaction open, they commit together). Call it once the
         batch's answers are all given, before the commit. Returns the requests whose answer
-        was not written: guarded, their process or request was no longer as read (decided
-        under the locks, none). Guarded writes run in the order of their processes' ids,
-        the order in which a batch locks them."""
+        was not written: guarded, their process or request was no longer as read, or another
+        transaction held it (decided under the locks, none). Guarded writes run in the order
+        of their processes' ids, the order in which a batch locks them."""
         writes, answering.writes = answering.writes, []
         if not writes:
             return []

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from app.db import Database
 from app.store.connection import connection_lost
@@ -61,14 +63,17 @@ class Recorder:
         self._waiting.append((job, result, verdict, done))
         if self._writers < self._writers_max:
             self._writers += 1
-            task = asyncio.create_task(self._write(), name="webhook-outcomes")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(self._write(), "webhook-outcomes")
         return await done
 
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
-        """Stop the writers (after the attempts that wait for them): whoever still waits is
-        cancelled, and the leases of their requests bring them back."""
+        """Stop the writers and the lone records (after the attempts that wait for them):
+        whoever still waits is cancelled, and the leases of their requests bring them back."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -87,9 +92,10 @@ class Recorder:
                 group = self._waiting[: self._group_max]
                 del self._waiting[: self._group_max]
                 await self._write_group(group)
+                group = []  # answered, or handed to the lone records' tasks
         finally:
             self._writers -= 1
-            for *_, done in group:
+            for *_, done in group:  # a group cut short (the writer cancelled)
                 if not done.done():
                     done.cancel()
 
@@ -130,9 +136,10 @@ class Recorder:
                 group = [
                     waiting for waiting, flag in zip(group, flags, strict=True) if flag is None
                 ]
-        # Alone: a lone delivery, an answer the group's could not write, or a group that
-        # failed.
-        await asyncio.gather(*(self._each(job, result, done) for job, result, _, done in group))
+        # Alone, each in a task of its own (one may wait for a lock: the writer goes on): a
+        # lone delivery, an answer the group's could not write, or a group that failed.
+        for job, result, _, done in group:
+            self._start(self._each(job, result, done), f"webhook-outcome-{job.request_id}")
 
     async def _resume(self, job: Job) -> None:
         """Delivered while its webhook was suspended: lift the suspension, after the answer's
@@ -149,6 +156,7 @@ class Recorder:
         try:
             verdict = await self._alone(job, result)
         except asyncio.CancelledError:
+            done.cancel()
             raise
         except Exception as exc:
             if not done.done():

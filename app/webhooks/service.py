@@ -272,12 +272,14 @@ class Outcomes:
         """Record delivered attempts (`groupable`'s verdicts) in two round trips whatever
         their number, with no transaction open on the unit: their requests read without a
         lock (`Director.peek_answers`), then every answer with its attempt's row, each
-        written only if its process and request are still as read, together in a transaction
-        of their own (`Director.write_answers`). For each attempt, in the group's order:
-        whether the actor's webhook is suspended now (`resume` it), or None where nothing was
-        written, its process or request changed meanwhile (another answer, another request
-        of the group's process; a request twice in the group is written once): `record`
-        each of those alone."""
+        written only if its process and request are still as read and no other transaction
+        holds them, together in a transaction of their own (`Director.write_answers`). An
+        attempt whose request had ended writes its row at once, opening the unit's
+        transaction (BEGIN, COMMIT: two round trips more). For each attempt, in the group's
+        order: whether the actor's webhook is suspended now (`resume` it), or None where
+        nothing was written (its process or request changed, or was held: another answer,
+        another request of the group's process; a request twice in the group is written
+        once): `record` each of those alone."""
         answering = await self.director.peek_answers(
             session, [job.request_id for job, _, _ in group]
         )

@@ -309,9 +309,10 @@ async def test_a_group_does_not_wait_for_a_process_another_transaction_holds(
     bus: Bus, db: asyncpg.Connection
 ) -> None:
     """One process of the group held by another transaction: the group writes the others at
-    once and leaves that one to be recorded alone, which waits for the lock (the group's
-    writer is not held up behind it)."""
-    jobs = [await _leased(bus, db) for _ in range(3)]
+    once and leaves that one to be recorded alone, which waits for the lock; the writer is
+    not held up behind it (the next delivery is recorded meanwhile)."""
+    jobs = [await _leased(bus, db) for _ in range(4)]
+    later = jobs.pop()
     state = bus.app.state.xbus
     recorder = Recorder(
         state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
@@ -328,6 +329,9 @@ async def test_a_group_does_not_wait_for_a_process_another_transaction_holds(
         else:
             raise AssertionError("the group waited for the process held elsewhere")
         assert await db.fetchval(status, jobs[0].request_id) == "leased"
+        alone = await asyncio.wait_for(recorder.record(later, OK), 10)
+        assert alone.outcome.value == "success"
+        assert await db.fetchval(status, jobs[0].request_id) == "leased"
     finally:
         await db.execute("COMMIT")
     try:
@@ -335,7 +339,7 @@ async def test_a_group_does_not_wait_for_a_process_another_transaction_holds(
     finally:
         await recorder.close()
     assert [v.outcome.value for v in verdicts] == ["success"] * 3
-    for job in jobs:
+    for job in [*jobs, later]:
         assert await db.fetchval(status, job.request_id) == "success"
         count = "SELECT count(*) FROM delivery_attempts WHERE request_id = $1"
         assert await db.fetchval(count, job.request_id) == 1
