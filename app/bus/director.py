@@ -194,7 +194,6 @@ class _Answer:
 class _Write:
     """An answer of a batch decided, to be written by `Director.write_answers`."""
 
-    request_id: uuid.UUID
     ctx: ProcessContext
     joined: store.Joined | None
     statement: str
@@ -213,7 +212,8 @@ class Answering:
     - or without a lock (`Director.peek_answers`, `guarded`): each answer is written only if
       its process and request are still as read (SAVE's guard) and no other transaction
       holds them (not waited for), whatever else the batch wrote; one whose guard refuses is
-      left to its caller (a second answer to a process the batch changed always is)."""
+      left to its caller (a second answer to a process the batch changed always is), which
+      learns it from the answer's `joined`, whose `result` stays None."""
 
     locked: set[uuid.UUID]
     rows: dict[uuid.UUID, Any]
@@ -633,26 +633,22 @@ class Director:
         round trips instead of five when the unit has no transaction open (no BEGIN, lock or
         COMMIT: each statement is its own transaction), one less than locking in one."""
         answer = _Answer(status, messages, outputs, account_id, recorded_outputs, joined)
-        if answering is not None and answering.guarded:
-            assert not outputs  # stored at once: not in a guarded batch
-            row = answering.take(request_id)
+        guarded = answering is not None and answering.guarded
+        # Outputs are stored at once: never in a guarded batch.
+        assert not (guarded and outputs)
+        if guarded or (answering is None and not outputs):
+            conn = await driver_connection(session, begin=False)
+            if answering is not None:
+                row = answering.take(request_id)
+            else:
+                row = await conn.fetchrow(store.PEEK_FOR_ANSWER, request_id)
             if row is None:
                 raise NotFound(f"no request {request_id}")
             versions = (row["process_version"], row["request_version"])
-            conn = await driver_connection(session, begin=False)
             request = await self._answer(
                 session, conn, request_id, row, answer, versions, answering
             )
-            assert request is not None  # left to write_answers
-            return request
-        if answering is None and not outputs:
-            conn = await driver_connection(session, begin=False)
-            row = await conn.fetchrow(store.PEEK_FOR_ANSWER, request_id)
-            if row is None:
-                raise NotFound(f"no request {request_id}")
-            versions = (row["process_version"], row["request_version"])
-            request = await self._answer(session, conn, request_id, row, answer, versions)
-            if request is not None:
+            if request is not None:  # always in a guarded batch: written by write_answers
                 return request
         conn = await driver_connection(session)
         row = answering.take(request_id) if answering is not None else None
@@ -770,7 +766,7 @@ class Director:
             statement, arguments = self._statement(
                 ctx, answer.joined, versions, skip_locked=answering.guarded
             )
-            answering.writes.append(_Write(request_id, ctx, answer.joined, statement, arguments))
+            answering.writes.append(_Write(ctx, answer.joined, statement, arguments))
             return request
         if await self._save(session, conn, ctx, answer.joined, versions) is None:
             return None
@@ -796,18 +792,19 @@ class Director:
         rows = await conn.fetch(store.PEEK_FOR_ANSWERS, request_ids)
         return Answering(set(), {row["request_id"]: row for row in rows}, guarded=True)
 
-    async def write_answers(self, session: Unit, answering: Answering) -> list[uuid.UUID]:
+    async def write_answers(self, session: Unit, answering: Answering) -> None:
         """Write the answers of the batch decided since the last write, in one round trip
         (asyncpg's `fetchmany` sends them in a row, one statement each, and reads their
         answers once; with no transaction open, they commit together). Call it once the
-        batch's answers are all given, before the commit. Returns the requests whose answer
-        was not written: guarded, their process or request was no longer as read, or another
-        transaction held it (decided under the locks, none). Guarded writes run in the order
+        batch's answers are all given, before the commit. Guarded, an answer whose process
+        or request was no longer as read, or another transaction held it, is not written:
+        its `joined.result` stays None (each carries one). Guarded writes run in the order
         of their processes' ids, the order in which a batch locks them."""
         writes, answering.writes = answering.writes, []
         if not writes:
-            return []
+            return
         if answering.guarded:
+            assert all(write.joined is not None for write in writes)  # to tell a refusal
             writes.sort(key=lambda write: write.ctx.process.id)
         by_statement: dict[str, list[_Write]] = {}
         for write in writes:
@@ -816,17 +813,14 @@ class Director:
         conn = await driver_connection(
             session, begin=not answering.guarded or len(by_statement) > 1
         )
-        refused = []
         for statement, group in by_statement.items():
             rows = await conn.fetchmany(statement, [write.arguments for write in group])
             for write, row in zip(group, rows, strict=True):
                 canceled = store.saved(row, write.joined)
-                if canceled is None:
-                    refused.append(write.request_id)
-                else:
+                if canceled is not None:
                     self._told(session, write.ctx, canceled)
-        assert answering.guarded or not refused  # decided under the locks
-        return refused
+                else:
+                    assert answering.guarded  # decided under the locks: always written
 
     async def _answered(
         self,

@@ -62,10 +62,7 @@ from app.webhooks.signing import signature_headers
 
 log = logging.getLogger(__name__)
 
-# Delivered attempts' outcomes are written in groups (`Recorder`): by this many tasks at once
-# (one: the next group gathers while one is written; with two, drains were no faster and
-# PostgreSQL busier), at most this many attempts a group.
-_GROUP_WRITERS = 1
+# Delivered attempts' outcomes are written in groups (`Recorder`) of at most this many.
 _GROUP_MAX = 64
 
 
@@ -130,7 +127,6 @@ class Dispatcher:
             db,
             Outcomes(director, settings),
             units=max(1, settings.db_hot_pool_size // 2),
-            writers=_GROUP_WRITERS,
             group_max=_GROUP_MAX,
         )
         self.pools = Pools()

@@ -5,15 +5,16 @@ An attempt's outcome is its attempt row and what its answer changes, committed t
 of the dispatcher's database connections, and waited for one: at a few hundred deliveries a
 second the attempts spent more time recording than sending. Here a delivery whose answer
 stores no envelope (`Outcomes.groupable`: most of them) joins a group: the deliveries that
-end while a group is being written are written next, together, by one of at most `writers`
-tasks (`Outcomes.record_group`): their requests read in one statement, without a lock, then
-the answers with their attempts' rows in one round trip and one commit, each written only
-if its process and request are still as read and no other transaction holds them (not
-waited for); one that is not (another answer came first, another request of its process
-is in the group, a transaction holds its process) is recorded again alone. No delay is
-added: a lone delivery is written at once, and groups grow only while writes are under
-way; a group of one is recorded as an attempt alone. Each attempt learns its own verdict
-once its group committed.
+end while a group is being written are written next, together, by one task (one: the next
+group gathers while one is written; with two or four, drains were no faster and PostgreSQL
+busier) (`Outcomes.record_group`): their requests read in one statement, without a lock,
+then the answers with their attempts' rows in one round trip and one commit, each written
+only if its process and request are still as read and no other transaction holds them (not
+waited for); one that is not (another answer came first, another request of its process is
+in the group, a transaction holds its process) is recorded again alone. No delay is added: a
+lone delivery is written at once, and groups grow only while writes are under way; a group
+of one is recorded as an attempt alone. Each attempt learns its own verdict once its group
+committed.
 
 A group that fails on a statement (a deadlock, a row refused) rolled back whole and is
 written again one attempt at a time, each in a unit of its own, so one attempt never sinks
@@ -42,27 +43,24 @@ _Waiting = tuple[Job, AttemptResult, Verdict, "asyncio.Future[Verdict]"]
 
 
 class Recorder:
-    def __init__(
-        self, db: Database, outcomes: Outcomes, units: int, writers: int, group_max: int
-    ) -> None:
+    def __init__(self, db: Database, outcomes: Outcomes, units: int, group_max: int) -> None:
         self.db = db
         self.outcomes = outcomes
         self._units = asyncio.Semaphore(units)
-        self._writers_max = writers
-        self._writers = 0  # writing now (counted without an await between check and change)
+        self._writing = False  # the writer runs (set and cleared without an await between)
         self._group_max = group_max
         self._waiting: list[_Waiting] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def record(self, job: Job, result: AttemptResult) -> Verdict:
         """Record an attempt's outcome; its verdict once committed."""
-        verdict = self.outcomes.groupable(job, result)
-        if verdict is None:
-            return await self._alone(job, result)
+        verdict = self.outcomes.judge(job, result)
+        if not self.outcomes.groupable(job, verdict):
+            return await self._alone(job, result, verdict)
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._waiting.append((job, result, verdict, done))
-        if self._writers < self._writers_max:
-            self._writers += 1
+        if not self._writing:
+            self._writing = True
             self._start(self._write(), "webhook-outcomes")
         return await done
 
@@ -72,7 +70,7 @@ class Recorder:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stop the writers and the lone records (after the attempts that wait for them):
+        """Stop the writer and the lone records (after the attempts that wait for them):
         whoever still waits is cancelled, and the leases of their requests bring them back."""
         for task in list(self._tasks):
             task.cancel()
@@ -81,9 +79,9 @@ class Recorder:
             done.cancel()
         self._waiting.clear()
 
-    async def _alone(self, job: Job, result: AttemptResult) -> Verdict:
+    async def _alone(self, job: Job, result: AttemptResult, verdict: Verdict) -> Verdict:
         async with self._units, self.db.working() as session:
-            return await self.outcomes.record(session, job, result)
+            return await self.outcomes.record(session, job, result, verdict)
 
     async def _write(self) -> None:
         group: list[_Waiting] = []
@@ -94,7 +92,7 @@ class Recorder:
                 await self._write_group(group)
                 group = []  # answered, or handed to the lone records' tasks
         finally:
-            self._writers -= 1
+            self._writing = False
             for *_, done in group:  # a group cut short (the writer cancelled)
                 if not done.done():
                     done.cancel()
@@ -138,8 +136,8 @@ class Recorder:
                 ]
         # Alone, each in a task of its own (one may wait for a lock: the writer goes on): a
         # lone delivery, an answer the group's could not write, or a group that failed.
-        for job, result, _, done in group:
-            self._start(self._each(job, result, done), f"webhook-outcome-{job.request_id}")
+        for job, result, verdict, done in group:
+            self._start(self._each(job, result, verdict, done), f"webhook-outcome-{job.request_id}")
 
     async def _resume(self, job: Job) -> None:
         """Delivered while its webhook was suspended: lift the suspension, after the answer's
@@ -152,9 +150,11 @@ class Recorder:
         except Exception:
             log.exception("could not resume the webhook of actor %s", job.actor_name)
 
-    async def _each(self, job: Job, result: AttemptResult, done: asyncio.Future[Verdict]) -> None:
+    async def _each(
+        self, job: Job, result: AttemptResult, verdict: Verdict, done: asyncio.Future[Verdict]
+    ) -> None:
         try:
-            verdict = await self._alone(job, result)
+            verdict = await self._alone(job, result, verdict)
         except asyncio.CancelledError:
             done.cancel()
             raise

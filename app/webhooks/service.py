@@ -201,8 +201,15 @@ class Outcomes:
         self.director = director
         self.settings = settings
 
-    async def record(self, session: Unit, job: Job, result: AttemptResult) -> Verdict:
-        verdict = judge(job, result, self.settings)
+    def judge(self, job: Job, result: AttemptResult) -> Verdict:
+        return judge(job, result, self.settings)
+
+    async def record(
+        self, session: Unit, job: Job, result: AttemptResult, verdict: Verdict | None = None
+    ) -> Verdict:
+        """Record an attempt and what its verdict (`judge`'s, when not given) changes."""
+        if verdict is None:
+            verdict = judge(job, result, self.settings)
         attempt = self._attempt_row(job, verdict, result)
         response = result.response
         now = utcnow()
@@ -255,31 +262,28 @@ class Outcomes:
             ),
         )
 
-    def groupable(self, job: Job, result: AttemptResult) -> Verdict | None:
-        """The verdict of an attempt that `record_group` can record with others: a delivery
-        (not a probe's) whose answer stores no envelope, most of them. None for the others:
-        `record` each on its own."""
-        verdict = judge(job, result, self.settings)
+    def groupable(self, job: Job, verdict: Verdict) -> bool:
+        """Whether `record_group` can record this attempt with others: a delivery (not a
+        probe's) whose answer stores no envelope, most of them. The others: `record` each
+        on its own."""
         if verdict.kind != Kind.DELIVERED or job.probe:
-            return None
-        if verdict.state is not None and verdict.state.outputs:
-            return None
-        return verdict
+            return False
+        return verdict.state is None or not verdict.state.outputs
 
     async def record_group(
         self, session: Unit, group: Sequence[tuple[Job, AttemptResult, Verdict]]
     ) -> list[bool | None]:
-        """Record delivered attempts (`groupable`'s verdicts) in two round trips whatever
-        their number, with no transaction open on the unit: their requests read without a
-        lock (`Director.peek_answers`), then every answer with its attempt's row, each
-        written only if its process and request are still as read and no other transaction
-        holds them, together in a transaction of their own (`Director.write_answers`). An
-        attempt whose request had ended writes its row at once, opening the unit's
-        transaction (BEGIN, COMMIT: two round trips more). For each attempt, in the group's
-        order: whether the actor's webhook is suspended now (`resume` it), or None where
-        nothing was written (its process or request changed, or was held: another answer,
-        another request of the group's process; a request twice in the group is written
-        once): `record` each of those alone."""
+        """Record delivered attempts (`groupable` ones, with their verdicts) in two round trips
+        whatever their number, with no transaction open on the unit: their requests read
+        without a lock (`Director.peek_answers`), then every answer with its attempt's row,
+        each written only if its process and request are still as read and no other
+        transaction holds them, together in a transaction of their own
+        (`Director.write_answers`). An attempt whose request had ended writes its row at
+        once, opening the unit's transaction (BEGIN, COMMIT: two round trips more). For each
+        attempt, in the group's order: whether the actor's webhook is suspended now
+        (`resume` it), or None where nothing was written (its process or request changed, or
+        was held: another answer, another request of the group's process; a request twice in
+        the group is written once): `record` each of those alone."""
         answering = await self.director.peek_answers(
             session, [job.request_id for job, _, _ in group]
         )

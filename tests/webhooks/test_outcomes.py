@@ -134,8 +134,8 @@ async def test_delivered_attempts_are_recorded_together_in_two_round_trips(
     outcomes = Outcomes(state.director, state.settings)
     group = []
     for job in jobs:
-        verdict = outcomes.groupable(job, OK)
-        assert verdict is not None
+        verdict = outcomes.judge(job, OK)
+        assert outcomes.groupable(job, verdict)
         group.append((job, OK, verdict))
     sent: list[str] = []
     async with state.db.working() as work:
@@ -206,8 +206,8 @@ async def test_a_group_with_two_branches_of_one_process_ends_it_once(
     order = [jobs[0], jobs[2], jobs[1], jobs[3], jobs[0]]
     group = []
     for job in order:
-        verdict = outcomes.groupable(job, OK)
-        assert verdict is not None
+        verdict = outcomes.judge(job, OK)
+        assert outcomes.groupable(job, verdict)
         group.append((job, OK, verdict))
     async with state.db.working() as work:
         # One answer of each process written, the others refused by their guards.
@@ -244,9 +244,7 @@ async def test_an_attempt_that_fails_its_group_does_not_sink_the_others(
     jobs = [await _leased(bus, db) for _ in range(3)]
     await db.execute("DELETE FROM processes WHERE id = $1", jobs[1].process_id)
     state = bus.app.state.xbus
-    recorder = Recorder(
-        state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
-    )
+    recorder = Recorder(state.db, Outcomes(state.director, state.settings), units=2, group_max=64)
     try:
         results = await asyncio.gather(
             *(recorder.record(job, OK) for job in jobs), return_exceptions=True
@@ -273,9 +271,7 @@ async def test_a_group_whose_connection_is_lost_is_not_recorded_again(
     write an attempt's row twice had the group committed."""
     jobs = [await _leased(bus, db) for _ in range(3)]
     state = bus.app.state.xbus
-    recorder = Recorder(
-        state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
-    )
+    recorder = Recorder(state.db, Outcomes(state.director, state.settings), units=2, group_max=64)
     await db.execute("BEGIN")
     try:
         await db.execute("LOCK TABLE delivery_attempts IN SHARE MODE")
@@ -314,9 +310,7 @@ async def test_a_group_does_not_wait_for_a_process_another_transaction_holds(
     jobs = [await _leased(bus, db) for _ in range(4)]
     later = jobs.pop()
     state = bus.app.state.xbus
-    recorder = Recorder(
-        state.db, Outcomes(state.director, state.settings), units=2, writers=1, group_max=64
-    )
+    recorder = Recorder(state.db, Outcomes(state.director, state.settings), units=2, group_max=64)
     status = "SELECT status FROM requests WHERE id = $1"
     await db.execute("BEGIN")
     try:
