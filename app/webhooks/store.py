@@ -98,21 +98,25 @@ _CLAIMED = """RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r
     r.inputs, r.lease_expires_at, r.available_at"""
 _ENVELOPE_AT = 9
 
+# Each actor's due requests, read from its own end of the due index whatever the statistics
+# say (as `app.store.processes` leases): a process's status is checked per candidate, not
+# joined. Joined, statistics that believed few processes running (taken while most of the
+# history was done) drove the claim from the running processes through each one's requests.
 CLAIM = """
 WITH quota AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::float8[])
         AS q(actor_id, k, max_attempts, lease)
 ), picked AS (
     SELECT c.id, q.max_attempts, q.lease FROM quota q
+    -- the dispatcher's view of the actors may be a poll interval old: a webhook suspended
+    -- or disabled meanwhile gets nothing
+    JOIN actors a ON a.id = q.actor_id AND a.webhook_suspended_at IS NULL
     CROSS JOIN LATERAL (
-        SELECT r.id FROM requests r JOIN processes p ON p.id = r.process_id
-        JOIN actors a ON a.id = r.actor_id
-        WHERE r.actor_id = q.actor_id AND r.channel = 'webhook' AND r.status = 'pending'
-          AND r.available_at <= $5 AND p.status = 'running'
-          -- the dispatcher's view of the actors may be a poll interval old: a webhook
-          -- suspended or disabled meanwhile gets nothing
-          AND a.webhook_suspended_at IS NULL
-        ORDER BY r.available_at, r.created_at
+        SELECT r.id FROM requests r
+        WHERE r.actor_id = q.actor_id AND r.status = 'pending' AND r.available_at <= $5
+          AND r.channel = 'webhook'
+          AND (SELECT p.status FROM processes p WHERE p.id = r.process_id) = 'running'
+        ORDER BY r.available_at, r.created_at, r.id
         LIMIT q.k
         FOR UPDATE OF r SKIP LOCKED
     ) c
