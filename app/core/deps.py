@@ -29,10 +29,10 @@ from app.store.connection import lost
 
 
 async def get_state(request: Request) -> AppState:
-    return _state(request)
+    return state_of(request)
 
 
-def _state(request: Request) -> AppState:
+def state_of(request: Request) -> AppState:
     state: AppState = request.app.state.xbus
     return state
 
@@ -57,7 +57,7 @@ DirectorDep = Annotated[Director, Depends(get_director)]
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed once when the route returns, before the response
     is sent (so what a 2xx acknowledges is stored), rolled back on an error."""
-    async with _state(request).db.sessionmaker() as session:
+    async with state_of(request).db.sessionmaker() as session:
         try:
             yield session
             await session.commit()
@@ -90,7 +90,7 @@ async def authenticate(request: Request) -> Principal:
     key = _presented_key(request)
     if not key:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or Xbus-Api-Key)")
-    state = _state(request)
+    state = state_of(request)
     digest = keys.digest(key)
 
     async def lookup() -> tuple[Principal, datetime | None] | None:

@@ -14,7 +14,17 @@ from app import metrics
 from app.actors.access import ActorInfo, load_owned_actor, owned_actor_info
 from app.bus.director import Planned
 from app.commit_hooks import on_commit
-from app.core.deps import Caller, DirectorDep, Session, SettingsDep, State
+from app.core.deps import (
+    Caller,
+    DirectorDep,
+    Session,
+    SettingsDep,
+    State,
+    authenticate,
+    require_enabled,
+    state_of,
+)
+from app.core.direct import DirectRoute, direct, json_response
 from app.core.errors import Problem, error_body
 from app.core.exceptions import (
     NotFound,
@@ -50,7 +60,7 @@ from app.envelopes.schemas import (
 from app.models import Envelope
 from app.store.connection import Unit, driver_connection, savepoint
 
-router = APIRouter(prefix="/api/v1", tags=["envelopes"])
+router = APIRouter(prefix="/api/v1", tags=["envelopes"], route_class=DirectRoute)
 
 PROTOBUF = "application/x-protobuf"
 
@@ -135,6 +145,19 @@ def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) ->
         raise Unprocessable(exc.detail, extra={"pointer": exc.pointer}) from None
 
 
+async def _output_direct(request: Request) -> Response:
+    """`output`'s parameters read from the request (`app.core.direct`)."""
+    caller = await require_enabled(await authenticate(request))
+    emission = await output(
+        request.path_params["emitter"],
+        request,
+        caller,
+        state_of(request),
+        request.headers.get("idempotency-key"),
+    )
+    return json_response(emission, 202)
+
+
 @router.post(
     "/actors/{emitter}/output",
     summary="Emit an envelope: store it and start its process",
@@ -143,6 +166,7 @@ def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) ->
     responses=Problem.of(401, 403, 404, 409, 413, 415, 422),
     openapi_extra=_OUTPUT_BODY,
 )
+@direct(_output_direct)
 async def output(
     emitter: str,
     request: Request,
@@ -233,6 +257,16 @@ def _batch(media: str, body: bytes, most: int) -> list[Any]:
     return entries
 
 
+async def _outputs_direct(request: Request) -> Response:
+    """`outputs`' parameters read from the request (`app.core.direct`)."""
+    caller = await require_enabled(await authenticate(request))
+    state = state_of(request)
+    batch = await outputs(
+        request.path_params["emitter"], request, caller, state.director, state.settings, state
+    )
+    return json_response(batch, 200)
+
+
 @router.post(
     "/actors/{emitter}/outputs",
     summary="Emit many envelopes at once: each stored and routed, with one result each",
@@ -240,6 +274,7 @@ def _batch(media: str, body: bytes, most: int) -> list[Any]:
     responses=Problem.of(401, 403, 404, 413, 415, 422),
     openapi_extra=_OUTPUTS_BODY,
 )
+@direct(_outputs_direct)
 async def outputs(
     emitter: str,
     request: Request,

@@ -12,7 +12,16 @@ from app.accounts.principal import Principal
 from app.actors.access import owned_actor_info
 from app.bus.director import Answering, Message, OutputTaken
 from app.bus.notify import actor_key
-from app.core.deps import Caller, State
+from app.core.deps import Caller, State, authenticate, require_enabled, state_of
+from app.core.direct import (
+    DirectRoute,
+    direct,
+    json_body,
+    json_response,
+    query_number,
+    uuid_text,
+    validated,
+)
 from app.core.errors import Problem, error_body
 from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (
@@ -36,10 +45,23 @@ from app.requests.service import handed_payloads
 from app.state import AppState
 from app.store.connection import Unit
 
-router = APIRouter(prefix="/api/v1", tags=["requests"])
+router = APIRouter(prefix="/api/v1", tags=["requests"], route_class=DirectRoute)
 
 # Even without a wake-up, re-check this often (due retries, missed doorbells).
 _RECHECK = 1.0
+
+
+async def _lease_direct(request: Request) -> Response | None:
+    """`lease_request`'s parameters read from the request (`app.core.direct`)."""
+    plain_wait, wait = query_number(request, "wait", integer=False)
+    plain_max, most = query_number(request, "max", integer=True)
+    if not (plain_wait and plain_max) or (most is not None and not 1 <= most <= 1000):
+        return None
+    caller = await require_enabled(await authenticate(request))
+    leased = await lease_request(
+        request.path_params["actor"], request, caller, state_of(request), wait or 0, most
+    )
+    return json_response(leased, 200)
 
 
 @router.get(
@@ -55,6 +77,7 @@ _RECHECK = 1.0
         **Problem.of(401, 403, 404, 422),
     },
 )
+@direct(_lease_direct)
 async def lease_request(
     actor: str,
     http_request: Request,
@@ -100,12 +123,35 @@ async def lease_request(
                 return Response(status_code=204)
 
 
+async def _report_direct(request: Request) -> Response | None:
+    """`report_state`'s parameters read from the request (`app.core.direct`)."""
+    request_id = request.path_params["request_id"]
+    if not uuid_text(request_id):
+        return None
+    body = validated(RequestStateIn, await json_body(request))
+    if body is None:
+        return None
+    caller = await require_enabled(await authenticate(request))
+    answer = await report_state(uuid.UUID(request_id), body, caller, state_of(request))
+    return json_response(answer, 200)
+
+
+async def _reports_direct(request: Request) -> Response | None:
+    """`report_states`' parameters read from the request (`app.core.direct`)."""
+    body = validated(RequestStatesIn, await json_body(request))
+    if body is None:
+        return None
+    caller = await require_enabled(await authenticate(request))
+    return json_response(await report_states(body, caller, state_of(request)), 200)
+
+
 @router.post(
     "/requests/{request_id}/state",
     summary="Report the state of a request: running, success (with outputs) or error",
     response_model=RequestStateRead,
     responses=Problem.of(401, 403, 404, 409, 413, 422),
 )
+@direct(_report_direct)
 async def report_state(
     request_id: uuid.UUID,
     body: RequestStateIn,
@@ -122,6 +168,7 @@ async def report_state(
     response_model=RequestStatesRead,
     responses=Problem.of(401, 403, 409, 422),
 )
+@direct(_reports_direct)
 async def report_states(
     body: RequestStatesIn,
     caller: Caller,
