@@ -90,15 +90,25 @@ class Notifier:
         waiter = asyncio.Event()
         self._waiters[key].add(waiter)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), timeout)
-            return waiter.is_set()
+            return await wait_set(waiter, timeout)
         finally:
             waiters = self._waiters.get(key)
             if waiters is not None:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[key]
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait for `event` at most `timeout` seconds; whether it is set. A cancellation that
+    comes as the event is set ends the wait cancelled: Python 3.11's `asyncio.wait_for`
+    returned the event's result then and dropped the cancellation, so a duty's loop waiting
+    for its next wake-up went on after the shutdown had cancelled it (seen: a webhook
+    dispatcher going round on a closed pool)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
 
 
 def _config_classes() -> tuple[type, ...]:

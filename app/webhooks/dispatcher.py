@@ -28,7 +28,6 @@ by the actor's timeout, so a hanging endpoint holds only its own slots.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -41,7 +40,7 @@ from typing import Any
 
 from app import metrics
 from app.bus.director import Director
-from app.bus.notify import CONFIG, Notifier, actor_key
+from app.bus.notify import CONFIG, Notifier, actor_key, wait_set
 from app.config import Settings
 from app.db import Database
 from app.version import version
@@ -154,8 +153,7 @@ class Dispatcher:
                 except Exception:
                     log.exception("webhook dispatch round failed; retrying")
                     delay = self.settings.webhook_poll_interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), delay)
+                await wait_set(self.wake, delay)
         finally:
             await self._shutdown()
 
