@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi import routing
 
-from tests.bus.conftest import ENVELOPE, Bus, chain
+from tests.bus.conftest import ENVELOPE, Account, Bus, chain
 from tests.conftest import assert_problem
 
 
@@ -28,12 +28,21 @@ def solved(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return paths
 
 
-async def test_plain_requests_skip_fastapis_machinery(bus: Bus, solved: list[str]) -> None:
+@pytest.fixture
+async def wired(bus: Bus, solved: list[str]) -> tuple[Account, dict[str, Any], dict[str, Any]]:
+    """An emitter and a consumer of one account; the set-up's admin routes not counted."""
     acct = await bus.account()
     em = await bus.actor(acct, "emitter")
     co = await bus.actor(acct, "consumer")
     await bus.pipeline(chain(em["name"], ("consumer", co["name"])))
-    solved.clear()  # the set-up's admin routes
+    solved.clear()
+    return acct, em, co
+
+
+async def test_plain_requests_skip_fastapis_machinery(
+    wired: tuple[Account, dict[str, Any], dict[str, Any]], solved: list[str]
+) -> None:
+    acct, em, co = wired
     http = acct.http
 
     one = await http.post(f"/api/v1/actors/{em['name']}/output", json=ENVELOPE)
@@ -72,12 +81,10 @@ async def test_plain_requests_skip_fastapis_machinery(bus: Bus, solved: list[str
     assert solved == []
 
 
-async def test_odd_input_gets_fastapis_answer(bus: Bus, solved: list[str]) -> None:
-    acct = await bus.account()
-    em = await bus.actor(acct, "emitter")
-    co = await bus.actor(acct, "consumer")
-    await bus.pipeline(chain(em["name"], ("consumer", co["name"])))
-    solved.clear()  # the set-up's admin routes
+async def test_odd_input_gets_fastapis_answer(
+    wired: tuple[Account, dict[str, Any], dict[str, Any]], solved: list[str]
+) -> None:
+    acct, em, co = wired
     http = acct.http
     requests = f"/api/v1/actors/{co['name']}/requests"
 
