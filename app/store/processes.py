@@ -246,15 +246,15 @@ SELECT coalesce(json_object_agg(o.node_id, o.n), '{{}}') FROM (
 # so (`go` false). A row changed by a transaction that commits while the guard waits for it
 # is read again at its new version (READ COMMITTED), which fails the guard too. Without
 # versions (the decision was taken under the locks) there is no guard: every part writes.
-# A guard that skips locked rows (`skipping`) does not wait: a row another transaction holds
-# fails it.
+# A guard that skips locked rows does not wait: a row another transaction holds fails it.
 _GUARD = """
 guard AS (
     SELECT p.id FROM processes p JOIN requests r ON r.id = $31
     WHERE p.id = $1 AND p.xmin = $51::xid AND r.xmin = $52::xid
-    FOR UPDATE OF p, r
+    FOR UPDATE OF p, r{skip}
 ),
-ok AS (SELECT $51::xid IS NULL OR EXISTS (SELECT FROM guard) AS go)"""
+ok AS (SELECT EXISTS (SELECT FROM guard) AS go)"""
+_GUARDS = {False: _GUARD.format(skip=""), True: _GUARD.format(skip=" SKIP LOCKED")}
 # A decision taken under the locks: every part writes.
 _UNGUARDED = "\nok AS (SELECT true AS go)"
 _NODES = """
@@ -372,6 +372,7 @@ def _save(
     new: bool,
     changed: bool,
     guarded: bool,
+    skip_locked: bool,
     nodes: bool,
     requests: bool,
     request: bool,
@@ -391,7 +392,7 @@ def _save(
 
     process = _PROCESS_NEW if new else _PROCESS_CHANGED if changed else _PROCESS_TOUCHED
     chosen = [
-        _GUARD if guarded else _UNGUARDED,
+        _GUARDS[skip_locked] if guarded else _UNGUARDED,
         _DECLARED,
         process,
         *((_NODES,) if nodes else ()),
@@ -424,17 +425,6 @@ class Joined:
     parameters: tuple[Any, ...]
     answer: str = "NULL"
     result: Any = None
-
-
-_GUARD_LOCK = "FOR UPDATE OF p, r\n"
-assert _GUARD.count(_GUARD_LOCK) == 1
-
-
-@functools.cache
-def skipping(statement: str) -> str:
-    """A guarded SAVE whose guard skips the rows another transaction holds instead of
-    waiting for them (then nothing is written, as when they changed)."""
-    return statement.replace(_GUARD_LOCK, "FOR UPDATE OF p, r SKIP LOCKED\n", 1)
 
 
 # Up to $n due requests (pending, available, of a running process) matching the filter,
@@ -634,6 +624,7 @@ def save_statement(
     the decision read them without a lock): it writes only if they are still those, and,
     with `skip_locked`, only if no other transaction holds them (else it does not wait)."""
     assert versions is None or changes.request is not None
+    assert versions is not None or not skip_locked  # unguarded, the rows are locked already
     # Guarded, each joined part must write only where the guard let it (else a write the
     # guard refused would leave it written, and the answer written again would repeat it).
     assert versions is None or joined is None or "(SELECT go FROM ok)" in joined.parts
@@ -645,6 +636,7 @@ def save_statement(
         new=changes.new_process,
         changed=changes.process,
         guarded=versions is not None,
+        skip_locked=skip_locked,
         nodes=bool(changed_nodes),
         requests=bool(changes.requests),
         request=request is not None,
@@ -655,9 +647,6 @@ def save_statement(
         answer=joined.answer if joined is not None else "NULL",
     )
     more = joined.parameters if joined is not None else ()
-    if skip_locked:
-        assert versions is not None  # unguarded, the rows are locked already
-        statement = skipping(statement)
     return statement, (
         process.id,
         process.pipeline_id,

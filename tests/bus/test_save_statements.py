@@ -10,7 +10,17 @@ import asyncpg
 
 from app.store import processes as store
 
-FLAGS = ("changed", "guarded", "nodes", "requests", "request", "cancel", "logs", "envelope")
+FLAGS = (
+    "changed",
+    "guarded",
+    "skip_locked",
+    "nodes",
+    "requests",
+    "request",
+    "cancel",
+    "logs",
+    "envelope",
+)
 
 
 async def test_every_variant_takes_the_same_parameters(db: asyncpg.Connection) -> None:
@@ -27,4 +37,6 @@ async def test_every_variant_takes_the_same_parameters(db: asyncpg.Connection) -
         parts = sql.split("\nSELECT (SELECT go FROM ok)")[0]
         assert ("canceled AS" in parts) is flags["cancel"]
         assert ("guard AS" in parts) is flags["guarded"]
-    assert len(seen) == 2**8 + 2**7  # a new process is not changed or touched: one part
+        assert ("SKIP LOCKED" in parts) is (flags["guarded"] and flags["skip_locked"])
+    # The process's row: new, changed or touched; the guard: none, waiting or skipping.
+    assert len(seen) == 3 * 3 * 2**6
