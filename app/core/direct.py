@@ -4,14 +4,14 @@ For each request FastAPI solves the route's dependencies (walking their tree and
 each callable again), validates the returned model against the response model and
 serializes it: ~10% of xbusd's CPU under emissions (py-spy), more than the rest of the
 route's own Python work. A hot route declares a *direct handler* (`@direct(handler)`), a
-plain `Request -> Response` coroutine that reads its parameters itself and calls the route
-function. A handler that meets anything but plain, valid input (a missing or odd content
-type, JSON that does not parse or validate, a query value it does not read as FastAPI
-would for sure) returns None before doing anything, and FastAPI's own handler takes the
-request: bad input gets exactly FastAPI's answer. The route keeps its signature, so the
-OpenAPI document, the routing, the middlewares and the exception handlers (problem+json,
-503 with Retry-After) are those of any route. The router must use `DirectRoute` as its
-route class."""
+coroutine that reads the request's parameters itself and returns what the route function
+returns (sent as FastAPI would, with the route's status code). A handler that meets
+anything but plain, valid input (a missing or odd content type, JSON that does not parse
+or validate, a query value it does not read as FastAPI would for sure) returns None before
+doing anything, and FastAPI's own handler takes the request: bad input gets exactly
+FastAPI's answer. The route keeps its signature, so the OpenAPI document, the routing, the
+middlewares and the exception handlers (problem+json, 503 with Retry-After) are those of
+any route. The router must use `DirectRoute` as its route class."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-Handler = Callable[[Request], Awaitable[Response | None]]
+# What the route function returned, or None to leave the request to FastAPI's handler.
+Handler = Callable[[Request], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,9 +56,13 @@ class DirectRoute(APIRoute):
         if handler is None:
             return standard
 
+        status_code = self.status_code or 200  # as FastAPI answers the route's model
+
         async def run(request: Request) -> Response:
-            response = await handler(request)
-            return response if response is not None else await standard(request)
+            result = await handler(request)
+            if result is None:
+                return await standard(request)
+            return _response(result, status_code)
 
         return run
 
@@ -102,9 +107,9 @@ def query_number(request: Request, name: str, *, integer: bool) -> tuple[bool, A
     return True, int(raw) if integer else float(raw)
 
 
-def json_response(result: Any, status_code: int) -> Response:
+def _response(result: Any, status_code: int) -> Response:
     """A route's result as FastAPI would send it: a Response as it is, a model as JSON (by
-    alias, as FastAPI's response model serialization)."""
+    alias, as FastAPI's response model serialization) with the route's status."""
     if isinstance(result, Response):
         return result
     assert isinstance(result, BaseModel), type(result)

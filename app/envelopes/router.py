@@ -24,7 +24,7 @@ from app.core.deps import (
     require_enabled,
     state_of,
 )
-from app.core.direct import DirectRoute, direct, json_response
+from app.core.direct import DirectRoute, direct
 from app.core.errors import Problem, error_body
 from app.core.exceptions import (
     NotFound,
@@ -145,17 +145,16 @@ def _decode_envelope(media: str, body: bytes, max_items: int, max_bytes: int) ->
         raise Unprocessable(exc.detail, extra={"pointer": exc.pointer}) from None
 
 
-async def _output_direct(request: Request) -> Response:
+async def _output_direct(request: Request) -> Any:
     """`output`'s parameters read from the request (`app.core.direct`)."""
     caller = await require_enabled(await authenticate(request))
-    emission = await output(
+    return await output(
         request.path_params["emitter"],
         request,
         caller,
         state_of(request),
         request.headers.get("idempotency-key"),
     )
-    return json_response(emission, 202)
 
 
 @router.post(
@@ -257,14 +256,13 @@ def _batch(media: str, body: bytes, most: int) -> list[Any]:
     return entries
 
 
-async def _outputs_direct(request: Request) -> Response:
+async def _outputs_direct(request: Request) -> EmissionBatchRead:
     """`outputs`' parameters read from the request (`app.core.direct`)."""
     caller = await require_enabled(await authenticate(request))
     state = state_of(request)
-    batch = await outputs(
+    return await outputs(
         request.path_params["emitter"], request, caller, state.director, state.settings, state
     )
-    return json_response(batch, 200)
 
 
 @router.post(

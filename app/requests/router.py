@@ -17,7 +17,6 @@ from app.core.direct import (
     DirectRoute,
     direct,
     json_body,
-    json_response,
     query_number,
     uuid_text,
     validated,
@@ -51,17 +50,16 @@ router = APIRouter(prefix="/api/v1", tags=["requests"], route_class=DirectRoute)
 _RECHECK = 1.0
 
 
-async def _lease_direct(request: Request) -> Response | None:
+async def _lease_direct(request: Request) -> Any:
     """`lease_request`'s parameters read from the request (`app.core.direct`)."""
     plain_wait, wait = query_number(request, "wait", integer=False)
     plain_max, most = query_number(request, "max", integer=True)
     if not (plain_wait and plain_max) or (most is not None and not 1 <= most <= 1000):
         return None
     caller = await require_enabled(await authenticate(request))
-    leased = await lease_request(
+    return await lease_request(
         request.path_params["actor"], request, caller, state_of(request), wait or 0, most
     )
-    return json_response(leased, 200)
 
 
 @router.get(
@@ -123,7 +121,7 @@ async def lease_request(
                 return Response(status_code=204)
 
 
-async def _report_direct(request: Request) -> Response | None:
+async def _report_direct(request: Request) -> RequestStateRead | None:
     """`report_state`'s parameters read from the request (`app.core.direct`)."""
     request_id = request.path_params["request_id"]
     if not uuid_text(request_id):
@@ -132,17 +130,16 @@ async def _report_direct(request: Request) -> Response | None:
     if body is None:
         return None
     caller = await require_enabled(await authenticate(request))
-    answer = await report_state(uuid.UUID(request_id), body, caller, state_of(request))
-    return json_response(answer, 200)
+    return await report_state(uuid.UUID(request_id), body, caller, state_of(request))
 
 
-async def _reports_direct(request: Request) -> Response | None:
+async def _reports_direct(request: Request) -> RequestStatesRead | None:
     """`report_states`' parameters read from the request (`app.core.direct`)."""
     body = validated(RequestStatesIn, await json_body(request))
     if body is None:
         return None
     caller = await require_enabled(await authenticate(request))
-    return json_response(await report_states(body, caller, state_of(request)), 200)
+    return await report_states(body, caller, state_of(request))
 
 
 @router.post(
