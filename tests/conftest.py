@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app import migrations
+from app.cli.http_protocol import HttpProtocol
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.models import Base
@@ -101,7 +102,9 @@ async def served(app: FastAPI) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, lifespan="off", log_level="warning", access_log=False, http=HttpProtocol
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

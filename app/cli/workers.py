@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import uvicorn
 
 from app.cli import fair_accept
+from app.cli.http_protocol import HttpProtocol
 from app.config import Settings
 from app.logs import setup_logging_for, stop_logging
 from app.runtime import children
@@ -157,6 +158,7 @@ def serve_workers(settings: Settings) -> bool:
         timeout_graceful_shutdown=settings.http_shutdown_grace,
         server_header=False,
         proxy_headers=True,
+        http=HttpProtocol,  # a response's head and body in one write
         # The workers take the shared socket's connections least-loaded first.
         loop="app.cli.fair_accept:new_event_loop",
         # A worker answers the supervisor's pings once it has imported enough to start its

@@ -140,6 +140,7 @@ def serve(
     them over the one embedded runtime."""
     import uvicorn
 
+    from app.cli.http_protocol import HttpProtocol
     from app.main import create_app
     from app.runtime.embedded import EmbeddedRuntime
     from app.runtime.lock import DataDirBusyError
@@ -176,6 +177,7 @@ def serve(
                     timeout_graceful_shutdown=effective.http_shutdown_grace,
                     server_header=False,
                     proxy_headers=True,
+                    http=HttpProtocol,
                 )
             )
             server.run()
