@@ -328,3 +328,60 @@ async def test_nats_monitor_unreachable(client: httpx.AsyncClient) -> None:
     assert result.value("xbus_nats_up") == 0
     assert result.value("xbus_metrics_errors_total", source="nats") >= 1
     assert result.has("xbus_processes")
+
+
+def test_http_series_are_the_instrumentators_default() -> None:
+    """`HttpSeries` records what prometheus-fastapi-instrumentator's default instrumentation
+    records for the same requests: the same exposition, to the help texts and buckets."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_fastapi_instrumentator import metrics
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import Response as StarletteResponse
+
+    from app.metrics_collector import HttpSeries
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    series, default = HttpSeries(ours), metrics.default(registry=theirs)
+    assert default is not None
+    requests = [
+        ("GET", "2xx", "/healthz", None, b"ok", 0.003),
+        ("POST", "2xx", "/api/v1/actors/{emitter}/output", b"312", b"x" * 120, 0.04),
+        ("POST", "4xx", "/api/v1/actors/{emitter}/output", b"9", b"x" * 80, 0.7),
+        ("GET", "4xx", "none", None, b"", 12.0),
+        ("GET", "2xx", "/healthz", None, None, 0.2),  # streamed: no Content-Length
+    ]
+    for method, status, handler, received, body, duration in requests:
+        raw = [(b"content-length", received)] if received is not None else []
+        scope = {"type": "http", "method": method, "path": "/", "headers": raw}
+        response = StarletteResponse(body) if body is not None else StarletteResponse()
+        if body is None:
+            del response.headers["content-length"]
+        sent = response.raw_headers
+        series.record(
+            method,
+            status,
+            handler,
+            int(received or 0),
+            int(dict(sent).get(b"content-length", 0)),
+            duration,
+        )
+        default(
+            metrics.Info(
+                request=StarletteRequest(scope),
+                response=response,
+                method=method,
+                modified_handler=handler,
+                modified_status=status,
+                modified_duration=duration,
+                modified_duration_without_streaming=0.0,
+            )
+        )
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]
+
+    assert exposition(ours) == exposition(theirs)
+    assert 'http_request_size_bytes_sum{handler="/api/v1/actors/{emitter}/output"} 321.0' in (
+        exposition(ours)
+    )
