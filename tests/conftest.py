@@ -95,16 +95,15 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 @contextlib.asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
+async def served(app: Any, http: type[asyncio.Protocol] = HttpProtocol) -> AsyncIterator[str]:
     """`app` served by uvicorn over real HTTP on a free port of 127.0.0.1, in this event loop
-    (its lifespan is the app fixture's: not run again); yields its base URL."""
+    (its lifespan is the app fixture's: not run again), with xbusd's HTTP protocol unless
+    told otherwise; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan="off", log_level="warning", access_log=False, http=HttpProtocol
-    )
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=http)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

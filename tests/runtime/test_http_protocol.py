@@ -7,19 +7,17 @@ are counted."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.cli.http_protocol import HOLD_MAX, HeldWrites, HttpProtocol
+from tests.conftest import served
 
 BIG = b"x" * (3 * HOLD_MAX + 5)
 
@@ -74,33 +72,12 @@ def _app(go_on: asyncio.Event) -> Starlette:
     )
 
 
-@contextlib.asynccontextmanager
-async def _served(app: Starlette, writes: list[bytes]) -> AsyncIterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, lifespan="off", log_level="warning", access_log=False, http=_protocol(writes)
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[int, list[bytes], asyncio.Event]]:
     writes: list[bytes] = []
     go_on = asyncio.Event()
-    async with _served(_app(go_on), writes) as port:
-        yield port, writes, go_on
+    async with served(_app(go_on), _protocol(writes)) as url:
+        yield int(url.rpartition(":")[2]), writes, go_on
 
 
 async def _response(
