@@ -26,6 +26,15 @@ class ActorRequest(Base):
             "id",
             postgresql_where=sa.text("status = 'pending'"),
         ),
+        # The webhook claim's own (its plan whatever the statistics say of the channel).
+        sa.Index(
+            "ix_requests_webhook_due",
+            "actor_id",
+            "available_at",
+            "created_at",
+            "id",
+            postgresql_where=sa.text("status = 'pending' AND channel = 'webhook'"),
+        ),
         sa.Index(
             "ix_requests_lease",
             "lease_expires_at",

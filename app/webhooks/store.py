@@ -98,8 +98,10 @@ _CLAIMED = """RETURNING r.id, r.actor_id, r.process_id, r.node_id, r.attempts, r
     r.inputs, r.lease_expires_at, r.available_at"""
 _ENVELOPE_AT = 9
 
-# Each actor's due requests, read from its own end of the due index whatever the statistics
-# say (as `app.store.processes` leases): a process's status is checked per candidate, not
+# Each actor's due requests, read from its own end of the webhook due index whatever the
+# statistics say (as `app.store.processes` leases; an index of its own, as statistics taken
+# while no webhook request existed made the planner read all of an actor's due requests
+# from the shared one and sort them): a process's status is checked per candidate, not
 # joined. Joined, statistics that believed few processes running (taken while most of the
 # history was done) drove the claim from the running processes through each one's requests.
 CLAIM = """
@@ -113,8 +115,8 @@ WITH quota AS (
     JOIN actors a ON a.id = q.actor_id AND a.webhook_suspended_at IS NULL
     CROSS JOIN LATERAL (
         SELECT r.id FROM requests r
-        WHERE r.actor_id = q.actor_id AND r.status = 'pending' AND r.available_at <= $5
-          AND r.channel = 'webhook'
+        WHERE r.actor_id = q.actor_id AND r.status = 'pending' AND r.channel = 'webhook'
+          AND r.available_at <= $5
           AND (SELECT p.status FROM processes p WHERE p.id = r.process_id) = 'running'
         ORDER BY r.available_at, r.created_at, r.id
         LIMIT q.k

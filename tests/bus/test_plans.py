@@ -100,20 +100,30 @@ async def test_the_nats_claim_starts_from_the_online_actors(
         await db.execute("ROLLBACK")
 
 
-@pytest.mark.parametrize("analyzed", ["before", "between", "after"])
+@pytest.mark.parametrize("analyzed", ["before", "backlogs", "between", "after"])
 async def test_a_webhook_round_reads_the_leases_and_the_due_requests_not_the_history(
     bus: Bus, db: asyncpg.Connection, analyzed: str
 ) -> None:
     """Asked by actor, the count of what is in flight joined the actor's index and read all
-    its history at every round; the claim starts from the actor's due requests. Whatever the
-    statistics saw (autovacuum analyzes when it likes): no requests of the actor (`before`),
-    all 3,000 pending and none for a webhook (`between`), or the history as it is (`after`);
-    a CI run found the claim reading `requests` whole on one of them."""
+    its history at every round; the claim starts from the actor's due requests, in order.
+    Whatever the statistics saw (autovacuum analyzes when it likes): no requests of the
+    actor (`before`), only other actors' backlogs of polled requests (`backlogs`), all
+    3,000 pending and none for a webhook (`between`), or the history as it is (`after`). CI
+    runs found the claim reading `requests` whole on one of them and, on stale statistics
+    that saw no webhook request, all of the actor's due requests sorted at each round."""
     acct = await bus.account()
     em = await bus.actor(acct, "emitter")
     hook = await bus.actor(acct, "consumer")
     await bus.pipeline(chain(em["name"], ("consumer", hook["name"])))
-    if analyzed == "before":
+    if analyzed == "backlogs":
+        for _ in range(3):
+            other = await bus.actor(acct, "emitter")
+            polled = await bus.actor(acct, "consumer")
+            await bus.pipeline(chain(other["name"], ("consumer", polled["name"])))
+            sent = [ENVELOPE] * 600
+            r = await acct.http.post(f"/api/v1/actors/{other['name']}/outputs", json=sent)
+            assert r.status_code == 200, r.text
+    if analyzed in ("before", "backlogs"):
         await db.execute("ANALYZE requests")
     for _ in range(3):
         r = await acct.http.post(f"/api/v1/actors/{em['name']}/outputs", json=[ENVELOPE] * 1000)
@@ -138,8 +148,9 @@ async def test_a_webhook_round_reads_the_leases_and_the_due_requests_not_the_his
     args = f"ARRAY['{hook['id']}'::uuid], ARRAY[16], ARRAY[5], ARRAY[11.0], now(), 'x', 65536"
     for plan in await _plans(db, webhooks_store.CLAIM, args):
         assert "ix_requests_actor_id" not in plan, plan
-        # The actor's own end of the due index, not the whole index nor its history.
-        assert "Index Scan using ix_requests_due on requests r" in plan, plan
+        # The actor's own end of its due webhook requests, in order: not the whole index,
+        # nor its history, nor all its due requests sorted.
+        assert "Index Scan using ix_requests_webhook_due on requests r" in plan, plan
         assert "Index Cond: ((actor_id = q.actor_id)" in plan, plan
 
 
