@@ -41,6 +41,7 @@ from starlette.routing import BaseRoute
 
 from app.bus.supervisor import STRANDED_GRACE
 from app.config import Settings
+from app.core.bodylimit import content_length
 from app.core.errors import Problem
 from app.core.exceptions import Unauthorized
 from app.metrics import LogDropsCollector
@@ -514,17 +515,6 @@ class HttpSeries:
         lowr.observe(duration)
 
 
-def _content_length(headers: Any) -> int:
-    """The Content-Length of raw ASGI headers, 0 without (as the instrumentator reads it)."""
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
-
-
 class _LeanInstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
     """The instrumentator's middleware, with the same series (`HttpSeries`, which
     `install_metrics` passes as its one instrumentation) at a fraction of its cost per
@@ -576,8 +566,8 @@ class _LeanInstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
             scope["method"],
             status,
             handler,
-            _content_length(scope["headers"]),
-            _content_length(headers),
+            content_length(scope["headers"]),
+            content_length(headers),
             max(default_timer() - start, 0.0),
         )
 

@@ -4,6 +4,7 @@ counts streamed bodies, answering 413 problem+json before the route reads too mu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,6 +13,18 @@ from app.core.errors import PROBLEM_JSON, TYPE_BASE
 
 class BodyTooLarge(Exception):
     pass
+
+
+def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The Content-Length of raw ASGI headers (a request's or a response's), 0 without or
+    when it is not a number."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 class BodyLimitMiddleware:
@@ -24,15 +37,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_size
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > limit:
-                    await self._reject(scope, send, limit)
-                    return
+        if content_length(scope.get("headers", [])) > limit:
+            await self._reject(scope, send, limit)
+            return
         received = 0
         started = False
 
