@@ -184,9 +184,15 @@ async def emit(
 
 
 async def finished(
-    client: httpx.AsyncClient, process_id: str, timeout: float = 15
+    client: httpx.AsyncClient, process_id: str, timeout: float = 15, unavailable: int = 0
 ) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/processes/{process_id}", params={"wait": timeout})
+    """The process once ended (waiting up to `timeout`); `unavailable`: how many 503s (with
+    their Retry-After) to take and ask again after."""
+    for _ in range(unavailable + 1):
+        r = await client.get(f"/api/v1/processes/{process_id}", params={"wait": timeout})
+        if r.status_code != 503:
+            break
+        assert r.headers["retry-after"], r.headers
     assert r.status_code == 200, r.text
     process: dict[str, Any] = r.json()
     assert process["status"] in ("done", "error"), process
