@@ -1,11 +1,12 @@
 """`xbusd serve --workers N`: N uvicorn worker processes over one embedded runtime.
 
-The `xbusd serve` process is their supervisor. It starts the embedded PostgreSQL and
-nats-server (when no URLs are configured), migrates the schema, ensures the admin account and
-the CA once, binds the listening socket, then runs uvicorn's `Multiprocess` supervisor: the
-workers are spawned processes that share the socket; a worker that dies is replaced; SIGHUP
-replaces them one by one; SIGTERM or SIGINT drains them (each finishes its requests in
-flight and stops its duties) and returns, and only then do the embedded servers stop.
+The `xbusd serve` process is their supervisor. It binds the listening socket first of all,
+starts the embedded PostgreSQL and nats-server (when no URLs are configured), migrates the
+schema, ensures the admin account and the CA once, then runs uvicorn's `Multiprocess`
+supervisor: the workers are spawned processes that share the socket; a worker that dies is
+replaced; SIGHUP replaces them one by one; SIGTERM or SIGINT drains them (each finishes its
+requests in flight and stops its duties) and returns, and only then do the embedded servers
+stop.
 
 Each worker is a replica in all but name: its own database pool, NATS connection, doorbell
 and duties, which already coordinate across replicas (advisory locks, NATS queue groups,
@@ -21,6 +22,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -137,9 +139,10 @@ async def _bootstrap(settings: Settings) -> None:
         )
 
 
-def serve_workers(settings: Settings) -> bool:
-    """Run `settings.serve_workers` workers until SIGTERM/SIGINT; False when they could not
-    start (a worker failed its start-up: the others are stopped)."""
+def serve_workers(settings: Settings, sock: socket.socket) -> bool:
+    """Run `settings.serve_workers` workers on the bound socket `sock` until SIGTERM/SIGINT;
+    False when they could not start (a worker failed its start-up: the others are
+    stopped)."""
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
@@ -166,15 +169,11 @@ def serve_workers(settings: Settings) -> bool:
         # that does not answer in time is killed and started again.
         timeout_worker_healthcheck=_HEALTHCHECK_TIMEOUT,
     )
-    sock = config.bind_socket()
     log.info(
         "%d workers, up to %d database connections (workers x (pool + overflow + hot pool))",
         workers,
         workers * settings.db_connections_per_worker,
     )
-    try:
-        supervisor = Multiprocess(config, sockets=[sock])
-        supervisor.run()
-    finally:
-        sock.close()
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
     return not any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,28 @@ def _server_class() -> type[Any]:
     return Server
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The HTTP socket, bound before anything else starts: a port taken fails at once, and
+    the embedded nats-server, choosing a free port of its own, cannot take this one before
+    uvicorn binds it (uvicorn binds after the application's start-up). uvicorn listens on
+    it once the application is ready; until then connections are refused."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)  # the workers' processes share it
+    bound = sock.getsockname()[1]
+    log.info("HTTP on http://%s:%d (served once the bus is ready)", _url_host(host), bound)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _exit_if_failed(runtime: EmbeddedRuntime) -> None:
     """Stopped because an embedded server could not be restarted: exit non-zero, for the
     service manager (systemd, Kubernetes) to restart the whole node."""
@@ -156,13 +179,15 @@ def serve(
     )
     setup_logging_for(settings)
     _Server = _server_class()
+    sock: socket.socket | None = None
     try:
+        sock = _listening_socket(settings.host, settings.port)
         runtime = EmbeddedRuntime(settings, watch=True)
         with runtime as effective:
             if effective.serve_workers > 1:
                 from app.cli.workers import serve_workers
 
-                if not serve_workers(effective):
+                if not serve_workers(effective, sock):
                     log.error("a worker failed to start; stopped")
                     raise typer.Exit(1)
                 _exit_if_failed(runtime)
@@ -180,7 +205,7 @@ def serve(
                     http=HttpProtocol,
                 )
             )
-            server.run()
+            server.run(sockets=[sock])
             if not server.started:
                 raise typer.Exit(1)
             _exit_if_failed(runtime)
@@ -193,6 +218,8 @@ def serve(
         log.error("cannot start: %s", exc)
         raise typer.Exit(1) from None
     finally:
+        if sock is not None:
+            sock.close()
         stop_logging()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +187,42 @@ def test_second_xbusd_on_same_data_dir_refused(server: Server, tmp_path: Path) -
     assert other.returncode == 1
     assert "another xbusd" in other.stderr
     assert server.whoami()["admin"] is True
+
+
+def test_http_port_taken_fails_before_anything_starts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        out = subprocess.run(
+            [XBUSD, "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**_clean_env(), "XBUS_NATS_PORT": "0", "XBUS_WORKERS": "1"},
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    # Refused before the embedded servers: nothing initialised, nothing left running.
+    assert not (data_dir / "postgres").exists()
+    assert not _servers_using(data_dir)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_embedded_nats_never_takes_the_http_port(tmp_path: Path, workers: str) -> None:
+    """The HTTP socket is bound before the embedded nats-server chooses its port (uvicorn
+    binds only after the application's start-up): asked for the same port, nats-server
+    moves to another, and the bus serves (CI once saw nats-server's free port be the one
+    chosen for HTTP, and xbusd exit at its bind)."""
+    server = Server(tmp_path / "data")
+    try:
+        server.start(env={"XBUS_NATS_PORT": str(server.port), "XBUS_WORKERS": workers})
+        assert httpx.get(server.url + "/readyz").json()["checks"] == READY_CHECKS
+        assert f"NATS port {server.port} is taken" in server.log.read_text()
+        assert server.stop() == 0
+    finally:
+        server.close()
 
 
 def test_version_flags() -> None:
