@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,6 +32,26 @@ from app.runtime.postgres import EmbeddedPostgres
 
 ADMIN_KEY = "xbk_test-admin-key-0123456789"
 TEST_DB = "xbus_test"
+
+
+# What `xbusd serve` logs once its HTTP socket is bound (app/cli/xbusd.py).
+_BOUND = re.compile(r"HTTP on http://\S+:(\d+) ")
+
+
+def bound_port(
+    log: Path, proc: subprocess.Popen[bytes], after: int = 0, timeout: float = 60
+) -> int:
+    """The port an `xbusd serve --port 0` bound, read from its log (from byte `after`, where
+    this start's lines begin): no port chosen before the server binds it, so none that
+    another process of the machine (a parallel test's server) can take meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_bytes()[after:].decode(errors="replace") if log.exists() else ""
+        if found := _BOUND.search(text):
+            return int(found.group(1))
+        assert proc.poll() is None, f"xbusd exited with code {proc.returncode}:\n{text}"
+        time.sleep(0.05)
+    raise AssertionError(f"xbusd bound no port in {timeout} s:\n{text}")
 
 
 def _plain(url: str) -> str:

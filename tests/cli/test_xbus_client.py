@@ -35,7 +35,7 @@ from app.clientdemo import HelloWorld, PrintToConsole, Relay, register_services
 from app.config import Settings
 from app.main import create_app
 from app.runtime.children import free_port
-from tests.conftest import ADMIN_KEY, new_name
+from tests.conftest import ADMIN_KEY, bound_port, new_name
 
 XBUS_CLIENT = str(Path(sys.executable).parent / "xbus-client")
 XBUSD = str(Path(sys.executable).parent / "xbusd")
@@ -500,20 +500,21 @@ def test_our_demo_services_replace_python_xbus_ones() -> None:
 class Xbusd:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""
         self.log = data_dir.parent / "xbusd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**_env(), "XBUS_NATS_PORT": "0"}
         with self.log.open("ab") as out:
+            start = out.tell()
             self.proc = subprocess.Popen(
-                [XBUSD, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+                [XBUSD, "serve", "--data-dir", str(self.data_dir), "--port", "0"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
+        self.url = f"http://127.0.0.1:{bound_port(self.log, self.proc, start, 90)}"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()

@@ -21,7 +21,7 @@ import pytest
 
 from app import migrations
 from app.runtime.children import free_port
-from tests.conftest import ADMIN_KEY, _plain, _recreate_database, _with_database
+from tests.conftest import ADMIN_KEY, _plain, _recreate_database, _with_database, bound_port
 
 XBUSD = str(Path(sys.executable).parent / "xbusd")
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -43,8 +43,11 @@ class Xbusd:
         stderr: int | IO[bytes] | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
+        # Logging to its file, xbusd binds a port of its choosing (read from the log);
+        # to `stderr`, one found free now.
+        self.port: int | None = free_port() if stderr is not None else None
         self.log = data_dir.parent / f"xbusd-{data_dir.name}.log"
+        self._log_start = 0
         self.env = {
             **_clean_env(),
             "XBUS_DATABASE_URL": database_url,
@@ -60,14 +63,20 @@ class Xbusd:
 
     @property
     def url(self) -> str:
+        if self.port is None:
+            assert self.proc is not None, "not started"
+            self.port = bound_port(self.log, self.proc, self._log_start)
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Xbusd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab") if self.stderr is None else self.stderr
+        if self.stderr is None:
+            self._log_start = self.log.stat().st_size
+            self.port = None  # a port of its choosing again
         try:
             self.proc = subprocess.Popen(
-                [XBUSD, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+                [XBUSD, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port or 0)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=out,

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from app.runtime.children import free_port
+from tests.conftest import bound_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,21 +37,27 @@ def _clean_env() -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    """`xbusd serve` on the port it binds (`--port 0`, read from its log at each start) or
+    on `port`."""
+
+    def __init__(self, data_dir: Path, *args: str, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.args = list(args)
-        self.port = free_port()
+        self.fixed = port
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"xbusd-{data_dir.name}.log"
 
     @property
     def url(self) -> str:
+        assert self.port is not None, "not started"
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60, env: dict[str, str] | None = None) -> None:
         # One process unless the test asks for workers (--workers wins over the variable).
         env = {**_clean_env(), "XBUS_NATS_PORT": "0", "XBUS_WORKERS": "1", **(env or {})}
         with self.log.open("ab") as out:
+            start = out.tell()
             self.proc = subprocess.Popen(
                 [
                     XBUSD,
@@ -58,13 +65,15 @@ class Server:
                     "--data-dir",
                     str(self.data_dir),
                     "--port",
-                    str(self.port),
+                    str(self.fixed or 0),
                     *self.args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
+        if self.fixed is None:
+            self.port = bound_port(self.log, self.proc, start, timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
@@ -178,7 +187,7 @@ def test_kill_9_then_restart_cleans_up(server: Server) -> None:
 def test_second_xbusd_on_same_data_dir_refused(server: Server, tmp_path: Path) -> None:
     server.start()
     other = subprocess.run(
-        [XBUSD, "serve", "--data-dir", str(server.data_dir), "--port", str(free_port())],
+        [XBUSD, "serve", "--data-dir", str(server.data_dir), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -215,7 +224,7 @@ def test_embedded_nats_never_takes_the_http_port(tmp_path: Path, workers: str) -
     binds only after the application's start-up): asked for the same port, nats-server
     moves to another, and the bus serves (CI once saw nats-server's free port be the one
     chosen for HTTP, and xbusd exit at its bind)."""
-    server = Server(tmp_path / "data")
+    server = Server(tmp_path / "data", port=free_port())
     try:
         server.start(env={"XBUS_NATS_PORT": str(server.port), "XBUS_WORKERS": workers})
         assert httpx.get(server.url + "/readyz").json()["checks"] == READY_CHECKS
