@@ -2,7 +2,8 @@
 
     uv run python -m bench.http_bus [--envelopes N] [--concurrency C] [--consumers K]
                                     [--seconds-max S] [--rate R] [--workers X]
-                                    [--history H] [--backlog M] [--batch B] [--json FILE]
+                                    [--history H] [--backlog M] [--batch B | --next]
+                                    [--json FILE]
 
 One command, everything local (127.0.0.1 and Unix sockets only):
 
@@ -17,9 +18,10 @@ One command, everything local (127.0.0.1 and Unix sockets only):
    role and an active pipeline emitter -> consumer (role, spread); with --history/--backlog,
    seeds the database by SQL (`bench.seed`); then C emitter clients POST N envelopes while K
    consumer loops long-poll their actor's requests and report success (with --batch B, up to
-   B requests per lease, `?max=B`, answered in one `POST /requests/states`), all on the same
-   raw client as the baseline; the round ends when every accepted envelope's process is done,
-   or at --seconds-max;
+   B requests per lease, `?max=B`, answered in one `POST /requests/states`; with --next, each
+   success posted with `?next=1` and the request it returns taken at once, a poll only when
+   none came back), all on the same raw client as the baseline; the round ends when every
+   accepted envelope's process is done, or at --seconds-max;
 4. prints requests/s and latencies of both, the ratios bus/baseline, and the CPU used by
    each process (xbusd with all its descendants; PostgreSQL and nats-server apart).
 
@@ -95,6 +97,7 @@ class Options:
     history: int = 0
     backlog: int = 0
     batch: int = 1
+    next: bool = False
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -154,6 +157,12 @@ def parse_args(argv: list[str] | None) -> Options:
         "them in one POST /requests/states [1: one lease, one POST .../state per request]",
     )
     p.add_argument(
+        "--next",
+        action="store_true",
+        help="each consumer reports with POST .../state?next=1 and takes the request it "
+        "returns, polling only when none came back (one at a time only)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -181,6 +190,8 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("--history and --backlog must not be negative")
     if not 1 <= a.batch <= 1000:
         p.error("--batch must be between 1 and 1000")
+    if a.next and a.batch > 1:
+        p.error("--next is for consumers one request at a time (--batch 1)")
     for name in ("envelopes", "concurrency", "consumers"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -206,6 +217,7 @@ def parse_args(argv: list[str] | None) -> Options:
         history=a.history,
         backlog=a.backlog,
         batch=a.batch,
+        next=a.next,
     )
 
 
@@ -674,13 +686,20 @@ class Consumers:
     to a closed connection; that request would wait out its lease.)"""
 
     def __init__(
-        self, base_url: str, key: str, actors: list[str], wait: float, batch: int = 1
+        self,
+        base_url: str,
+        key: str,
+        actors: list[str],
+        wait: float,
+        batch: int = 1,
+        chained: bool = False,
     ) -> None:
         self.base_url = base_url
         self.key = key
         self.actors = actors
         self.wait = wait
         self.batch = batch
+        self.chained = chained  # --next
         self.stats = ConsumerStats()
         self.done: dict[str, float] = {}  # process id -> success answered, all rounds
         self.tasks: list[asyncio.Task[None]] = []
@@ -717,24 +736,35 @@ class Consumers:
                     self.stats.lease_latency.append(t1 - t0)
                     if self.batch > 1:
                         await self._report_all(client, r.json()["requests"], t1)
-                    else:
-                        await self._report_one(client, r.json(), t1)
+                        continue
+                    job: dict[str, Any] | None = r.json()
+                    while job is not None:  # --next: the request each answer returned
+                        job, t1 = await self._report_one(client, job, t1)
                 except TRANSPORT_ERRORS as exc:
                     self.stats.errors[type(exc).__name__] += 1
                     self.stats.problem(f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.1)
 
-    async def _report_one(self, client: RawClient, job: dict[str, Any], leased: float) -> None:
+    async def _report_one(
+        self, client: RawClient, job: dict[str, Any], leased: float
+    ) -> tuple[dict[str, Any] | None, float]:
+        """The job's success; with --next, the request its answer leased (or None)."""
+        path = f"/api/v1/requests/{job['request_id']}/state"
         s = await client.request(
-            "POST", f"/api/v1/requests/{job['request_id']}/state", SUCCESS, JSON_HEADERS
+            "POST", path + "?next=1" if self.chained else path, SUCCESS, JSON_HEADERS
         )
         answered = time.perf_counter()
         self.stats.state_statuses[str(s.status)] += 1
-        if s.status == 200:
-            self.stats.state_latency.append(answered - leased)
-            self.done[job["process_id"]] = answered
-        else:
+        if s.status != 200:
             self.stats.problem(f"POST state {s.status}: {s.text}")
+            return None, answered
+        self.stats.state_latency.append(answered - leased)
+        self.done[job["process_id"]] = answered
+        following = s.json()["next"] if self.chained else None
+        if following:
+            self.stats.poll_statuses["200 (next)"] += 1
+            return following[0], answered
+        return None, answered
 
     async def _report_all(
         self, client: RawClient, jobs: list[dict[str, Any]], leased: float
@@ -807,7 +837,9 @@ async def bus_session(
     base_url: str, admin_key: str, dsn: str, opts: Options, meter: CpuMeter
 ) -> tuple[BusRun, dict[str, int], dict[str, Any]]:
     topo = await create_topology(base_url, admin_key, opts.consumers)
-    consumers = Consumers(base_url, topo.emitter_key, topo.consumers, opts.poll_wait, opts.batch)
+    consumers = Consumers(
+        base_url, topo.emitter_key, topo.consumers, opts.poll_wait, opts.batch, opts.next
+    )
     consumers.start()
     seeded: dict[str, Any] = {}
     try:
@@ -1131,7 +1163,11 @@ def report(figures: dict[str, Any]) -> str:
         ("bus: processes completed", u["completed_per_s"], "proc/s", lat(u["e2e_latency_ms"])),
         ("  consumer GET .../requests (leased)", None, "", lat(u["lease_latency_ms"])),
         (
-            "  consumer POST .../state" if o.get("batch", 1) == 1 else "  consumer POST .../states",
+            "  consumer POST .../states"
+            if o.get("batch", 1) > 1
+            else "  consumer POST .../state?next=1"
+            if o.get("next")
+            else "  consumer POST .../state",
             None,
             "",
             lat(u["state_latency_ms"]),
@@ -1142,7 +1178,8 @@ def report(figures: dict[str, Any]) -> str:
         f"bench.http_bus: N={o['envelopes']} C={o['concurrency']} K={o['consumers']} "
         f"warm-up={o['warmup']} baseline={o['baseline_seconds']:g}s body={o['body_bytes']}B "
         f"rate={o['rate'] or 'unlimited'} workers={o['workers'] or 'default'} "
-        f"history={o['history']} backlog={o['backlog']} batch={o.get('batch', 1)}; "
+        f"history={o['history']} backlog={o['backlog']} batch={o.get('batch', 1)}"
+        f"{' next=1' if o.get('next') else ''}; "
         f"{m['nproc']} CPUs, Python {m['python']}; raw HTTP/1.1 clients for both",
         "",
         f"{'what':<40} {'rate':>10} {'unit':<7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
@@ -1273,6 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": opts.warmup,
             "poll_wait": opts.poll_wait,
             "batch": opts.batch,
+            "next": opts.next,
             "rate": opts.rate,
             "workers": opts.workers,
             "history": opts.history,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Annotated, Any
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from app.accounts.principal import Principal
-from app.actors.access import owned_actor_info
+from app.actors.access import actor_info, owned_actor_info
 from app.bus.director import Answering, Message, OutputTaken
 from app.bus.notify import actor_key
 from app.core.deps import Caller, State, authenticate, require_enabled, state_of
@@ -42,7 +43,9 @@ from app.requests.schemas import (
 )
 from app.requests.service import handed_payloads
 from app.state import AppState
-from app.store.connection import Unit
+from app.store.connection import RETRY_LATER, PoolTimeout, Unit, connection_lost
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["requests"], route_class=DirectRoute)
 
@@ -124,13 +127,14 @@ async def lease_request(
 async def _report_direct(request: Request) -> RequestStateRead | None:
     """`report_state`'s parameters read from the request (`app.core.direct`)."""
     request_id = request.path_params["request_id"]
-    if not uuid_text(request_id):
+    plain_next, most = query_number(request, "next", integer=True)
+    if not uuid_text(request_id) or not plain_next or not (most is None or 1 <= most <= 1000):
         return None
     body = validated(RequestStateIn, await json_body(request))
     if body is None:
         return None
     caller = await require_enabled(await authenticate(request))
-    return await report_state(uuid.UUID(request_id), body, caller, state_of(request))
+    return await report_state(uuid.UUID(request_id), body, caller, state_of(request), most)
 
 
 async def _reports_direct(request: Request) -> RequestStatesRead | None:
@@ -154,9 +158,54 @@ async def report_state(
     body: RequestStateIn,
     caller: Caller,
     state: State,
+    next_requests: Annotated[
+        int | None,
+        Query(
+            alias="next",
+            ge=1,
+            le=1000,
+            description="once the state is recorded, lease up to this many due requests of "
+            "the same actor and return them in `next`: a consumer's answer and its next "
+            "request in one round trip",
+        ),
+    ] = None,
 ) -> RequestStateRead:
     async with state.db.working() as session:
-        return await _report(session, caller, state, request_id, body)
+        answer, actor_id = await _report(session, caller, state, request_id, body)
+    if next_requests is not None:
+        answer.next = await _lease_next(caller, state, actor_id, next_requests)
+    return answer
+
+
+async def _lease_next(
+    caller: Principal, state: AppState, actor_id: uuid.UUID | None, most: int
+) -> list[ActorRequestRead]:
+    """`?next=N` of a state: up to N due requests of the answered request's actor, leased
+    as `GET .../requests?max=N` would (no wait), after the state's own unit is done (an
+    answer already recorded is never undone by this lease). The caller owns that actor: the
+    state was taken. A database out of reach now leases none: the state was recorded, and
+    the consumer polls as usual (where it gets the 503)."""
+    if actor_id is None:
+        return []  # the actor was deleted
+    try:
+        async with state.db.working() as session:
+            target = await actor_info(session, state.cache, str(actor_id))
+            if target is None or target.status != ActorStatus.ENABLED:
+                return []
+            await record_poll(session, target)
+            leased = await state.director.lease(
+                session,
+                target.id,
+                f"http:{caller.name}",
+                limit=most,
+                inline_max=state.settings.inline_envelope_max_bytes,
+            )
+    except Exception as exc:
+        if not (connection_lost(exc) or isinstance(exc, (*RETRY_LATER, PoolTimeout))):
+            raise
+        log.warning("state recorded, its next requests not leased: %s", exc)
+        return []
+    return handed_payloads(leased, state.settings.inline_envelope_max_bytes)
 
 
 @router.post(
@@ -182,7 +231,7 @@ async def report_states(
         results = []
         for item in body.states:
             try:
-                answer = await _report(session, caller, state, item.request_id, item, answering)
+                answer, _ = await _report(session, caller, state, item.request_id, item, answering)
             except OutputTaken:
                 raise  # the batch's transaction is spent: the whole batch is refused (409)
             except XbusError as exc:
@@ -206,7 +255,8 @@ async def _report(
     request_id: uuid.UUID,
     body: RequestStateIn,
     answering: Answering | None = None,
-) -> RequestStateRead:
+) -> tuple[RequestStateRead, uuid.UUID | None]:
+    """The state taken, and the request's actor."""
     settings = state.settings
     outputs: dict[str, EnvelopeData] = {}
     for name, raw in body.outputs.items():
@@ -230,6 +280,7 @@ async def _report(
         account_id=None if caller.admin else caller.account_id,
         answering=answering,
     )
-    return RequestStateRead(
+    read = RequestStateRead(
         request_id=request.id, status=request.status, lease_expires_at=request.lease_expires_at
     )
+    return read, request.actor_id
