@@ -43,7 +43,8 @@ def bound_port(
 ) -> int:
     """The port an `xbusd serve --port 0` bound, read from its log (from byte `after`, where
     this start's lines begin): no port chosen before the server binds it, so none that
-    another process of the machine (a parallel test's server) can take meanwhile."""
+    another process of the machine (a parallel test's server) can take meanwhile. The line
+    is logged at INFO by `app.cli.xbusd`: the server must log at that level."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log.read_bytes()[after:].decode(errors="replace") if log.exists() else ""

@@ -110,10 +110,13 @@ def _server_class() -> type[Any]:
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
-    """The HTTP socket, bound before anything else starts: a port taken fails at once, and
-    the embedded nats-server, choosing a free port of its own, cannot take this one before
-    uvicorn binds it (uvicorn binds after the application's start-up). uvicorn listens on
-    it once the application is ready; until then connections are refused."""
+    """The HTTP socket, bound before anything else starts: a port in use fails at once, and
+    the embedded nats-server, choosing a free port of its own, cannot take this one (uvicorn
+    would bind only after the application's start-up). uvicorn listens on it once the
+    application is ready; until then connections are refused. One address, as uvicorn's
+    workers always had: a host name is resolved to its first IPv4 address, `::` listens on
+    IPv6 and IPv4. (With SO_REUSEADDR, set for restarts over connections in TIME_WAIT,
+    another process that sets it too could still bind the port until the listen.)"""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -187,7 +190,11 @@ def serve(
             if effective.serve_workers > 1:
                 from app.cli.workers import serve_workers
 
-                if not serve_workers(effective, sock):
+                try:
+                    started = serve_workers(effective, sock)
+                finally:
+                    sock.close()  # no connection queued while the embedded servers stop
+                if not started:
                     log.error("a worker failed to start; stopped")
                     raise typer.Exit(1)
                 _exit_if_failed(runtime)
@@ -206,6 +213,7 @@ def serve(
                 )
             )
             server.run(sockets=[sock])
+            sock.close()
             if not server.started:
                 raise typer.Exit(1)
             _exit_if_failed(runtime)

@@ -104,6 +104,12 @@ SQLA_UNAVAILABLE: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc
 DATABASE_UNAVAILABLE = (*CONNECTION_LOST, *SQLA_UNAVAILABLE)
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach or asked to retry (answered 503 with
+    Retry-After)."""
+    return connection_lost(exc) or isinstance(exc, RETRY_LATER + SQLA_UNAVAILABLE)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_xbus_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, XbusError)
@@ -154,7 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        if not (connection_lost(exc) or isinstance(exc, RETRY_LATER + SQLA_UNAVAILABLE)):
+        if not unavailable(exc):
             return await on_unexpected(request, exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return problem(

@@ -22,7 +22,7 @@ from app.core.direct import (
     uuid_text,
     validated,
 )
-from app.core.errors import Problem, error_body
+from app.core.errors import Problem, error_body, unavailable
 from app.core.exceptions import Forbidden, PayloadTooLarge, Unprocessable, XbusError
 from app.envelopes.codec import (
     EnvelopeData,
@@ -36,6 +36,7 @@ from app.requests.schemas import (
     ActorRequestBatch,
     ActorRequestRead,
     RequestStateIn,
+    RequestStateNextRead,
     RequestStateRead,
     RequestStateResult,
     RequestStatesIn,
@@ -43,7 +44,7 @@ from app.requests.schemas import (
 )
 from app.requests.service import handed_payloads
 from app.state import AppState
-from app.store.connection import RETRY_LATER, PoolTimeout, Unit, connection_lost
+from app.store.connection import Unit
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ async def lease_request(
                 return Response(status_code=204)
 
 
-async def _report_direct(request: Request) -> RequestStateRead | None:
+async def _report_direct(request: Request) -> RequestStateNextRead | None:
     """`report_state`'s parameters read from the request (`app.core.direct`)."""
     request_id = request.path_params["request_id"]
     plain_next, most = query_number(request, "next", integer=True)
@@ -149,7 +150,7 @@ async def _reports_direct(request: Request) -> RequestStatesRead | None:
 @router.post(
     "/requests/{request_id}/state",
     summary="Report the state of a request: running, success (with outputs) or error",
-    response_model=RequestStateRead,
+    response_model=RequestStateNextRead,
     responses=Problem.of(401, 403, 404, 409, 413, 422),
 )
 @direct(_report_direct)
@@ -169,12 +170,13 @@ async def report_state(
             "request in one round trip",
         ),
     ] = None,
-) -> RequestStateRead:
+) -> RequestStateNextRead:
     async with state.db.working() as session:
         answer, actor_id = await _report(session, caller, state, request_id, body)
+    following = None
     if next_requests is not None:
-        answer.next = await _lease_next(caller, state, actor_id, next_requests)
-    return answer
+        following = await _lease_next(caller, state, actor_id, next_requests)
+    return RequestStateNextRead(**answer.model_dump(), next=following)
 
 
 async def _lease_next(
@@ -183,8 +185,10 @@ async def _lease_next(
     """`?next=N` of a state: up to N due requests of the answered request's actor, leased
     as `GET .../requests?max=N` would (no wait), after the state's own unit is done (an
     answer already recorded is never undone by this lease). The caller owns that actor: the
-    state was taken. A database out of reach now leases none: the state was recorded, and
-    the consumer polls as usual (where it gets the 503)."""
+    state was taken. Whatever fails now leases none (a database out of reach: logged as a
+    warning; anything else: logged as an error, with its traceback): the state was
+    recorded and is answered as such, and the consumer polls as usual (where it gets the
+    503). An error here must not make a consumer send again a state already taken."""
     if actor_id is None:
         return []  # the actor was deleted
     try:
@@ -201,9 +205,10 @@ async def _lease_next(
                 inline_max=state.settings.inline_envelope_max_bytes,
             )
     except Exception as exc:
-        if not (connection_lost(exc) or isinstance(exc, (*RETRY_LATER, PoolTimeout))):
-            raise
-        log.warning("state recorded, its next requests not leased: %s", exc)
+        if unavailable(exc):
+            log.warning("state recorded, its next requests not leased: %s", exc)
+        else:
+            log.exception("state recorded, its next requests not leased")
         return []
     return handed_payloads(leased, state.settings.inline_envelope_max_bytes)
 

@@ -54,12 +54,17 @@ class RequestStateRead(BaseModel):
     request_id: uuid.UUID
     status: RequestStatus
     lease_expires_at: datetime | None
+
+
+class RequestStateNextRead(RequestStateRead):
+    """The state of `POST /requests/{id}/state`, with the requests `?next=N` leased."""
+
     next: list[ActorRequestRead] | None = Field(
         None,
         description="With `?next=N`: up to N due requests of the same actor, leased once the "
         "state was recorded, oldest first, as `GET /actors/{actor}/requests?max=N` leases "
-        "them (empty when none is due, the actor is not enabled, or the database could not "
-        "lease them then: poll as usual); null without `?next`.",
+        "them (empty when none is due, the actor is not enabled, or they could not be leased "
+        "then: poll as usual); null without `?next`.",
     )
 
 
