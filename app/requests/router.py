@@ -45,6 +45,7 @@ from app.requests.schemas import (
 from app.requests.service import handed_payloads
 from app.state import AppState
 from app.store.connection import Unit
+from app.store.processes import RequestRow
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +173,16 @@ async def report_state(
     ] = None,
 ) -> RequestStateNextRead:
     async with state.db.working() as session:
-        answer, actor_id = await _report(session, caller, state, request_id, body)
+        request = await _report(session, caller, state, request_id, body)
     following = None
     if next_requests is not None:
-        following = await _lease_next(caller, state, actor_id, next_requests)
-    return RequestStateNextRead(**answer.model_dump(), next=following)
+        following = await _lease_next(caller, state, request.actor_id, next_requests)
+    return RequestStateNextRead(
+        request_id=request.id,
+        status=request.status,
+        lease_expires_at=request.lease_expires_at,
+        next=following,
+    )
 
 
 async def _lease_next(
@@ -236,7 +242,7 @@ async def report_states(
         results = []
         for item in body.states:
             try:
-                answer, _ = await _report(session, caller, state, item.request_id, item, answering)
+                request = await _report(session, caller, state, item.request_id, item, answering)
             except OutputTaken:
                 raise  # the batch's transaction is spent: the whole batch is refused (409)
             except XbusError as exc:
@@ -248,6 +254,11 @@ async def report_states(
                     )
                 )
                 continue
+            answer = RequestStateRead(
+                request_id=request.id,
+                status=request.status,
+                lease_expires_at=request.lease_expires_at,
+            )
             results.append(RequestStateResult(request_id=item.request_id, status=200, state=answer))
         await state.director.write_answers(session, answering)
         return RequestStatesRead(results=results)
@@ -260,8 +271,8 @@ async def _report(
     request_id: uuid.UUID,
     body: RequestStateIn,
     answering: Answering | None = None,
-) -> tuple[RequestStateRead, uuid.UUID | None]:
-    """The state taken, and the request's actor."""
+) -> RequestRow:
+    """The state taken: the request as it was written."""
     settings = state.settings
     outputs: dict[str, EnvelopeData] = {}
     for name, raw in body.outputs.items():
@@ -285,7 +296,4 @@ async def _report(
         account_id=None if caller.admin else caller.account_id,
         answering=answering,
     )
-    read = RequestStateRead(
-        request_id=request.id, status=request.status, lease_expires_at=request.lease_expires_at
-    )
-    return read, request.actor_id
+    return request
