@@ -98,23 +98,14 @@ async def lease_request(
     ] = None,
 ) -> Any:
     async with state.db.working() as session:
-        director, settings = state.director, state.settings
         target = await owned_actor_info(session, state.cache, caller, actor)
         if target.status != ActorStatus.ENABLED:
             raise Forbidden(f"actor {target.name!r} is {target.status.value}")
         await record_poll(session, target)  # alive: last_seen, and no longer unresponsive
-        deadline = time.monotonic() + min(wait, settings.long_poll_max)
-        holder = f"http:{caller.name}"
+        deadline = time.monotonic() + min(wait, state.settings.long_poll_max)
         while True:
-            leased = await director.lease(
-                session,
-                target.id,
-                holder,
-                limit=batch or 1,
-                inline_max=settings.inline_envelope_max_bytes,
-            )
-            if leased:
-                payloads = handed_payloads(leased, settings.inline_envelope_max_bytes)
+            payloads = await _lease(session, state, caller, target.id, batch or 1)
+            if payloads:
                 return payloads[0] if batch is None else ActorRequestBatch(requests=payloads)
             await session.commit()  # hold no connection while waiting
             remaining = deadline - time.monotonic()
@@ -203,20 +194,25 @@ async def _lease_next(
             if target is None or target.status != ActorStatus.ENABLED:
                 return []
             await record_poll(session, target)
-            leased = await state.director.lease(
-                session,
-                target.id,
-                f"http:{caller.name}",
-                limit=most,
-                inline_max=state.settings.inline_envelope_max_bytes,
-            )
+            return await _lease(session, state, caller, target.id, most)
     except Exception as exc:
         if unavailable(exc):
             log.warning("state recorded, its next requests not leased: %s", exc)
         else:
             log.exception("state recorded, its next requests not leased")
         return []
-    return handed_payloads(leased, state.settings.inline_envelope_max_bytes)
+
+
+async def _lease(
+    session: Unit, state: AppState, caller: Principal, actor_id: uuid.UUID, most: int
+) -> list[ActorRequestRead]:
+    """Up to `most` due requests of the actor, leased to the caller (one statement), as
+    handed out: oldest first, envelopes inline up to the configured size."""
+    inline = state.settings.inline_envelope_max_bytes
+    leased = await state.director.lease(
+        session, actor_id, f"http:{caller.name}", limit=most, inline_max=inline
+    )
+    return handed_payloads(leased, inline)
 
 
 @router.post(
