@@ -120,6 +120,7 @@ class Dispatcher:
         self.db = db
         self.settings = settings
         self.notifier = notifier
+        self.wake = asyncio.Event()
         # Attempts record their outcome on the hot routes' pool (units of work without the
         # ORM): at most half of it at once, so that they never starve the API's hot routes.
         self.recorder = Recorder(
@@ -127,11 +128,11 @@ class Dispatcher:
             Outcomes(director, settings),
             units=max(1, settings.db_hot_pool_size // 2),
             group_max=_GROUP_MAX,
+            released=self.wake.set,  # a delivery's slot is free once its exchange is over
         )
         self.pools = Pools()
         self.holder = f"webhook:{socket.gethostname()}:{os.getpid()}"
         self.user_agent = f"xbus/{version()}"
-        self.wake = asyncio.Event()
         self.attempts: set[asyncio.Task[None]] = set()
         self._watchers: dict[str, asyncio.Task[None]] = {}  # by the notifier's key
         self._parsed: dict[uuid.UUID, tuple[dict[str, str], WebhookSettings | None]] = {}
@@ -239,7 +240,7 @@ class Dispatcher:
                 self._turn = (self._turn + 1) % len(order)
                 order = order[self._turn :] + order[: self._turn]
                 locked = await store.try_lock_actors(session, order)
-                flying = await store.in_flight(session, locked)
+                flying = await store.in_flight(session, locked, self.recorder.delivered())
                 wanted = {
                     actor_id: min(
                         ready[actor_id][2], ready[actor_id][1].concurrency - flying.get(actor_id, 0)

@@ -16,6 +16,13 @@ lone delivery is written at once, and groups grow only while writes are under wa
 of one is recorded as an attempt alone. Each attempt learns its own verdict once its group
 committed.
 
+A delivery's exchange with its endpoint is over once it joins a group: it is no longer in
+flight to its actor, and `released` (the dispatcher's wake-up) lets another request take its
+slot while its outcome is written (`delivered` lists them, for the dispatcher's count of the
+requests in flight). Any other outcome keeps its slot until it is recorded: a failing
+endpoint gets no more attempts than its concurrency before its failures are written (and
+its webhook suspended, if they say so).
+
 A group that fails on a statement (a deadlock, a row refused) rolled back whole and is
 written again one attempt at a time, each in a unit of its own, so one attempt never sinks
 the others; a group whose connection was lost may have committed, and its attempts fail as
@@ -29,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from app.db import Database
@@ -43,7 +51,14 @@ _Waiting = tuple[Job, AttemptResult, Verdict, "asyncio.Future[Verdict]"]
 
 
 class Recorder:
-    def __init__(self, db: Database, outcomes: Outcomes, units: int, group_max: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        outcomes: Outcomes,
+        units: int,
+        group_max: int,
+        released: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.outcomes = outcomes
         self._units = asyncio.Semaphore(units)
@@ -51,6 +66,13 @@ class Recorder:
         self._group_max = group_max
         self._waiting: list[_Waiting] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._released = released
+        self._delivered: set[uuid.UUID] = set()
+
+    def delivered(self) -> list[uuid.UUID]:
+        """The requests delivered (their exchange over) whose outcomes are being recorded
+        in groups: still leased until then, no longer in flight to their actors."""
+        return list(self._delivered)
 
     async def record(self, job: Job, result: AttemptResult) -> Verdict:
         """Record an attempt's outcome; its verdict once committed."""
@@ -62,7 +84,13 @@ class Recorder:
         if not self._writing:
             self._writing = True
             self._start(self._write(), "webhook-outcomes")
-        return await done
+        self._delivered.add(job.request_id)
+        if self._released is not None:
+            self._released()
+        try:
+            return await done
+        finally:
+            self._delivered.discard(job.request_id)
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)

@@ -75,20 +75,27 @@ async def try_lock_actors(unit: Unit, ids: Sequence[uuid.UUID]) -> list[uuid.UUI
 # actor directly, the planner, told by stale statistics that an actor has few requests,
 # joined the actor's index to it and read every request the actor ever had: 0.87 ms a round
 # with 43,000 of them, against 0.06 ms (OFFSET 0 keeps the actor out of the subquery).
+# The requests `delivered` names are left out: leased until their outcomes are written, but
+# their exchanges are over.
 IN_FLIGHT = """
 SELECT actor_id, count(*) FROM (
-    SELECT actor_id FROM requests WHERE status = 'leased' AND channel = 'webhook' OFFSET 0
+    SELECT actor_id FROM requests
+    WHERE status = 'leased' AND channel = 'webhook' AND id <> ALL($2::uuid[]) OFFSET 0
 ) l
 WHERE actor_id = ANY($1::uuid[])
 GROUP BY actor_id"""
 
 
-async def in_flight(unit: Unit, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Webhook requests being sent to these actors now, by any replica."""
+async def in_flight(
+    unit: Unit, ids: Sequence[uuid.UUID], delivered: Sequence[uuid.UUID] = ()
+) -> dict[uuid.UUID, int]:
+    """Webhook requests being sent to these actors now, by any replica, but for those of
+    `delivered` (this replica's, whose exchanges are over: `Recorder.delivered`). Another
+    replica's delivered requests count until their outcomes are written."""
     if not ids:
         return {}
     conn = await driver_connection(unit)
-    rows = await conn.fetch(IN_FLIGHT, list(ids))
+    rows = await conn.fetch(IN_FLIGHT, list(ids), list(delivered))
     return {row[0]: int(row[1]) for row in rows}
 
 

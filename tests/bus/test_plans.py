@@ -140,11 +140,23 @@ async def test_a_webhook_round_reads_the_leases_and_the_due_requests_not_the_his
     )
     if analyzed == "after":
         await db.execute("ANALYZE requests")
-    for plan in await _plans(db, webhooks_store.IN_FLIGHT, f"ARRAY['{hook['id']}'::uuid]"):
+    leased = [
+        row[0]
+        for row in await db.fetch(
+            "SELECT id FROM requests WHERE actor_id = $1 AND status = 'leased' ORDER BY id",
+            uuid.UUID(hook["id"]),
+        )
+    ]
+    delivered = ", ".join(f"'{request_id}'::uuid" for request_id in leased[:2])
+    in_flight_args = f"ARRAY['{hook['id']}'::uuid], ARRAY[{delivered}]"
+    for plan in await _plans(db, webhooks_store.IN_FLIGHT, in_flight_args):
         assert "ix_requests_actor_id" not in plan, plan
         assert "ix_requests_lease" in plan, plan
-    counted = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])])
+    counted = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])], [])
     assert [tuple(row) for row in counted] == [(uuid.UUID(hook["id"]), 5)]
+    # The requests delivered, whose outcomes are being written, are not in flight.
+    counted = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])], leased[:2])
+    assert [tuple(row) for row in counted] == [(uuid.UUID(hook["id"]), 3)]
     args = f"ARRAY['{hook['id']}'::uuid], ARRAY[16], ARRAY[5], ARRAY[11.0], now(), 'x', 65536"
     for plan in await _plans(db, webhooks_store.CLAIM, args):
         assert "ix_requests_actor_id" not in plan, plan

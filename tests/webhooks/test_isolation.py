@@ -1,11 +1,14 @@
 """Isolation: a hanging endpoint does not slow a healthy one; per-actor concurrency and rate
-limits hold."""
+limits hold, and count the requests in flight to the actor (a delivery whose exchange is over
+frees its slot while its outcome is written; a failure holds it until written)."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
 import time
+
+import asyncpg
 
 from tests.bus.conftest import Account, Bus
 from tests.webhooks.conftest import Receiver, Reply, emit, finished, webhook_chain
@@ -65,3 +68,49 @@ async def test_concurrency_and_rate_limits(bus: Bus, receiver: Receiver) -> None
     assert len(arrivals) == 20
     # A burst of one second's worth (10), then 10 per second.
     assert arrivals[-1] - arrivals[0] >= 0.85
+
+
+async def test_a_delivery_frees_its_slot_while_its_outcome_is_written(
+    bus: Bus, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    acct = await bus.account()
+    em, _ = await webhook_chain(bus, acct, receiver.url("/hook"), concurrency="1")
+    await finished(acct.http, (await emit(acct, em["name"]))["process_id"])  # pools warm
+    # No attempt's outcome can be written while the table is locked.
+    await db.execute("BEGIN")
+    await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
+    try:
+        emissions = [await emit(acct, em["name"]) for _ in range(3)]
+        # Each sent once the one before was answered, none waiting for its outcome.
+        await receiver.wait_for("/hook", 4)
+        assert receiver.peak["/hook"] == 1
+        running = [
+            (await acct.http.get(f"/api/v1/processes/{e['process_id']}")).json()["status"]
+            for e in emissions
+        ]
+        assert running == ["running"] * 3
+    finally:
+        await db.execute("ROLLBACK")
+    for emission in emissions:
+        assert (await finished(acct.http, emission["process_id"]))["status"] == "done"
+    assert len(receiver.at("/hook")) == 4
+
+
+async def test_a_failed_attempt_holds_its_slot_until_its_outcome_is_written(
+    bus: Bus, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    receiver.script("/hook", [Reply(500), Reply(200)])
+    acct = await bus.account()
+    em, _ = await webhook_chain(bus, acct, receiver.url("/hook"), concurrency="1")
+    await db.execute("BEGIN")
+    await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
+    try:
+        for _ in range(3):
+            await emit(acct, em["name"])
+        await receiver.wait_for("/hook", 1)
+        await asyncio.sleep(1.0)  # twenty poll intervals: nothing else is sent meanwhile
+        assert len(receiver.at("/hook")) == 1
+    finally:
+        await db.execute("ROLLBACK")
+    # Once its failure is written, the others go.
+    await receiver.wait_for("/hook", 3)
