@@ -128,15 +128,12 @@ class Dispatcher:
             Outcomes(director, settings),
             units=max(1, settings.db_hot_pool_size // 2),
             group_max=_GROUP_MAX,
-            released=self._release,  # a delivery's slot is free once its exchange is over
+            released=self.wake.set,  # a delivery's slot is free once its exchange is over
         )
         self.pools = Pools()
         self.holder = f"webhook:{socket.gethostname()}:{os.getpid()}"
         self.user_agent = f"xbus/{version()}"
         self.attempts: set[asyncio.Task[None]] = set()
-        # This replica's attempts that hold a slot of their actor's concurrency (the exchange
-        # under way, or an outcome other than a delivery not written yet), by actor.
-        self._holding: dict[uuid.UUID, set[uuid.UUID]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}  # by the notifier's key
         self._parsed: dict[uuid.UUID, tuple[dict[str, str], WebhookSettings | None]] = {}
         self._limiters: dict[uuid.UUID, RateLimiter] = {}
@@ -225,11 +222,7 @@ class Dispatcher:
                     else:
                         delay = min(delay, wait)
                 continue
-            # This replica's own attempts bound what a claim could get (the count of every
-            # replica's comes next, from the database): none, no round trip.
-            want = ws.concurrency - len(self._holding.get(actor.id, ()))
-            if want < 1:
-                continue
+            want = ws.concurrency
             if ws.rate_limit:
                 limiter = self._limiter(actor.id, ws.rate_limit)
                 want = min(want, limiter.available())
@@ -294,7 +287,6 @@ class Dispatcher:
         for job in jobs:
             if job.settings.rate_limit and not job.probe:
                 self._limiter(job.actor_id, job.settings.rate_limit).take(1)
-            self._holding.setdefault(job.actor_id, set()).add(job.request_id)
             task = asyncio.create_task(self._attempt(job), name=f"webhook-{job.request_id}")
             self.attempts.add(task)
             task.add_done_callback(self._attempt_done)
@@ -361,21 +353,9 @@ class Dispatcher:
             probe=probe,
         )
 
-    def _release(self, job: Job) -> None:
-        """The attempt no longer holds a slot of its actor: a round may take another."""
-        holding = self._holding.get(job.actor_id)
-        if holding is None or job.request_id not in holding:
-            return
-        holding.discard(job.request_id)
-        if not holding:
-            del self._holding[job.actor_id]
-        self.wake.set()
-
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
-        full = len(self.attempts) >= self.settings.webhook_max_in_flight
         self.attempts.discard(task)
-        if full:
-            self.wake.set()  # a slot of the replica's is free
+        self.wake.set()
 
     # ------------------------------------------------------------------ one attempt
     async def _attempt(self, job: Job) -> None:
@@ -396,8 +376,6 @@ class Dispatcher:
                 job.attempt,
                 job.request_id,
             )
-        finally:
-            self._release(job)
 
     async def send(self, job: Job, body: bytes) -> AttemptResult:
         ws = job.settings

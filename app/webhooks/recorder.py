@@ -17,11 +17,11 @@ of one is recorded as an attempt alone. Each attempt learns its own verdict once
 committed.
 
 A delivery's exchange with its endpoint is over once it joins a group: it is no longer in
-flight to its actor, and `released` (the dispatcher's) lets another request take its slot
-while its outcome is written (`delivered` lists them, for the dispatcher's count, in the
-database, of the requests in flight). Any other outcome keeps its slot until it is
-recorded: a failing endpoint gets no more attempts than its concurrency before its failures
-are written (and its webhook suspended, if they say so).
+flight to its actor, and `released` (the dispatcher's wake-up) lets another request take its
+slot while its outcome is written (`delivered` lists them, for the dispatcher's count of the
+requests in flight). Any other outcome keeps its slot until it is recorded: a failing
+endpoint gets no more attempts than its concurrency before its failures are written (and
+its webhook suspended, if they say so).
 
 A group that fails on a statement (a deadlock, a row refused) rolled back whole and is
 written again one attempt at a time, each in a unit of its own, so one attempt never sinks
@@ -57,7 +57,7 @@ class Recorder:
         outcomes: Outcomes,
         units: int,
         group_max: int,
-        released: Callable[[Job], None] | None = None,
+        released: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.outcomes = outcomes
@@ -86,7 +86,7 @@ class Recorder:
             self._start(self._write(), "webhook-outcomes")
         self._delivered.add(job.request_id)
         if self._released is not None:
-            self._released(job)
+            self._released()
         try:
             return await done
         finally:
