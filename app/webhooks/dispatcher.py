@@ -1,14 +1,17 @@
 """The webhook dispatcher: a duty of every replica that claims due webhook requests and sends
 them, each attempt in a task of its own.
 
-Scheduling, each round (on a wake-up for a webhook actor, when an attempt ends, when
-accounts, actors or pipelines change, or every `webhook_poll_interval`):
+Scheduling, each round (on a wake-up for a webhook actor, when an attempt frees its slot or
+ends, when accounts, actors or pipelines change, or every `webhook_poll_interval`):
 - the webhook actors are read (again only after such a change, or a poll interval);
   enabled ones with an active webhook are candidates, in an order that rotates every round
   (no actor is always first);
 - per candidate, a try-advisory-lock (a replica claiming for that actor right now makes the
   others skip it), then its requests in flight on every replica are counted: it gets at most
-  `http.webhook.concurrency` minus those, and at most what its rate limit allows;
+  `http.webhook.concurrency` minus those, and at most what its rate limit allows. In flight
+  means sent and not answered yet, or answered otherwise than by a delivery whose outcome
+  is not written yet: a delivery frees its slot as soon as its exchange is over, while its
+  outcome waits for its group's write (`Recorder`); a failure keeps its slot until written;
 - the replica's free slots (`webhook_max_in_flight` minus its attempts in flight) are dealt
   one by one in that order, then one statement leases that many due requests per actor
   (`FOR UPDATE SKIP LOCKED`, oldest due first): status leased, attempts + 1, the actor's
