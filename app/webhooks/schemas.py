@@ -50,7 +50,9 @@ class WebhookRead(BaseModel):
     reason: str | None = Field(description="why the webhook is suspended or disabled")
     next_probe_at: datetime | None = Field(description="when a suspended webhook is tried again")
     pending: int = Field(description="webhook requests waiting to be sent")
-    in_flight: int = Field(description="webhook requests being sent")
+    in_flight: int = Field(
+        description="webhook requests being sent, or answered and their outcome not yet recorded"
+    )
     running: int = Field(description="requests the actor said it is working on")
 
 
