@@ -18,10 +18,11 @@ committed.
 
 A delivery's exchange with its endpoint is over once it joins a group: it is no longer in
 flight to its actor, and `released` (the dispatcher's wake-up) lets another request take its
-slot while its outcome is written (`delivered` lists them, for the dispatcher's count of the
-requests in flight). Any other outcome keeps its slot until it is recorded: a failing
-endpoint gets no more attempts than its concurrency before its failures are written (and
-its webhook suspended, if they say so).
+slot while its outcome is written (`delivered` lists them, up to the actor's concurrency, for
+the dispatcher's count of the requests in flight; other replicas count them until they are
+written). Any other outcome keeps its slot until it is recorded: a failing endpoint gets no
+more attempts than its concurrency before its failures are written (and its webhook
+suspended, if they say so).
 
 A group that fails on a statement (a deadlock, a row refused) rolled back whole and is
 written again one attempt at a time, each in a unit of its own, so one attempt never sinks
@@ -67,12 +68,24 @@ class Recorder:
         self._waiting: list[_Waiting] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._released = released
-        self._delivered: set[uuid.UUID] = set()
+        self._delivered: dict[uuid.UUID, Job] = {}
 
-    def delivered(self) -> list[uuid.UUID]:
-        """The requests delivered (their exchange over) whose outcomes are being recorded
-        in groups: still leased until then, no longer in flight to their actors."""
-        return list(self._delivered)
+    def delivered(self) -> tuple[list[uuid.UUID], list[int]]:
+        """The attempts delivered (their exchange over) whose outcomes are being recorded in
+        groups, as their requests' ids and attempt numbers: still leased until then, no
+        longer in flight to their actors. At most an actor's `concurrency` of them: beyond,
+        they count as in flight again, so that writes that stall hold the sending back (a
+        stall longer than the leases sends again only what they let through)."""
+        ids: list[uuid.UUID] = []
+        attempts: list[int] = []
+        left: dict[uuid.UUID, int] = {}
+        for job in self._delivered.values():
+            room = left.setdefault(job.actor_id, job.settings.concurrency)
+            if room > 0:
+                left[job.actor_id] = room - 1
+                ids.append(job.request_id)
+                attempts.append(job.attempt)
+        return ids, attempts
 
     async def record(self, job: Job, result: AttemptResult) -> Verdict:
         """Record an attempt's outcome; its verdict once committed."""
@@ -84,13 +97,14 @@ class Recorder:
         if not self._writing:
             self._writing = True
             self._start(self._write(), "webhook-outcomes")
-        self._delivered.add(job.request_id)
+        self._delivered[job.request_id] = job
         if self._released is not None:
             self._released()
         try:
             return await done
         finally:
-            self._delivered.discard(job.request_id)
+            if self._delivered.get(job.request_id) is job:
+                del self._delivered[job.request_id]
 
     def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)

@@ -75,27 +75,35 @@ async def try_lock_actors(unit: Unit, ids: Sequence[uuid.UUID]) -> list[uuid.UUI
 # actor directly, the planner, told by stale statistics that an actor has few requests,
 # joined the actor's index to it and read every request the actor ever had: 0.87 ms a round
 # with 43,000 of them, against 0.06 ms (OFFSET 0 keeps the actor out of the subquery).
-# The requests `delivered` names are left out: leased until their outcomes are written, but
-# their exchanges are over.
+# The attempts named (request id and attempt number) are left out: leased until their
+# outcomes are written, but their exchanges are over. By attempt: a request handed back
+# meanwhile (its lease ended) and claimed again is in flight again.
 IN_FLIGHT = """
 SELECT actor_id, count(*) FROM (
-    SELECT actor_id FROM requests
-    WHERE status = 'leased' AND channel = 'webhook' AND id <> ALL($2::uuid[]) OFFSET 0
+    SELECT r.actor_id FROM requests r
+    WHERE r.status = 'leased' AND r.channel = 'webhook' AND NOT EXISTS (
+        SELECT FROM unnest($2::uuid[], $3::int[]) AS d(id, attempt)
+        WHERE d.id = r.id AND d.attempt = r.attempts
+    )
+    OFFSET 0
 ) l
 WHERE actor_id = ANY($1::uuid[])
 GROUP BY actor_id"""
 
 
 async def in_flight(
-    unit: Unit, ids: Sequence[uuid.UUID], delivered: Sequence[uuid.UUID] = ()
+    unit: Unit,
+    ids: Sequence[uuid.UUID],
+    delivered: tuple[Sequence[uuid.UUID], Sequence[int]] = ((), ()),
 ) -> dict[uuid.UUID, int]:
-    """Webhook requests being sent to these actors now, by any replica, but for those of
-    `delivered` (this replica's, whose exchanges are over: `Recorder.delivered`). Another
-    replica's delivered requests count until their outcomes are written."""
+    """Webhook requests being sent to these actors now, by any replica, but for the attempts
+    of `delivered` (this replica's, whose exchanges are over: `Recorder.delivered`, request
+    ids and attempt numbers). Another replica's delivered requests count until their
+    outcomes are written."""
     if not ids:
         return {}
     conn = await driver_connection(unit)
-    rows = await conn.fetch(IN_FLIGHT, list(ids), list(delivered))
+    rows = await conn.fetch(IN_FLIGHT, list(ids), list(delivered[0]), list(delivered[1]))
     return {row[0]: int(row[1]) for row in rows}
 
 

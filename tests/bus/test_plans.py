@@ -140,23 +140,28 @@ async def test_a_webhook_round_reads_the_leases_and_the_due_requests_not_the_his
     )
     if analyzed == "after":
         await db.execute("ANALYZE requests")
-    leased = [
-        row[0]
-        for row in await db.fetch(
-            "SELECT id FROM requests WHERE actor_id = $1 AND status = 'leased' ORDER BY id",
-            uuid.UUID(hook["id"]),
-        )
-    ]
-    delivered = ", ".join(f"'{request_id}'::uuid" for request_id in leased[:2])
-    in_flight_args = f"ARRAY['{hook['id']}'::uuid], ARRAY[{delivered}]"
+    leased = await db.fetch(
+        "SELECT id, attempts FROM requests WHERE actor_id = $1 AND status = 'leased' ORDER BY id",
+        uuid.UUID(hook["id"]),
+    )
+    ids = ", ".join(f"'{row['id']}'::uuid" for row in leased[:2])
+    attempts = ", ".join(str(row["attempts"]) for row in leased[:2])
+    in_flight_args = f"ARRAY['{hook['id']}'::uuid], ARRAY[{ids}], ARRAY[{attempts}]"
     for plan in await _plans(db, webhooks_store.IN_FLIGHT, in_flight_args):
         assert "ix_requests_actor_id" not in plan, plan
         assert "ix_requests_lease" in plan, plan
-    counted = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])], [])
-    assert [tuple(row) for row in counted] == [(uuid.UUID(hook["id"]), 5)]
-    # The requests delivered, whose outcomes are being written, are not in flight.
-    counted = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])], leased[:2])
-    assert [tuple(row) for row in counted] == [(uuid.UUID(hook["id"]), 3)]
+
+    async def count(delivered: list[tuple[uuid.UUID, int]]) -> list[tuple[uuid.UUID, int]]:
+        ids, attempts = [d[0] for d in delivered], [d[1] for d in delivered]
+        rows = await db.fetch(webhooks_store.IN_FLIGHT, [uuid.UUID(hook["id"])], ids, attempts)
+        return [tuple(row) for row in rows]
+
+    assert await count([]) == [(uuid.UUID(hook["id"]), 5)]
+    # The attempts delivered, whose outcomes are being written, are not in flight; the same
+    # requests under another attempt (handed back and claimed again) are.
+    delivered = [(row["id"], row["attempts"]) for row in leased[:2]]
+    assert await count(delivered) == [(uuid.UUID(hook["id"]), 3)]
+    assert await count([(i, a + 1) for i, a in delivered]) == [(uuid.UUID(hook["id"]), 5)]
     args = f"ARRAY['{hook['id']}'::uuid], ARRAY[16], ARRAY[5], ARRAY[11.0], now(), 'x', 65536"
     for plan in await _plans(db, webhooks_store.CLAIM, args):
         assert "ix_requests_actor_id" not in plan, plan

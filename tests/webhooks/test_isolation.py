@@ -73,6 +73,7 @@ async def test_concurrency_and_rate_limits(bus: Bus, receiver: Receiver) -> None
 async def test_a_delivery_frees_its_slot_while_its_outcome_is_written(
     bus: Bus, receiver: Receiver, db: asyncpg.Connection
 ) -> None:
+    receiver.script("/hook", Reply(200, delay=0.3))
     acct = await bus.account()
     em, _ = await webhook_chain(bus, acct, receiver.url("/hook"), concurrency="1")
     await finished(acct.http, (await emit(acct, em["name"]))["process_id"])  # pools warm
@@ -80,9 +81,14 @@ async def test_a_delivery_frees_its_slot_while_its_outcome_is_written(
     await db.execute("BEGIN")
     await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
     try:
+        # All three due before the first is answered.
         emissions = [await emit(acct, em["name"]) for _ in range(3)]
-        # Each sent once the one before was answered, none waiting for its outcome.
-        await receiver.wait_for("/hook", 4)
+        # The second sent once the first was answered, without waiting for its outcome,
+        # never two at once; the third waits: no more of an actor's deliveries than its
+        # concurrency are left out of the count while their outcomes wait.
+        await receiver.wait_for("/hook", 3)
+        await asyncio.sleep(1.0)  # twenty poll intervals
+        assert len(receiver.at("/hook")) == 3
         assert receiver.peak["/hook"] == 1
         running = [
             (await acct.http.get(f"/api/v1/processes/{e['process_id']}")).json()["status"]
