@@ -197,7 +197,10 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Webhook dispatcher: look for due requests this often (s)."
     )
     webhook_max_in_flight: int = Field(
-        256, ge=1, description="Webhook deliveries in flight at once, per replica."
+        256,
+        ge=1,
+        description="Webhook attempts at once, per replica, from their claim until their "
+        "outcome is recorded.",
     )
     webhook_lease_margin: float = Field(
         30.0, gt=0, description="Lease of a webhook attempt beyond its timeout (s)."

@@ -8,11 +8,14 @@ ends, when accounts, actors or pipelines change, or every `webhook_poll_interval
   (no actor is always first);
 - per candidate, a try-advisory-lock (a replica claiming for that actor right now makes the
   others skip it), then its requests in flight on every replica are counted: it gets at most
-  `http.webhook.concurrency` minus those, and at most what its rate limit allows. In flight
-  means sent and not answered yet, or answered otherwise than by a delivery whose outcome
-  is not written yet: a delivery frees its slot as soon as its exchange is over, while its
-  outcome waits for its group's write (`Recorder`); a failure keeps its slot until written;
-- the replica's free slots (`webhook_max_in_flight` minus its attempts in flight) are dealt
+  `http.webhook.concurrency` minus those, and at most what its rate limit allows. A
+  request is in flight from its claim until its outcome is written, but for this replica's
+  deliveries whose exchange is over (`Recorder.delivered`, at most the actor's concurrency
+  of them): a delivery frees its slot here once answered, while its outcome waits for its
+  group's write; other replicas count it until written. Any other outcome (a failure, a
+  reattempt, a probe, an answer with outputs) keeps its slot until written;
+- the replica's free slots (`webhook_max_in_flight` minus its attempts not yet recorded) are
+  dealt
   one by one in that order, then one statement leases that many due requests per actor
   (`FOR UPDATE SKIP LOCKED`, oldest due first): status leased, attempts + 1, the actor's
   max-attempts, a lease of timeout + `webhook_lease_margin`; a crash mid-send leaves the
