@@ -15,12 +15,11 @@ ends, when accounts, actors or pipelines change, or every `webhook_poll_interval
   group's write; other replicas count it until written. Any other outcome (a failure, a
   reattempt, a probe, an answer with outputs) keeps its slot until written;
 - the replica's free slots (`webhook_max_in_flight` minus its attempts not yet recorded) are
-  dealt
-  one by one in that order, then one statement leases that many due requests per actor
-  (`FOR UPDATE SKIP LOCKED`, oldest due first): status leased, attempts + 1, the actor's
-  max-attempts, a lease of timeout + `webhook_lease_margin`; a crash mid-send leaves the
-  lease to expire, and the supervisor hands the request back (same request id, so the same
-  `webhook-id`);
+  dealt one by one in that order, then one statement leases that many due requests per
+  actor (`FOR UPDATE SKIP LOCKED`, oldest due first): status leased, attempts + 1, the
+  actor's max-attempts, a lease of timeout + `webhook_lease_margin`; a crash mid-send
+  leaves the lease to expire, and the supervisor hands the request back (same request id,
+  so the same `webhook-id`);
 - suspended webhooks whose probe is due get their oldest pending request sent as a probe.
 
 Each attempt's outcome is recorded with its request's answer in one transaction; delivered
