@@ -167,6 +167,11 @@ async def test_storage_statistics_refresh_analyzes_drifted_tables(
         "INSERT INTO processes (id, status) SELECT gen_random_uuid(), 'done' "
         "FROM generate_series(1, 3000)"
     )
+    # The duty reads the tables' counts of changes, which a backend publishes when it goes
+    # idle, but not twice within a second: one that published just before waits for its
+    # idle timer (10 s) instead. Seen in CI on a slow machine: the insert's changes came too
+    # late for the check below.
+    await db.execute("SELECT pg_stat_force_next_flush()")
 
     async def analyzed() -> bool:
         # last_analyze is an explicit ANALYZE (autovacuum sets last_autoanalyze).
@@ -176,7 +181,7 @@ async def test_storage_statistics_refresh_analyzes_drifted_tables(
         estimate = await db.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'processes'")
         return last is not None and last > started and estimate >= 2500
 
-    await _eventually(analyzed)
+    await _eventually(analyzed, timeout=30)
     await supervision.refresh_storage_stats(app.state.xbus.db)  # a pass with nothing to do
 
 
