@@ -78,9 +78,8 @@ async def test_a_delivery_frees_its_slot_while_its_outcome_is_written(
     em, _ = await webhook_chain(bus, acct, receiver.url("/hook"), concurrency="1")
     await finished(acct.http, (await emit(acct, em["name"]))["process_id"])  # pools warm
     # No attempt's outcome can be written while the table is locked.
-    await db.execute("BEGIN")
-    await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
-    try:
+    async with db.transaction():
+        await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
         # All three due before the first is answered.
         emissions = [await emit(acct, em["name"]) for _ in range(3)]
         # The second sent once the first was answered, without waiting for its outcome,
@@ -95,8 +94,6 @@ async def test_a_delivery_frees_its_slot_while_its_outcome_is_written(
             for e in emissions
         ]
         assert running == ["running"] * 3
-    finally:
-        await db.execute("ROLLBACK")
     for emission in emissions:
         assert (await finished(acct.http, emission["process_id"]))["status"] == "done"
     assert len(receiver.at("/hook")) == 4
@@ -108,15 +105,12 @@ async def test_a_failed_attempt_holds_its_slot_until_its_outcome_is_written(
     receiver.script("/hook", [Reply(500), Reply(200)])
     acct = await bus.account()
     em, _ = await webhook_chain(bus, acct, receiver.url("/hook"), concurrency="1")
-    await db.execute("BEGIN")
-    await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
-    try:
+    async with db.transaction():
+        await db.execute("LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
         for _ in range(3):
             await emit(acct, em["name"])
         await receiver.wait_for("/hook", 1)
         await asyncio.sleep(1.0)  # twenty poll intervals: nothing else is sent meanwhile
         assert len(receiver.at("/hook")) == 1
-    finally:
-        await db.execute("ROLLBACK")
     # Once its failure is written, the others go.
     await receiver.wait_for("/hook", 3)
