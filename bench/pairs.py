@@ -1,0 +1,168 @@
+"""One bench, this tree against a git revision, run in alternating pairs.
+
+    uv run python -m bench.pairs --against REV [--pairs N] [--json FILE] BENCH [OPTIONS...]
+
+Single runs of an end-to-end bench drift by ±15-25% on a shared 2-core VM from one minute to
+the next (the machine's other tenants, its CPU frequency, the page cache): a change of 5% is
+invisible in one run of each tree. This runs `python -m bench.BENCH OPTIONS... --json F`
+N times in this tree and N times in REV (checked out in a temporary git worktree, removed at
+the end), back to back and in both orders (this, REV; REV, this; ...), so that both trees
+meet the same drift, then prints each figure that says how fast (the ratios against the
+bench's baseline, the rates, the CPU per unit of work and in all, latencies p50 and p99):
+each tree's mean, its range, and the change of the means. A run that warned of other
+processes on the machine is counted as disturbed and said so; it stays in the means (take
+more pairs). Two pairs of the same code differ by up to ±8% on the headline figures here:
+a change smaller than that needs more pairs, or `bench.request_cpu --against`.
+
+BENCH is any bench of this directory that writes its figures with `--json` (`http_bus`,
+`webhooks`, `nats`, `batch_emit`); each run is the bench's own (its servers on 127.0.0.1,
+stopped by pid). REV runs its own code of the bench and of the app, on this tree's virtual
+environment: a revision whose dependencies differ is compared on this tree's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.request_cpu import worktree
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ("http_bus", "webhooks", "nats", "batch_emit")
+# The figures compared: a path of the JSON document's keys, joined by dots.
+_FIGURE = re.compile(
+    r"^ratios\.|(?:^|\.|_)per_s$|_ms_per_|latency_ms\.p(?:50|99)$|\.cpu_s\.(?:server|postgres)$"
+)
+_RUN_TIMEOUT = 1800.0
+
+
+def figures(document: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a bench's JSON document that say how fast, by their key path."""
+    found: dict[str, float] = {}
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{path}.{key}" if path else str(key))
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and _FIGURE.search(path)
+            and not path.startswith("options.")
+        ):
+            found[path] = float(value)
+
+    walk(document, "")
+    return found
+
+
+def run_once(tree: Path, bench: str, options: list[str], out: Path) -> tuple[dict[str, Any], bool]:
+    """One run of the bench in `tree`: its JSON document, and whether it warned of other
+    processes on the machine. Its output goes to `out` with a .txt suffix."""
+    document = out.with_suffix(".json")
+    with out.with_suffix(".txt").open("w") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", f"bench.{bench}", *options, "--json", str(document)],
+            cwd=tree,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=_RUN_TIMEOUT,
+            check=False,
+        )
+    text = out.with_suffix(".txt").read_text(errors="replace")
+    if done.returncode != 0 or not document.exists():
+        tail = "\n".join(text.splitlines()[-15:])
+        raise RuntimeError(f"bench.{bench} failed in {tree} (exit {done.returncode}):\n{tail}")
+    disturbed = "WARNING" in text and "other processes" in text
+    return json.loads(document.read_text()), disturbed
+
+
+def summary(runs: dict[str, list[dict[str, float]]], names: tuple[str, str]) -> list[list[str]]:
+    """Rows: figure, each tree's mean (min-max), the change of the means."""
+    keys = [k for k in runs[names[0]][0] if all(k in r for side in runs.values() for r in side)]
+    rows = []
+    for key in keys:
+        cells = [key]
+        means = []
+        for name in names:
+            values = [run[key] for run in runs[name]]
+            mean = statistics.fmean(values)
+            means.append(mean)
+            cells.append(f"{_number(mean)} ({_number(min(values))}-{_number(max(values))})")
+        ours, other = means
+        cells.append(f"{(ours - other) / other:+.0%}" if other else "n/a")
+        rows.append(cells)
+    return rows
+
+
+def _number(value: float) -> str:
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(header))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pairs", description=__doc__)
+    parser.add_argument("--against", metavar="REV", required=True, help="the git revision")
+    parser.add_argument("--pairs", type=int, default=2, help="runs of each tree [2]")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run here")
+    parser.add_argument("--keep", type=Path, default=None, help="keep each run's output here")
+    parser.add_argument("bench", choices=BENCHES)
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the bench's own options")
+    args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    if "--json" in args.options:
+        parser.error("the bench's --json is this tool's: pass --json before BENCH")
+    names = ("this tree", args.against)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    documents: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    disturbed = dict.fromkeys(names, 0)
+    with contextlib.ExitStack() as stack:
+        other = stack.enter_context(worktree(args.against))
+        keep = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        keep.mkdir(parents=True, exist_ok=True)
+        trees = {names[0]: ROOT, names[1]: other}
+        for pair in range(args.pairs):
+            order = names if pair % 2 == 0 else names[::-1]
+            for name in order:
+                label = "this" if name == names[0] else "against"
+                print(f"pair {pair + 1}/{args.pairs}: bench.{args.bench} in {name} ...", flush=True)
+                document, warned = run_once(
+                    trees[name], args.bench, args.options, keep / f"{label}-{pair + 1}"
+                )
+                runs[name].append(figures(document))
+                documents[name].append(document)
+                disturbed[name] += warned
+    header = ["figure", f"{names[0]} (mean, min-max)", f"{names[1]} (mean, min-max)", "change"]
+    print()
+    print(f"bench.{args.bench} {' '.join(args.options)}: {args.pairs} pairs, both orders")
+    print(table(summary(runs, names), header))
+    print(
+        f"runs disturbed by other processes: {names[0]} {disturbed[names[0]]}/{args.pairs}, "
+        f"{names[1]} {disturbed[names[1]]}/{args.pairs}"
+    )
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps({"against": args.against, "runs": documents}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
