@@ -249,10 +249,20 @@ def profiled(pid: int, kind: str, directory: Path | None, native: bool) -> Itera
 
 @contextlib.contextmanager
 def worktree(rev: str) -> Iterator[Path]:
-    """Git revision `rev` checked out in a temporary directory (a detached worktree)."""
+    """Git revision `rev` checked out in a temporary directory (a detached worktree), its
+    Python compiled as `scripts/_env.sh` compiles this tree's: with PYTHONDONTWRITEBYTECODE
+    set (as here and on CI machines), every process started from the other tree would
+    otherwise compile its imports from source (seconds of CPU each on 2 cores), which this
+    tree's do not."""
     path = Path(tempfile.mkdtemp(prefix="xbus-against-")) / "tree"
     subprocess.run(
         ["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=ROOT, check=True
+    )
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "app", "bench"],
+        cwd=path,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     try:
         yield path
