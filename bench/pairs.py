@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ _FIGURE = re.compile(
     r"^ratios\.|(?:^|\.|_)per_s$|_ms_per_|latency_ms\.p(?:50|99)$|\.cpu_s\.(?:server|postgres)$"
 )
 _RUN_TIMEOUT = 1800.0
+_STOP_GRACE = 60.0
 
 
 def figures(document: dict[str, Any]) -> dict[str, float]:
@@ -72,19 +74,29 @@ def run_once(tree: Path, bench: str, options: list[str], out: Path) -> tuple[dic
     processes on the machine. Its output goes to `out` with a .txt suffix."""
     document = out.with_suffix(".json")
     with out.with_suffix(".txt").open("w") as log:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", f"bench.{bench}", *options, "--json", str(document)],
             cwd=tree,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            timeout=_RUN_TIMEOUT,
-            check=False,
         )
+        try:
+            returncode = proc.wait(timeout=_RUN_TIMEOUT)
+        except BaseException:
+            # A run past its time, or Ctrl-C here: the bench is interrupted as by Ctrl-C,
+            # which stops its servers by pid; killed only if it does not end in time.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     text = out.with_suffix(".txt").read_text(errors="replace")
-    if done.returncode != 0 or not document.exists():
+    if returncode != 0 or not document.exists():
         tail = "\n".join(text.splitlines()[-15:])
-        raise RuntimeError(f"bench.{bench} failed in {tree} (exit {done.returncode}):\n{tail}")
+        raise RuntimeError(f"bench.{bench} failed in {tree} (exit {returncode}):\n{tail}")
     disturbed = "WARNING" in text and "other processes" in text
     return json.loads(document.read_text()), disturbed
 
