@@ -11,11 +11,14 @@ meet the same drift, then prints each figure that says how fast (the ratios agai
 bench's baseline, the rates, the CPU per unit of work and in all, latencies p50 and p99):
 each tree's mean, its range, and the change of the means. A run that warned of other
 processes on the machine is counted as disturbed and said so; it stays in the means (take
-more pairs). The ratios against each run's own baseline are what to read: the machine's
-speed drifts from one run to the next, and the rates and CPU seconds with it (two pairs of
-one commit against itself: the webhook drain 555 against 651 deliveries/s, xbusd's CPU per
-envelope +18%, the baseline's +12% in the same runs; the ratios 0.341 against 0.342). A
-change of a few percent needs more pairs, or `bench.request_cpu --against`.
+more pairs); so is a run that went wrong (errors, processes not completed, a round timed
+out, problems in xbusd's log). The machine's speed drifts from one run to the next, the
+rates and CPU seconds with it (two pairs of one commit against itself: the webhook drain
+555 against 651 deliveries/s, xbusd's CPU per envelope +18%, the baseline's +12% in the
+same runs; the ratios against each run's own baseline, 0.341 against 0.342, cancelled it
+there, not always): a change of less than ~10% needs more than two pairs, or
+`bench.request_cpu --against`. A Ctrl-C interrupts the run under way as its own Ctrl-C
+would (it stops its servers by pid); the worktree is removed.
 
 BENCH is any bench of this directory that writes its figures with `--json` (`http_bus`,
 `webhooks`, `nats`, `batch_emit`); each run is the bench's own (its servers on 127.0.0.1,
@@ -43,8 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ("http_bus", "webhooks", "nats", "batch_emit")
 # The figures compared: a path of the JSON document's keys, joined by dots.
 _FIGURE = re.compile(
-    r"^ratios\.|(?:^|\.|_)per_s$|_ms_per_|latency_ms\.p(?:50|99)$|\.cpu_s\.(?:server|postgres)$"
+    r"^ratios\.|(?:^|\.|_)per_s$|_ms_per_|latency_ms\.p(?:50|99)$|^bus\.(?:.*\.)?cpu_s\."
+    r"(?:server|postgres)$"
 )
+# Left out: the generator's own CPU, and a rate the bench sets itself (the paced round's).
+_NOT_FIGURE = re.compile(r"^options\.|loadgen_|client_cpu_|^bus\.paced\.per_s$")
+# A run that went wrong, whatever its exit status: requests lost or refused, a round that
+# timed out, problems in xbusd's log.
+_PROBLEM = re.compile(r"(?:^|\.|_)(?:errors|timed_out|not_completed|log_problems)$")
 _RUN_TIMEOUT = 1800.0
 _STOP_GRACE = 60.0
 
@@ -61,9 +70,25 @@ def figures(document: dict[str, Any]) -> dict[str, float]:
             isinstance(value, int | float)
             and not isinstance(value, bool)
             and _FIGURE.search(path)
-            and not path.startswith("options.")
+            and not _NOT_FIGURE.search(path)
         ):
             found[path] = float(value)
+
+    walk(document, "")
+    return found
+
+
+def problems(document: dict[str, Any]) -> list[str]:
+    """What went wrong in a run, by key path: errors counted, a round that timed out,
+    processes not completed, problems in xbusd's log (an empty or zero value is none)."""
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and not _PROBLEM.search(path):
+            for key, inner in value.items():
+                walk(inner, f"{path}.{key}" if path else str(key))
+        elif _PROBLEM.search(path) and value:
+            found.append(path)
 
     walk(document, "")
     return found
@@ -80,6 +105,9 @@ def run_once(tree: Path, bench: str, options: list[str], out: Path) -> tuple[dic
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Out of the terminal's process group: a Ctrl-C reaches this tool alone, which
+            # interrupts the bench once (a second SIGINT could cut its cleanup short).
+            start_new_session=True,
         )
         try:
             returncode = proc.wait(timeout=_RUN_TIMEOUT)
@@ -97,7 +125,7 @@ def run_once(tree: Path, bench: str, options: list[str], out: Path) -> tuple[dic
     if returncode != 0 or not document.exists():
         tail = "\n".join(text.splitlines()[-15:])
         raise RuntimeError(f"bench.{bench} failed in {tree} (exit {returncode}):\n{tail}")
-    disturbed = "WARNING" in text and "other processes" in text
+    disturbed = "WARNING: other processes" in text
     return json.loads(document.read_text()), disturbed
 
 
@@ -105,6 +133,9 @@ def summary(runs: dict[str, list[dict[str, float]]], names: tuple[str, str]) -> 
     """Rows: figure, each tree's mean (min-max), the change of the means."""
     keys = [k for k in runs[names[0]][0] if all(k in r for side in runs.values() for r in side)]
     rows = []
+    every = {k for side in runs.values() for r in side for k in r}
+    if every - set(keys):
+        print(f"figures not in every run, left out: {', '.join(sorted(every - set(keys)))}")
     for key in keys:
         cells = [key]
         means = []
@@ -148,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     documents: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     disturbed = dict.fromkeys(names, 0)
+    wrong: list[str] = []
     with contextlib.ExitStack() as stack:
         other = stack.enter_context(worktree(args.against))
         keep = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -161,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 document, warned = run_once(
                     trees[name], args.bench, args.options, keep / f"{label}-{pair + 1}"
                 )
+                wrong += [f"{name} run {pair + 1}: {what}" for what in problems(document)]
                 runs[name].append(figures(document))
                 documents[name].append(document)
                 disturbed[name] += warned
@@ -172,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         f"runs disturbed by other processes: {names[0]} {disturbed[names[0]]}/{args.pairs}, "
         f"{names[1]} {disturbed[names[1]]}/{args.pairs}"
     )
+    if wrong:
+        print("runs that went wrong (in the means all the same):\n  " + "\n  ".join(wrong))
     if args.json is not None:
         args.json.write_text(
             json.dumps({"against": args.against, "runs": documents}, indent=2) + "\n"

@@ -256,20 +256,28 @@ def worktree(rev: str) -> Iterator[Path]:
     otherwise compile its imports from source (seconds of CPU each on 2 cores), which this
     tree's do not."""
     path = Path(tempfile.mkdtemp(prefix="xbus-against-")) / "tree"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=ROOT, check=True
-    )
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", "app", "bench"],
-        cwd=path,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
     try:
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=ROOT, check=True
+        )
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "app", "bench"],
+            cwd=path,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         yield path
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+        # Whatever failed on the way (a bad revision, a file that does not compile): nothing
+        # left in /tmp nor registered in .git/worktrees.
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(path)],
+            cwd=ROOT,
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
         shutil.rmtree(path.parent, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
