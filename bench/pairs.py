@@ -37,12 +37,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.http_bus import ROOT
 from bench.request_cpu import worktree
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ("http_bus", "webhooks", "nats", "batch_emit")
 # The figures compared: a path of the JSON document's keys, joined by dots.
 _FIGURE = re.compile(
@@ -58,40 +59,32 @@ _RUN_TIMEOUT = 1800.0
 _STOP_GRACE = 60.0
 
 
+def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of a bench's JSON document with its key path (keys joined by dots); the
+    value of a problem's key whole (a count, or a mapping of errors by kind)."""
+    if isinstance(value, dict) and not _PROBLEM.search(path):
+        for key, inner in value.items():
+            yield from leaves(inner, f"{path}.{key}" if path else str(key))
+    else:
+        yield path, value
+
+
 def figures(document: dict[str, Any]) -> dict[str, float]:
     """The numbers of a bench's JSON document that say how fast, by their key path."""
-    found: dict[str, float] = {}
-
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(inner, f"{path}.{key}" if path else str(key))
-        elif (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and _FIGURE.search(path)
-            and not _NOT_FIGURE.search(path)
-        ):
-            found[path] = float(value)
-
-    walk(document, "")
-    return found
+    return {
+        path: float(value)
+        for path, value in leaves(document)
+        if isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and _FIGURE.search(path)
+        and not _NOT_FIGURE.search(path)
+    }
 
 
 def problems(document: dict[str, Any]) -> list[str]:
     """What went wrong in a run, by key path: errors counted, a round that timed out,
     processes not completed, problems in xbusd's log (an empty or zero value is none)."""
-    found: list[str] = []
-
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, dict) and not _PROBLEM.search(path):
-            for key, inner in value.items():
-                walk(inner, f"{path}.{key}" if path else str(key))
-        elif _PROBLEM.search(path) and value:
-            found.append(path)
-
-    walk(document, "")
-    return found
+    return [path for path, value in leaves(document) if _PROBLEM.search(path) and value]
 
 
 def run_once(tree: Path, bench: str, options: list[str], out: Path) -> tuple[dict[str, Any], bool]:
@@ -129,14 +122,16 @@ def run_once(tree: Path, bench: str, options: list[str], out: Path) -> tuple[dic
     return json.loads(document.read_text()), disturbed
 
 
+def shared(runs: dict[str, list[dict[str, float]]]) -> list[str]:
+    """The figures every run has, in the order of the first run's document."""
+    sides = list(runs.values())
+    return [k for k in sides[0][0] if all(k in run for side in sides for run in side)]
+
+
 def summary(runs: dict[str, list[dict[str, float]]], names: tuple[str, str]) -> list[list[str]]:
     """Rows: figure, each tree's mean (min-max), the change of the means."""
-    keys = [k for k in runs[names[0]][0] if all(k in r for side in runs.values() for r in side)]
     rows = []
-    every = {k for side in runs.values() for r in side for k in r}
-    if every - set(keys):
-        print(f"figures not in every run, left out: {', '.join(sorted(every - set(keys)))}")
-    for key in keys:
+    for key in shared(runs):
         cells = [key]
         means = []
         for name in names:
@@ -201,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"bench.{args.bench} {' '.join(args.options)}: {args.pairs} pairs, both orders")
     print(table(summary(runs, names), header))
+    left_out = {k for side in runs.values() for run in side for k in run} - set(shared(runs))
+    if left_out:
+        print(f"figures not in every run, left out: {', '.join(sorted(left_out))}")
     print(
         f"runs disturbed by other processes: {names[0]} {disturbed[names[0]]}/{args.pairs}, "
         f"{names[1]} {disturbed[names[1]]}/{args.pairs}"
